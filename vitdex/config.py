@@ -1,0 +1,158 @@
+"""Typed settings read from ``VITDEX_*`` environment variables.
+
+One class per concern; :func:`load_settings` reads them all once and lets the CLI override
+single fields with its flags.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from vitdex.errors import ConfigError
+
+DEFAULT_MODEL = "google/vit-base-patch16-224"
+#: Final-layer [CLS] plus the [CLS] of layer 8 of 12: mid layers keep more of the layout
+#: and texture of a photo, which suits near-duplicate and style search.
+DEFAULT_SPACES = ("cls", "cls@8")
+
+_LAYER_SPEC = re.compile(r"^(cls|mean)(@-?\d+)?$")
+
+Device = Literal["auto", "cpu", "cuda", "mps"]
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+
+
+def _config(**extra: Any) -> SettingsConfigDict:
+    return SettingsConfigDict(env_prefix="VITDEX_", extra="ignore", **extra)
+
+
+def parse_layer_spec(spec: str) -> tuple[str, int | None]:
+    """Split a layer spec (``cls``, ``cls@K``, ``mean@K``) into its pooling and layer.
+
+    ``None`` as the layer means the final, layer-normed output (``last_hidden_state``).
+    """
+    spec = spec.strip()
+    if not _LAYER_SPEC.match(spec):
+        raise ConfigError(
+            f"invalid layer spec {spec!r}: use 'cls', 'cls@K' or 'mean@K' "
+            "(K = hidden-state index, 0 = patch embeddings, negative counts from the end)"
+        )
+    pooling, _, layer = spec.partition("@")
+    return pooling, (int(layer) if layer else None)
+
+
+class StorageSettings(BaseSettings):
+    """Where vitdex keeps its catalog and vectors."""
+
+    model_config = _config()
+
+    home: Path = Field(default_factory=lambda: Path.home() / ".vitdex")
+    database_url: str | None = None
+
+    @field_validator("home", mode="after")
+    @classmethod
+    def _expand_home(cls, value: Path) -> Path:
+        return value.expanduser().resolve()
+
+    @property
+    def resolved_database_url(self) -> str:
+        """The configured database URL, or SQLite under ``home``."""
+        if self.database_url:
+            return self.database_url
+        return f"sqlite:///{self.home / 'catalog.db'}"
+
+
+class ModelSettings(BaseSettings):
+    """Which ViT checkpoint embeds photos, where it runs, and which vectors it keeps."""
+
+    model_config = _config(protected_namespaces=())
+
+    model: str = DEFAULT_MODEL
+    model_revision: str | None = None
+    spaces: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SPACES))
+    device: Device = "auto"
+    precision: Precision = "auto"
+    batch_size: int = Field(default=16, ge=1, le=4096)
+
+    @field_validator("spaces", mode="before")
+    @classmethod
+    def _split_spaces(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("spaces", mode="after")
+    @classmethod
+    def _check_spaces(cls, value: list[str]) -> list[str]:
+        if not value:
+            raise ValueError("at least one space (layer spec) is needed")
+        seen: list[str] = []
+        for spec in value:
+            spec = spec.strip()
+            if not _LAYER_SPEC.match(spec):
+                raise ValueError(
+                    f"invalid layer spec {spec!r}: use 'cls', 'cls@K' or 'mean@K'"
+                )
+            if spec not in seen:
+                seen.append(spec)
+        return seen
+
+
+class IndexSettings(BaseSettings):
+    """How photo folders are read."""
+
+    model_config = _config()
+
+    max_megapixels: float = Field(default=100.0, gt=0)
+    #: Decode threads running beside the model; 0 picks one per spare core (at least one).
+    decode_workers: int = Field(default=0, ge=0, le=64)
+    follow_symlinks: bool = True
+
+
+class Settings:
+    """All settings, grouped by concern."""
+
+    def __init__(
+        self,
+        storage: StorageSettings,
+        model: ModelSettings,
+        index: IndexSettings,
+    ) -> None:
+        self.storage = storage
+        self.model = model
+        self.index = index
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Read the environment once and apply overrides (CLI flags), skipping ``None`` values.
+
+    Override keys are field names of any settings class (``home``, ``model``,
+    ``batch_size``...). A value that fails validation raises :class:`ConfigError`.
+    """
+    from pydantic import ValidationError
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    groups: dict[str, type[BaseSettings]] = {
+        "storage": StorageSettings,
+        "model": ModelSettings,
+        "index": IndexSettings,
+    }
+    built: dict[str, Any] = {}
+    for name, cls in groups.items():
+        mine = {k: v for k, v in given.items() if k in cls.model_fields}
+        try:
+            built[name] = cls(**mine)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"VITDEX_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+                for err in exc.errors()
+            )
+            raise ConfigError(f"invalid settings: {problems}") from None
+    unknown = set(given) - {f for cls in groups.values() for f in cls.model_fields}
+    if unknown:
+        raise ConfigError(f"unknown settings: {', '.join(sorted(unknown))}")
+    return Settings(**built)
