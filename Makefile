@@ -1,0 +1,44 @@
+# vitdex developer entry points. Every target sets up what it needs first.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-stamp
+
+.PHONY: setup demo test lint typecheck unit integration e2e bench clean
+
+setup: $(STAMP)
+
+# torch is pinned to 2.13.0 in pyproject.toml: the CPU build these machines carry.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	touch $(STAMP)
+
+demo: setup
+	$(VENV)/bin/vitdex demo
+
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+typecheck: setup
+	$(VENV)/bin/mypy
+
+unit: setup
+	$(VENV)/bin/pytest tests/unit -q
+
+integration: setup
+	$(VENV)/bin/pytest tests/integration -q
+
+e2e: setup
+	$(VENV)/bin/pytest tests/e2e -q
+
+test: lint typecheck
+	$(VENV)/bin/pytest tests -q
+
+bench: setup
+	$(PY) -m bench.index_throughput
+
+clean:
+	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,5 @@
+"""``python -m vitdex`` runs the CLI."""
+
+from vitdex.cli import main
+
+main()

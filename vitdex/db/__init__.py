@@ -1,0 +1,32 @@
+"""The SQL catalog: models, engine and migrations, repository functions."""
+
+from vitdex.db import repo
+from vitdex.db.engine import ensure_schema, make_engine, session_factory, upgrade
+from vitdex.db.models import (
+    Base,
+    Image,
+    ImageLabel,
+    ImageStatus,
+    ImageVector,
+    Job,
+    JobState,
+    Library,
+    Space,
+)
+
+__all__ = [
+    "Base",
+    "Image",
+    "ImageLabel",
+    "ImageStatus",
+    "ImageVector",
+    "Job",
+    "JobState",
+    "Library",
+    "Space",
+    "ensure_schema",
+    "make_engine",
+    "repo",
+    "session_factory",
+    "upgrade",
+]

@@ -1,0 +1,184 @@
+"""SQLAlchemy 2 models of the catalog: libraries, images, spaces, vectors, labels, jobs.
+
+The catalog is the source of truth. A vector store holds vectors keyed by ``images.id``;
+``image_vectors`` records which image has a vector in which space, so the two can be
+checked against each other and repaired.
+"""
+
+from __future__ import annotations
+
+import enum
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    MetaData,
+    String,
+    Text,
+    UniqueConstraint,
+)
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
+BigId = BigInteger().with_variant(Integer(), "sqlite")
+
+NAMING = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+
+def utcnow() -> datetime:
+    """Timezone-aware now, the only clock the catalog uses."""
+    return datetime.now(UTC)
+
+
+class ImageStatus(enum.StrEnum):
+    """Where an image stands in indexing."""
+
+    PENDING = "pending"  # seen, not (yet) embedded
+    INDEXED = "indexed"  # has a vector in every configured space
+    FAILED = "failed"  # could not be decoded; ``error`` says why
+    MISSING = "missing"  # the file is gone; its vectors were removed
+
+
+class JobState(enum.StrEnum):
+    """Life cycle of a job."""
+
+    QUEUED = "queued"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+class Base(DeclarativeBase):
+    """Declarative base with stable constraint names (Alembic needs them)."""
+
+    metadata = MetaData(naming_convention=NAMING)
+    type_annotation_map = {dict[str, Any]: JSON, datetime: DateTime(timezone=True)}
+
+
+class Library(Base):
+    """An indexed root folder."""
+
+    __tablename__ = "libraries"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    root: Mapped[str] = mapped_column(Text, unique=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    last_scan_at: Mapped[datetime | None]
+
+    images: Mapped[list[Image]] = relationship(back_populates="library")
+
+
+class Image(Base):
+    """One photo file, with what its header and EXIF say about it."""
+
+    __tablename__ = "images"
+    __table_args__ = (
+        Index("ix_images_library_id_status", "library_id", "status"),
+        Index("ix_images_taken_at", "taken_at"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    library_id: Mapped[int] = mapped_column(ForeignKey("libraries.id", ondelete="CASCADE"))
+    path: Mapped[str] = mapped_column(Text, unique=True)
+    sha256: Mapped[str | None] = mapped_column(String(64), index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    mtime_ns: Mapped[int] = mapped_column(BigInteger)
+    width: Mapped[int | None]
+    height: Mapped[int | None]
+    format: Mapped[str | None] = mapped_column(String(16))
+    taken_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=False))
+    camera_make: Mapped[str | None] = mapped_column(String(128))
+    camera_model: Mapped[str | None] = mapped_column(String(128))
+    orientation: Mapped[int | None]
+    gps_lat: Mapped[float | None] = mapped_column(Float)
+    gps_lon: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default=ImageStatus.PENDING)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    indexed_at: Mapped[datetime | None]
+
+    library: Mapped[Library] = relationship(back_populates="images")
+
+
+class Space(Base):
+    """A vector space: one model (id + revision), one layer spec, one preprocessing."""
+
+    __tablename__ = "spaces"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(64), unique=True)
+    model_id: Mapped[str] = mapped_column(Text)
+    model_revision: Mapped[str] = mapped_column(String(128))
+    layer: Mapped[str] = mapped_column(String(32))
+    preprocessing: Mapped[dict[str, Any]]
+    dim: Mapped[int]
+    metric: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageVector(Base):
+    """Records that an image has a vector in a space."""
+
+    __tablename__ = "image_vectors"
+    __table_args__ = (Index("ix_image_vectors_space_id", "space_id"),)
+
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    space_id: Mapped[int] = mapped_column(
+        ForeignKey("spaces.id", ondelete="CASCADE"), primary_key=True
+    )
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImageLabel(Base):
+    """One of an image's top predicted labels."""
+
+    __tablename__ = "image_labels"
+    __table_args__ = (
+        UniqueConstraint("image_id", "rank"),
+        Index("ix_image_labels_label", "label"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    rank: Mapped[int]
+    label: Mapped[str] = mapped_column(String(256))
+    score: Mapped[float] = mapped_column(Float)
+    model_id: Mapped[str] = mapped_column(Text)
+
+
+class Job(Base):
+    """A long-running operation with its progress; survives the process that ran it."""
+
+    __tablename__ = "jobs"
+    __table_args__ = (Index("ix_jobs_state", "state"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    total: Mapped[int | None]
+    done: Mapped[int] = mapped_column(default=0)
+    counts: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    cancel_requested: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    started_at: Mapped[datetime | None]
+    finished_at: Mapped[datetime | None]
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)

@@ -1,0 +1,502 @@
+"""Every SQL statement vitdex runs against the catalog.
+
+Functions take a :class:`~sqlalchemy.orm.Session` and leave committing to the caller, so
+one indexing batch (its vectors' rows, labels and image updates) commits as one unit.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy.orm import Session
+
+from vitdex.db.models import (
+    Image,
+    ImageLabel,
+    ImageStatus,
+    ImageVector,
+    Job,
+    JobState,
+    Library,
+    Space,
+    utcnow,
+)
+from vitdex.errors import NotFoundError, SpaceMismatchError
+
+#: SQLite allows 32766 bound parameters per statement; stay well below with IN lists.
+_CHUNK = 5000
+
+
+def _chunks(items: Sequence[Any], size: int = _CHUNK) -> Iterable[Sequence[Any]]:
+    for start in range(0, len(items), size):
+        yield items[start : start + size]
+
+
+# --------------------------------------------------------------------------- libraries
+
+
+def library_for(session: Session, folder: str) -> Library:
+    """The library that ``folder`` belongs to, created when no library contains it.
+
+    A folder inside an existing library is scanned as part of it. A new library that
+    contains older ones absorbs them: their images move under the new root unchanged.
+    """
+    libraries = session.scalars(select(Library)).all()
+    for lib in libraries:
+        if folder == lib.root or folder.startswith(lib.root.rstrip(os.sep) + os.sep):
+            return lib
+    new = Library(root=folder)
+    session.add(new)
+    session.flush()
+    prefix = folder.rstrip(os.sep) + os.sep
+    for lib in libraries:
+        if lib.root.startswith(prefix):
+            session.execute(
+                update(Image).where(Image.library_id == lib.id).values(library_id=new.id)
+            )
+            session.delete(lib)
+    session.flush()
+    return new
+
+
+def list_libraries(session: Session) -> list[Library]:
+    """All libraries, oldest first."""
+    return list(session.scalars(select(Library).order_by(Library.id)))
+
+
+# --------------------------------------------------------------------------- images
+
+
+@dataclass(frozen=True)
+class KnownImage:
+    """What a scan needs to know of an image already in the catalog."""
+
+    id: int
+    path: str
+    size: int
+    mtime_ns: int
+    sha256: str | None
+    status: str
+    vectors: int  # how many of the current spaces hold its vector
+
+
+def known_images(session: Session, scope: str, space_ids: Sequence[int]) -> dict[str, KnownImage]:
+    """Images whose path lies under ``scope`` (a folder), keyed by path."""
+    prefix = scope.rstrip(os.sep) + os.sep
+    vec_count = (
+        select(ImageVector.image_id, func.count().label("n"))
+        .where(ImageVector.space_id.in_(space_ids or [-1]))
+        .group_by(ImageVector.image_id)
+        .subquery()
+    )
+    stmt = (
+        select(
+            Image.id,
+            Image.path,
+            Image.size,
+            Image.mtime_ns,
+            Image.sha256,
+            Image.status,
+            func.coalesce(vec_count.c.n, 0),
+        )
+        .outerjoin(vec_count, vec_count.c.image_id == Image.id)
+        .where(Image.path.startswith(prefix, autoescape=True))
+    )
+    return {
+        row[1]: KnownImage(row[0], row[1], row[2], row[3], row[4], row[5], int(row[6]))
+        for row in session.execute(stmt)
+    }
+
+
+def insert_pending(
+    session: Session, library_id: int, files: Sequence[tuple[str, int, int]]
+) -> dict[str, int]:
+    """Insert new files as pending images; returns their ids keyed by path."""
+    ids: dict[str, int] = {}
+    now = utcnow()
+    for chunk in _chunks(files, 1000):
+        rows = [
+            {
+                "library_id": library_id,
+                "path": path,
+                "size": size,
+                "mtime_ns": mtime_ns,
+                "status": ImageStatus.PENDING,
+                "created_at": now,
+                "updated_at": now,
+            }
+            for path, size, mtime_ns in chunk
+        ]
+        session.execute(insert(Image), rows)
+        paths = [path for path, _, _ in chunk]
+        for image_id, path in session.execute(
+            select(Image.id, Image.path).where(Image.path.in_(paths))
+        ):
+            ids[path] = image_id
+    return ids
+
+
+def set_pending(session: Session, ids: Sequence[int]) -> None:
+    """Mark images for (re-)embedding."""
+    for chunk in _chunks(ids):
+        session.execute(
+            update(Image).where(Image.id.in_(chunk)).values(status=ImageStatus.PENDING)
+        )
+
+
+def touch_image(session: Session, image_id: int, size: int, mtime_ns: int) -> None:
+    """Record a new size/mtime for a file whose content did not change."""
+    session.execute(update(Image).where(Image.id == image_id).values(size=size, mtime_ns=mtime_ns))
+
+
+def record_indexed(session: Session, image_id: int, values: Mapping[str, Any]) -> None:
+    """Store what decoding learnt of an image and mark it indexed."""
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(**values, status=ImageStatus.INDEXED, error=None, indexed_at=utcnow())
+    )
+
+
+def record_failed(
+    session: Session, image_id: int, error: str, *, sha256: str | None, size: int, mtime_ns: int
+) -> None:
+    """Mark an image failed with its reason (and drop any vectors it had)."""
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(
+            status=ImageStatus.FAILED, error=error, sha256=sha256, size=size, mtime_ns=mtime_ns
+        )
+    )
+    session.execute(delete(ImageVector).where(ImageVector.image_id == image_id))
+    session.execute(delete(ImageLabel).where(ImageLabel.image_id == image_id))
+
+
+def move_image(session: Session, image_id: int, new_path: str, library_id: int) -> None:
+    """Give an image a new path (a renamed or moved file with the same content)."""
+    session.execute(
+        update(Image)
+        .where(Image.id == image_id)
+        .values(path=new_path, library_id=library_id, status=ImageStatus.INDEXED, error=None)
+    )
+
+
+def delete_images(session: Session, ids: Sequence[int]) -> None:
+    """Delete image rows outright (with their vector and label rows)."""
+    for chunk in _chunks(ids):
+        session.execute(delete(ImageVector).where(ImageVector.image_id.in_(chunk)))
+        session.execute(delete(ImageLabel).where(ImageLabel.image_id.in_(chunk)))
+        session.execute(delete(Image).where(Image.id.in_(chunk)))
+
+
+def mark_missing(session: Session, ids: Sequence[int]) -> None:
+    """Mark images whose files are gone; their vector and label rows go."""
+    for chunk in _chunks(ids):
+        session.execute(delete(ImageVector).where(ImageVector.image_id.in_(chunk)))
+        session.execute(delete(ImageLabel).where(ImageLabel.image_id.in_(chunk)))
+        session.execute(
+            update(Image).where(Image.id.in_(chunk)).values(status=ImageStatus.MISSING)
+        )
+
+
+def copy_image_meta(session: Session, source_id: int, target_id: int) -> None:
+    """Copy decoded metadata and labels from an identical image (same sha256)."""
+    src = session.get_one(Image, source_id)
+    session.execute(
+        update(Image)
+        .where(Image.id == target_id)
+        .values(
+            sha256=src.sha256,
+            width=src.width,
+            height=src.height,
+            format=src.format,
+            taken_at=src.taken_at,
+            camera_make=src.camera_make,
+            camera_model=src.camera_model,
+            orientation=src.orientation,
+            gps_lat=src.gps_lat,
+            gps_lon=src.gps_lon,
+            status=ImageStatus.INDEXED,
+            error=None,
+            indexed_at=utcnow(),
+        )
+    )
+    labels = session.scalars(select(ImageLabel).where(ImageLabel.image_id == source_id)).all()
+    set_labels(
+        session,
+        target_id,
+        [(lab.label, lab.score) for lab in sorted(labels, key=lambda lab: lab.rank)],
+        labels[0].model_id if labels else "",
+    )
+
+
+def reusable_by_sha(session: Session, space_ids: Sequence[int]) -> dict[str, int]:
+    """sha256 → id of an indexed image that has a vector in every given space."""
+    if not space_ids:
+        return {}
+    stmt = (
+        select(Image.sha256, func.min(Image.id))
+        .join(ImageVector, ImageVector.image_id == Image.id)
+        .where(
+            Image.status == ImageStatus.INDEXED,
+            Image.sha256.is_not(None),
+            ImageVector.space_id.in_(space_ids),
+        )
+        .group_by(Image.id, Image.sha256)
+        .having(func.count() == len(space_ids))
+    )
+    found: dict[str, int] = {}
+    for sha, image_id in session.execute(stmt):
+        found.setdefault(sha, image_id)
+    return found
+
+
+def get_images(session: Session, ids: Sequence[int]) -> dict[int, Image]:
+    """Images by id (missing ids are left out)."""
+    found: dict[int, Image] = {}
+    for chunk in _chunks(list(ids)):
+        for img in session.scalars(select(Image).where(Image.id.in_(chunk))):
+            found[img.id] = img
+    return found
+
+
+def get_image(session: Session, image_id: int) -> Image:
+    """One image, or :class:`NotFoundError`."""
+    img = session.get(Image, image_id)
+    if img is None:
+        raise NotFoundError(f"no image with id {image_id}")
+    return img
+
+
+def find_image_by_path(session: Session, path: str) -> Image | None:
+    """The image at ``path``, if indexed."""
+    return session.scalar(select(Image).where(Image.path == path))
+
+
+def find_indexed_by_sha(session: Session, sha256: str) -> Image | None:
+    """An indexed image with this content, if any."""
+    return session.scalar(
+        select(Image)
+        .where(Image.sha256 == sha256, Image.status == ImageStatus.INDEXED)
+        .order_by(Image.id)
+        .limit(1)
+    )
+
+
+def labels_of(session: Session, ids: Sequence[int]) -> dict[int, list[tuple[str, float]]]:
+    """Top labels per image, best first."""
+    found: dict[int, list[tuple[str, float]]] = {}
+    for chunk in _chunks(list(ids)):
+        stmt = (
+            select(ImageLabel.image_id, ImageLabel.label, ImageLabel.score)
+            .where(ImageLabel.image_id.in_(chunk))
+            .order_by(ImageLabel.image_id, ImageLabel.rank)
+        )
+        for image_id, label, score in session.execute(stmt):
+            found.setdefault(image_id, []).append((label, score))
+    return found
+
+
+def set_labels(
+    session: Session, image_id: int, labels: Sequence[tuple[str, float]], model_id: str
+) -> None:
+    """Replace an image's predicted labels."""
+    session.execute(delete(ImageLabel).where(ImageLabel.image_id == image_id))
+    if labels:
+        session.execute(
+            insert(ImageLabel),
+            [
+                {
+                    "image_id": image_id,
+                    "rank": rank,
+                    "label": label[:256],
+                    "score": float(score),
+                    "model_id": model_id,
+                }
+                for rank, (label, score) in enumerate(labels, start=1)
+            ],
+        )
+
+
+# --------------------------------------------------------------------------- spaces
+
+
+def ensure_space(session: Session, spec: Mapping[str, Any]) -> Space:
+    """The space named ``spec['name']``, created if new; refused if built differently.
+
+    A change of model, revision, preprocessing or dimension makes old and new vectors
+    incomparable, so it is an error, never a silent mix.
+    """
+    space = session.scalar(select(Space).where(Space.name == spec["name"]))
+    if space is None:
+        space = Space(
+            name=spec["name"],
+            model_id=spec["model_id"],
+            model_revision=spec["model_revision"],
+            layer=spec["layer"],
+            preprocessing=dict(spec["preprocessing"]),
+            dim=spec["dim"],
+            metric=spec["metric"],
+        )
+        session.add(space)
+        session.flush()
+        return space
+    check_space_matches(space, spec)
+    return space
+
+
+def check_space_matches(space: Space, spec: Mapping[str, Any]) -> None:
+    """Raise :class:`SpaceMismatchError` when ``spec`` describes another model or setup."""
+    differences = [
+        f"{field}: stored {getattr(space, field)!r}, now {spec[field]!r}"
+        for field in ("model_id", "model_revision", "layer", "dim", "metric")
+        if getattr(space, field) != spec[field]
+    ]
+    if dict(space.preprocessing) != dict(spec["preprocessing"]):
+        differences.append("preprocessing differs")
+    if differences:
+        raise SpaceMismatchError(
+            f"space {space.name!r} was built by model {space.model_id!r} "
+            f"(revision {space.model_revision}) and cannot take vectors or queries from the "
+            f"current model ({'; '.join(differences)}). Set VITDEX_MODEL back to "
+            f"{space.model_id!r}, or re-embed everything with `vitdex index --reembed PATH`."
+        )
+
+
+def get_space(session: Session, name: str) -> Space:
+    """A space by name, or :class:`NotFoundError` listing the known ones."""
+    space = session.scalar(select(Space).where(Space.name == name))
+    if space is None:
+        names = ", ".join(session.scalars(select(Space.name).order_by(Space.id))) or "none yet"
+        raise NotFoundError(f"no space named {name!r} (known spaces: {names})")
+    return space
+
+
+def list_spaces(session: Session) -> list[Space]:
+    """All spaces, oldest first."""
+    return list(session.scalars(select(Space).order_by(Space.id)))
+
+
+def drop_space_vectors(session: Session, space_id: int) -> None:
+    """Forget every vector row of a space (before re-embedding it)."""
+    session.execute(delete(ImageVector).where(ImageVector.space_id == space_id))
+
+
+def delete_space(session: Session, space_id: int) -> None:
+    """Remove a space and its vector rows."""
+    drop_space_vectors(session, space_id)
+    session.execute(delete(Space).where(Space.id == space_id))
+
+
+def add_vector_rows(session: Session, image_ids: Sequence[int], space_ids: Sequence[int]) -> None:
+    """Record that each image now has a vector in each space (idempotent)."""
+    if not image_ids or not space_ids:
+        return
+    for chunk in _chunks(list(image_ids)):
+        session.execute(
+            delete(ImageVector).where(
+                ImageVector.image_id.in_(chunk), ImageVector.space_id.in_(space_ids)
+            )
+        )
+    now = utcnow()
+    session.execute(
+        insert(ImageVector),
+        [
+            {"image_id": i, "space_id": s, "created_at": now}
+            for i in image_ids
+            for s in space_ids
+        ],
+    )
+
+
+def remove_vector_rows(session: Session, image_ids: Sequence[int], space_id: int) -> None:
+    """Forget vector rows of some images in one space."""
+    for chunk in _chunks(list(image_ids)):
+        session.execute(
+            delete(ImageVector).where(
+                ImageVector.space_id == space_id, ImageVector.image_id.in_(chunk)
+            )
+        )
+
+
+def has_vector(session: Session, image_id: int, space_id: int) -> bool:
+    """Whether the image has a vector in the space."""
+    return (
+        session.get(ImageVector, {"image_id": image_id, "space_id": space_id}) is not None
+    )
+
+
+def vector_image_ids(session: Session, space_id: int) -> list[int]:
+    """Ids of the images that have a vector in the space, sorted."""
+    return list(
+        session.scalars(
+            select(ImageVector.image_id)
+            .where(ImageVector.space_id == space_id)
+            .order_by(ImageVector.image_id)
+        )
+    )
+
+
+# --------------------------------------------------------------------------- jobs
+
+
+def create_job(session: Session, kind: str, params: Mapping[str, Any]) -> Job:
+    """A new job row, running from now."""
+    job = Job(kind=kind, params=dict(params), state=JobState.RUNNING, started_at=utcnow())
+    session.add(job)
+    session.flush()
+    return job
+
+
+def update_job(session: Session, job_id: int, **values: Any) -> None:
+    """Update a job's progress, counts or state."""
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def finish_job(session: Session, job_id: int, state: JobState, error: str | None = None) -> None:
+    """Close a job."""
+    update_job(session, job_id, state=state, error=error, finished_at=utcnow())
+
+
+def cancel_requested(session: Session, job_id: int) -> bool:
+    """Whether somebody asked the job to stop."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
+
+
+# --------------------------------------------------------------------------- status
+
+
+def status_counts(session: Session) -> dict[str, int]:
+    """Number of images per status."""
+    counts = {status.value: 0 for status in ImageStatus}
+    for status, n in session.execute(select(Image.status, func.count()).group_by(Image.status)):
+        counts[status] = int(n)
+    return counts
+
+
+def vector_counts(session: Session) -> dict[int, int]:
+    """Number of vector rows per space id."""
+    stmt = select(ImageVector.space_id, func.count()).group_by(ImageVector.space_id)
+    return {space_id: int(n) for space_id, n in session.execute(stmt)}
+
+
+def failed_images(session: Session, limit: int = 100) -> list[Row[tuple[int, str, str | None]]]:
+    """The failed images with their reasons, most recent first."""
+    stmt = (
+        select(Image.id, Image.path, Image.error)
+        .where(Image.status == ImageStatus.FAILED)
+        .order_by(Image.updated_at.desc(), Image.id.desc())
+        .limit(limit)
+    )
+    return list(session.execute(stmt))
+
+
+def last_indexed_at(session: Session) -> datetime | None:
+    """When the most recent image was embedded."""
+    return session.scalar(select(func.max(Image.indexed_at)))
