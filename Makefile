@@ -3,6 +3,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-stamp
+# The catalog tests run on SQLite and on this PostgreSQL server (a fresh database per test).
+export VITDEX_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 .PHONY: setup demo test lint typecheck unit integration e2e bench clean
 

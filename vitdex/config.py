@@ -26,8 +26,9 @@ Device = Literal["auto", "cpu", "cuda", "mps"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 
 
-def _config(**extra: Any) -> SettingsConfigDict:
-    return SettingsConfigDict(env_prefix="VITDEX_", extra="ignore", **extra)
+def _config(*, protected: tuple[str, ...] = ("model_validate", "model_dump")) -> SettingsConfigDict:
+    # "model_*" fields (model_revision) are ours, not pydantic's reserved namespace.
+    return SettingsConfigDict(env_prefix="VITDEX_", extra="ignore", protected_namespaces=protected)
 
 
 def parse_layer_spec(spec: str) -> tuple[str, int | None]:
@@ -69,7 +70,7 @@ class StorageSettings(BaseSettings):
 class ModelSettings(BaseSettings):
     """Which ViT checkpoint embeds photos, where it runs, and which vectors it keeps."""
 
-    model_config = _config(protected_namespaces=())
+    model_config = _config()
 
     model: str = DEFAULT_MODEL
     model_revision: str | None = None
@@ -94,9 +95,7 @@ class ModelSettings(BaseSettings):
         for spec in value:
             spec = spec.strip()
             if not _LAYER_SPEC.match(spec):
-                raise ValueError(
-                    f"invalid layer spec {spec!r}: use 'cls', 'cls@K' or 'mean@K'"
-                )
+                raise ValueError(f"invalid layer spec {spec!r}: use 'cls', 'cls@K' or 'mean@K'")
             if spec not in seen:
                 seen.append(spec)
         return seen

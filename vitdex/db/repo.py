@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy import delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import (
@@ -144,9 +144,7 @@ def insert_pending(
 def set_pending(session: Session, ids: Sequence[int]) -> None:
     """Mark images for (re-)embedding."""
     for chunk in _chunks(ids):
-        session.execute(
-            update(Image).where(Image.id.in_(chunk)).values(status=ImageStatus.PENDING)
-        )
+        session.execute(update(Image).where(Image.id.in_(chunk)).values(status=ImageStatus.PENDING))
 
 
 def touch_image(session: Session, image_id: int, size: int, mtime_ns: int) -> None:
@@ -170,9 +168,7 @@ def record_failed(
     session.execute(
         update(Image)
         .where(Image.id == image_id)
-        .values(
-            status=ImageStatus.FAILED, error=error, sha256=sha256, size=size, mtime_ns=mtime_ns
-        )
+        .values(status=ImageStatus.FAILED, error=error, sha256=sha256, size=size, mtime_ns=mtime_ns)
     )
     session.execute(delete(ImageVector).where(ImageVector.image_id == image_id))
     session.execute(delete(ImageLabel).where(ImageLabel.image_id == image_id))
@@ -200,9 +196,7 @@ def mark_missing(session: Session, ids: Sequence[int]) -> None:
     for chunk in _chunks(ids):
         session.execute(delete(ImageVector).where(ImageVector.image_id.in_(chunk)))
         session.execute(delete(ImageLabel).where(ImageLabel.image_id.in_(chunk)))
-        session.execute(
-            update(Image).where(Image.id.in_(chunk)).values(status=ImageStatus.MISSING)
-        )
+        session.execute(update(Image).where(Image.id.in_(chunk)).values(status=ImageStatus.MISSING))
 
 
 def copy_image_meta(session: Session, source_id: int, target_id: int) -> None:
@@ -253,7 +247,8 @@ def reusable_by_sha(session: Session, space_ids: Sequence[int]) -> dict[str, int
     )
     found: dict[str, int] = {}
     for sha, image_id in session.execute(stmt):
-        found.setdefault(sha, image_id)
+        if sha is not None:
+            found.setdefault(sha, image_id)
     return found
 
 
@@ -407,11 +402,7 @@ def add_vector_rows(session: Session, image_ids: Sequence[int], space_ids: Seque
     now = utcnow()
     session.execute(
         insert(ImageVector),
-        [
-            {"image_id": i, "space_id": s, "created_at": now}
-            for i in image_ids
-            for s in space_ids
-        ],
+        [{"image_id": i, "space_id": s, "created_at": now} for i in image_ids for s in space_ids],
     )
 
 
@@ -427,9 +418,7 @@ def remove_vector_rows(session: Session, image_ids: Sequence[int], space_id: int
 
 def has_vector(session: Session, image_id: int, space_id: int) -> bool:
     """Whether the image has a vector in the space."""
-    return (
-        session.get(ImageVector, {"image_id": image_id, "space_id": space_id}) is not None
-    )
+    return session.get(ImageVector, {"image_id": image_id, "space_id": space_id}) is not None
 
 
 def vector_image_ids(session: Session, space_id: int) -> list[int]:
@@ -486,7 +475,7 @@ def vector_counts(session: Session) -> dict[int, int]:
     return {space_id: int(n) for space_id, n in session.execute(stmt)}
 
 
-def failed_images(session: Session, limit: int = 100) -> list[Row[tuple[int, str, str | None]]]:
+def failed_images(session: Session, limit: int = 100) -> list[tuple[int, str, str | None]]:
     """The failed images with their reasons, most recent first."""
     stmt = (
         select(Image.id, Image.path, Image.error)
@@ -494,7 +483,7 @@ def failed_images(session: Session, limit: int = 100) -> list[Row[tuple[int, str
         .order_by(Image.updated_at.desc(), Image.id.desc())
         .limit(limit)
     )
-    return list(session.execute(stmt))
+    return [(row[0], row[1], row[2]) for row in session.execute(stmt)]
 
 
 def last_indexed_at(session: Session) -> datetime | None:

@@ -1,0 +1,88 @@
+"""Shared fixtures: a tiny ViT checkpoint built once, an isolated VITDEX_HOME, both databases."""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+POSTGRES_URL = os.environ.get("VITDEX_TEST_POSTGRES_URL", "")
+
+
+@pytest.fixture(autouse=True)
+def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests never reach a model hub; they build their checkpoints themselves."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    for name in list(os.environ):
+        if name.startswith("VITDEX_") and not name.startswith("VITDEX_TEST_"):
+            monkeypatch.delenv(name)
+
+
+@pytest.fixture(scope="session")
+def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViT classification checkpoint (4 layers, 10 named labels) saved to disk."""
+    from tests.models import build_tiny_vit
+
+    return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit")
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_headless(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny ViT feature-extraction checkpoint (no classifier)."""
+    from tests.models import build_tiny_vit
+
+    return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit-headless", classifier=False)
+
+
+def _postgres_database() -> Iterator[str]:
+    """A fresh PostgreSQL database for one test, dropped afterwards."""
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    if not POSTGRES_URL:
+        pytest.skip("VITDEX_TEST_POSTGRES_URL is not set (PostgreSQL tests need a server)")
+    admin_url = make_url(POSTGRES_URL).set(drivername="postgresql+psycopg")
+    name = f"vitdex_test_{uuid.uuid4().hex[:12]}"
+    admin = create_engine(admin_url, isolation_level="AUTOCOMMIT")
+    try:
+        with admin.connect() as conn:
+            conn.execute(text(f'CREATE DATABASE "{name}"'))
+    except Exception as exc:  # the server is down or refuses us: say so, loudly
+        admin.dispose()
+        pytest.fail(f"cannot create a PostgreSQL test database at {POSTGRES_URL}: {exc}")
+    try:
+        yield admin_url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with admin.connect() as conn:
+            conn.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """Each test that takes this runs once on SQLite and once on PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'catalog.db'}"
+    else:
+        yield from _postgres_database()
+
+
+@pytest.fixture
+def vitdex_env(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, tiny_vit: Path, database_url: str
+) -> dict[str, str]:
+    """VITDEX_* variables for a run against the tiny model in a fresh home and database."""
+    env = {
+        "VITDEX_HOME": str(tmp_path / "home"),
+        "VITDEX_DATABASE_URL": database_url,
+        "VITDEX_MODEL": str(tiny_vit),
+        "VITDEX_SPACES": "cls,cls@2",
+        "VITDEX_PRECISION": "fp32",
+        "VITDEX_BATCH_SIZE": "4",
+    }
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    return env
