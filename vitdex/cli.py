@@ -1,0 +1,412 @@
+"""The ``vitdex`` command: thin wrappers over the indexer and the search service."""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+from rich.table import Table
+from rich.text import Text
+
+from vitdex.config import Settings, load_settings
+from vitdex.errors import VitdexError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+err_console = Console(stderr=True)
+out_console = Console()
+
+
+@dataclass
+class Context:
+    """What the group options resolve to, shared by every command."""
+
+    overrides: dict[str, Any]
+    verbose: int
+
+    def settings(self) -> Settings:
+        """Settings from the environment with the CLI flags on top."""
+        return load_settings(**self.overrides)
+
+
+def _handle_errors(func: F) -> F:
+    """Turn a :class:`VitdexError` into a one-line message and its exit code."""
+    import functools
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return func(*args, **kwargs)
+        except VitdexError as exc:
+            # click.echo never wraps lines (rich would, at 80 columns off a terminal).
+            click.secho("error: ", fg="red", bold=True, err=True, nl=False)
+            click.echo(exc.message, err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("interrupted; everything committed so far is kept", err=True)
+            sys.exit(130)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _print_json(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, default=str))
+
+
+def _open_catalog(settings: Settings) -> Any:
+    from vitdex.db import ensure_schema, make_engine, session_factory
+
+    engine = make_engine(settings.storage.resolved_database_url)
+    ensure_schema(engine)
+    return session_factory(engine)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--home", type=click.Path(path_type=Path), help="Data folder [VITDEX_HOME].")
+@click.option("--database-url", help="SQLAlchemy URL of the catalog [VITDEX_DATABASE_URL].")
+@click.option("--model", help="Hub id or local folder of a ViT checkpoint [VITDEX_MODEL].")
+@click.option("--spaces", help="Comma-separated layer specs, e.g. cls,cls@8 [VITDEX_SPACES].")
+@click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[VITDEX_DEVICE]")
+@click.option(
+    "--precision",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
+    help="[VITDEX_PRECISION]",
+)
+@click.option("--batch-size", type=int, help="Images per forward pass [VITDEX_BATCH_SIZE].")
+@click.option("-v", "--verbose", count=True, help="More logging (-vv for debug).")
+@click.version_option(package_name="vitdex")
+@click.pass_context
+def cli(
+    ctx: click.Context,
+    home: Path | None,
+    database_url: str | None,
+    model: str | None,
+    spaces: str | None,
+    device: str | None,
+    precision: str | None,
+    batch_size: int | None,
+    verbose: int,
+) -> None:
+    """vitdex: index photo folders with ViT embeddings and search them."""
+    level = logging.WARNING - 10 * min(verbose, 2)
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    ctx.obj = Context(
+        overrides={
+            "home": home,
+            "database_url": database_url,
+            "model": model,
+            "spaces": spaces,
+            "device": device,
+            "precision": precision,
+            "batch_size": batch_size,
+        },
+        verbose=verbose,
+    )
+
+
+# ------------------------------------------------------------------ progress
+
+
+class RateColumn(ProgressColumn):
+    """Images per second."""
+
+    def render(self, task: Task) -> Text:
+        """The task's speed as img/s."""
+        speed = task.finished_speed or task.speed
+        return Text(f"{speed:6.1f} img/s" if speed else "   -- img/s", style="cyan")
+
+
+class BarProgress:
+    """Draws the index run on stderr: a counter while scanning, then a bar with ETA."""
+
+    def __init__(self, progress: Progress) -> None:
+        self._progress = progress
+        self._scan: TaskID | None = None
+        self._work: TaskID | None = None
+
+    def scanning(self, files: int) -> None:
+        """Update the scan counter (throttled: every 100 files)."""
+        if self._scan is None:
+            self._scan = self._progress.add_task("scanning", total=None)
+        if files % 100 == 0:
+            self._progress.update(self._scan, completed=files, description="scanning")
+
+    def begin(self, total: int) -> None:
+        """Switch from scanning to the work bar."""
+        if self._scan is not None:
+            self._progress.update(self._scan, visible=False)
+        self._work = self._progress.add_task("indexing", total=total)
+
+    def advance(self, n: int) -> None:
+        """Move the bar."""
+        if self._work is not None:
+            self._progress.advance(self._work, n)
+
+
+@contextmanager
+def _progress(enabled: bool) -> Iterator[BarProgress | None]:
+    if not enabled:
+        yield None
+        return
+    progress = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        RateColumn(),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+        transient=False,
+    )
+    with progress:
+        yield BarProgress(progress)
+
+
+# ------------------------------------------------------------------ commands
+
+
+@cli.command()
+@click.argument(
+    "paths",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--reembed", is_flag=True, help="Re-embed everything (after a model change).")
+@click.option("--retry-failed", is_flag=True, help="Try failed files again even if unchanged.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_obj
+@_handle_errors
+def index(
+    obj: Context,
+    paths: tuple[Path, ...],
+    as_json: bool,
+    reembed: bool,
+    retry_failed: bool,
+    no_progress: bool,
+) -> None:
+    """Index the photos under PATHS (folders); re-runs only cost time for changes."""
+    from vitdex.indexer.embedder import Embedder
+    from vitdex.indexer.pipeline import Indexer
+
+    settings = obj.settings()
+    sessions = _open_catalog(settings)
+    embedder = Embedder.from_settings(settings.model)
+    show = not no_progress and (err_console.is_terminal or not as_json)
+    with _progress(show) as bar:
+        indexer = Indexer(settings, sessions, embedder, progress=bar)
+        report = indexer.run(list(paths), reembed=reembed, retry_failed=retry_failed)
+    if as_json:
+        _print_json(report.to_dict())
+        return
+    _print_report(report.to_dict(), embedder)
+
+
+def _print_report(data: dict[str, Any], embedder: Any) -> None:
+    parts = [
+        f"scanned {data['scanned']}",
+        f"embedded {data['embedded']}",
+        f"unchanged {data['unchanged']}",
+    ]
+    for key in ("reused", "moved", "deleted", "repaired"):
+        if data[key]:
+            parts.append(f"{key} {data[key]}")
+    parts.append(f"failed {data['failed']}")
+    out_console.print(", ".join(parts) + f" in {data['elapsed']:.1f} s", highlight=False)
+    if data["embedded"]:
+        out_console.print(
+            f"{data['images_per_s']:.1f} images/s on {embedder.device} ({embedder.precision});"
+            " seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in data["timings"].items()),
+            highlight=False,
+        )
+    for failure in data["failures"][:20]:
+        out_console.print(f"  failed: {failure['path']}: {failure['error']}", highlight=False)
+    if len(data["failures"]) > 20:
+        out_console.print(f"  ... and {len(data['failures']) - 20} more (vitdex status)")
+
+
+@cli.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--id", "ids", type=int, multiple=True, help="Query by catalog image id.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--space", help="Space to search (default: the first configured one).")
+@click.option("--include-self", is_flag=True, help="Keep the query image in its own hits.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def similar(
+    obj: Context,
+    images: tuple[Path, ...],
+    ids: tuple[int, ...],
+    k: int,
+    space: str | None,
+    include_self: bool,
+    as_json: bool,
+) -> None:
+    """List the indexed photos closest to each IMAGE (a file) or --id."""
+    from vitdex.search.service import SearchService
+
+    if not images and not ids:
+        raise click.UsageError("give at least one IMAGE or --id")
+    settings = obj.settings()
+    service = SearchService(settings, _open_catalog(settings))
+    results = service.similar(images, ids, k=k, space=space, include_self=include_self)
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+        return
+    for result in results:
+        table = Table(title=f"{result.query}  (space {result.space})", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("id", justify="right")
+        table.add_column("path", overflow="fold")
+        table.add_column("label")
+        for rank, hit in enumerate(result.hits, start=1):
+            label = hit.labels[0][0] if hit.labels else ""
+            table.add_row(str(rank), f"{hit.score:.4f}", str(hit.image_id), hit.path, label)
+        out_console.print(table)
+
+
+@cli.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def classify(obj: Context, images: tuple[Path, ...], k: int, as_json: bool) -> None:
+    """Top-k labels of each IMAGE from the checkpoint's classifier."""
+    from vitdex.search.service import SearchService
+
+    settings = obj.settings()
+    service = SearchService(settings, _open_catalog(settings))
+    results = service.classify(images, k=k)
+    if as_json:
+        _print_json([r.to_dict() for r in results])
+        return
+    for result in results:
+        out_console.print(f"[bold]{result.query}[/]", highlight=False)
+        for label, score in result.labels:
+            out_console.print(f"  {score:7.2%}  {label}", highlight=False)
+
+
+@cli.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.option(
+    "--failed",
+    "max_failed",
+    type=int,
+    default=50,
+    show_default=True,
+    help="How many failed files to list.",
+)
+@click.pass_obj
+@_handle_errors
+def status(obj: Context, as_json: bool, max_failed: int) -> None:
+    """What is indexed: images, spaces and their vectors, failed files and why."""
+    from vitdex.status import collect_status
+
+    settings = obj.settings()
+    data = collect_status(settings, _open_catalog(settings), max_failed=max_failed)
+    if as_json:
+        _print_json(data)
+        return
+    out_console.print(
+        f"home {data['home']}\ncatalog {data['database']}\nmodel {data['model']}",
+        highlight=False,
+    )
+    by = data["by_status"]
+    out_console.print(
+        f"images {data['images']}: {by['indexed']} indexed, {by['pending']} pending, "
+        f"{data['failed']} failed ({by['missing']} missing files forgotten)",
+        highlight=False,
+    )
+    table = Table(title="spaces", title_justify="left")
+    for col in ("name", "vectors", "in store", "dim", "model", "revision"):
+        table.add_column(col)
+    for sp in data["spaces"]:
+        table.add_row(
+            sp["name"],
+            str(sp["vectors"]),
+            str(sp["store_count"]),
+            str(sp["dim"]),
+            sp["model_id"],
+            sp["model_revision"][:12],
+        )
+    out_console.print(table)
+    if data["libraries"]:
+        out_console.print("libraries: " + ", ".join(lib["root"] for lib in data["libraries"]))
+    if data["failures"]:
+        out_console.print(f"failed files ({len(data['failures'])} most recent):")
+        for item in data["failures"]:
+            # One plain line per file, never cut, so it can be grepped.
+            click.echo(f"  {item['path']}: {item['error'] or 'unknown error'}")
+
+
+@cli.group()
+def db() -> None:
+    """Catalog schema commands."""
+
+
+@db.command("upgrade")
+@click.option("--revision", default="head", show_default=True)
+@click.pass_obj
+@_handle_errors
+def db_upgrade(obj: Context, revision: str) -> None:
+    """Apply schema migrations to the catalog."""
+    from vitdex.db.engine import current_revision, make_engine, upgrade
+
+    settings = obj.settings()
+    engine = make_engine(settings.storage.resolved_database_url)
+    before = current_revision(engine)
+    upgrade(engine, revision)
+    after = current_revision(engine)
+    click.echo(f"catalog schema: {before or 'empty'} -> {after}")
+
+
+@cli.command()
+@click.option(
+    "--photos",
+    type=int,
+    default=24,
+    show_default=True,
+    help="How many photos to generate beside the shipped samples.",
+)
+@click.pass_obj
+@_handle_errors
+def demo(obj: Context, photos: int) -> None:
+    """Index sample photos (offline) and show similar and classify results."""
+    from vitdex.demo import run_demo
+
+    run_demo(obj.overrides, generated=photos, console=out_console)
+
+
+def main() -> None:
+    """Entry point of the ``vitdex`` console script."""
+    cli(prog_name="vitdex")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,485 @@
+"""Photo decoding: bytes or a path in, an upright RGB image plus its EXIF facts out.
+
+Three things make decoding safe and fast enough for bulk indexing:
+
+- the pixel count is checked from the header before any pixel is decoded (bomb guard);
+- JPEGs are decoded at 1/2, 1/4 or 1/8 scale when the caller only needs a small image
+  (libjpeg's DCT scaling, several times faster than a full decode plus resize);
+- every failure, whatever Pillow or a codec raises, becomes an :class:`ImageError` with a
+  short reason that can be shown next to the file name.
+"""
+
+from __future__ import annotations
+
+import io
+import math
+import os
+import re
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+from importlib import metadata
+from importlib.util import find_spec
+from pathlib import Path
+from typing import IO, Any
+
+import numpy as np
+from PIL import ExifTags, Image, UnidentifiedImageError, features
+
+from vitdex.errors import ImageError, ImageTooLargeError
+
+__all__ = [
+    "SUPPORTED_EXTENSIONS",
+    "DecodedImage",
+    "ExifInfo",
+    "decode_image",
+    "register_optional_formats",
+    "to_rgb",
+]
+
+
+def _pillow_heif_major() -> int | None:
+    """pillow-heif's major version if installed (without importing its native library)."""
+    if find_spec("pillow_heif") is None:
+        return None
+    try:
+        return int(metadata.version("pillow-heif").split(".")[0])
+    except (metadata.PackageNotFoundError, ValueError):
+        return 1
+
+
+_HEIF_MAJOR = _pillow_heif_major()
+# Pillow decodes AVIF itself since 11.2; pillow-heif did before 1.0.
+_AVIF_AVAILABLE = bool(features.check_module("avif")) or (
+    _HEIF_MAJOR is not None and _HEIF_MAJOR < 1
+)
+
+#: File suffixes (lower case, with the dot) the scanner picks up.
+SUPPORTED_EXTENSIONS: frozenset[str] = frozenset(
+    {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".gif", ".tif", ".tiff", ".bmp"}
+    | ({".heic", ".heif"} if _HEIF_MAJOR is not None else set())
+    | ({".avif"} if _AVIF_AVAILABLE else set())
+)
+
+# Only these Pillow plugins may open a file. Pillow would otherwise also try EPS (which
+# runs Ghostscript), PSD, ICO and dozens more on whatever bytes an upload contains.
+_WANTED_FORMATS = ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "AVIF", "HEIF")
+# Pillow's JPEG opener names a JPEG with a multi-picture extension (most camera JPEGs) "MPO".
+_REPORTED_FORMAT = {"MPO": "JPEG"}
+
+_register_lock = threading.Lock()
+_registered: bool | None = None
+
+
+def register_optional_formats() -> bool:
+    """Register pillow-heif's HEIF (and, where it has one, AVIF) opener with Pillow, once.
+
+    Returns whether pillow-heif is available. Safe to call from any thread, any number of
+    times; after the first call it only reads a flag.
+    """
+    global _registered
+    if _registered is not None:
+        return _registered
+    with _register_lock:
+        if _registered is None:
+            try:
+                import pillow_heif
+
+                pillow_heif.register_heif_opener()
+                # Older pillow-heif releases also decode AVIF; newer ones leave it to Pillow.
+                register_avif = getattr(pillow_heif, "register_avif_opener", None)
+                if register_avif is not None and not features.check_module("avif"):
+                    register_avif()
+                _registered = True
+            except Exception:  # not installed, or its native library fails to load
+                _registered = False
+    return _registered
+
+
+def _allowed_formats() -> list[str]:
+    heif = register_optional_formats()
+    Image.init()  # loads every plugin once; a no-op afterwards
+    return [f for f in _WANTED_FORMATS if f in Image.OPEN and (heif or f != "HEIF")]
+
+
+# --- EXIF ----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ExifInfo:
+    """The EXIF facts vitdex keeps about a photo; any field the file lacks is ``None``."""
+
+    #: DateTimeOriginal (else DateTimeDigitized, else DateTime): naive camera-local time.
+    taken_at: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    #: Raw EXIF orientation 1..8, already applied to :attr:`DecodedImage.image`. Decoders
+    #: that turn the image upright themselves (Pillow's TIFF, pillow-heif) leave 1 or None.
+    orientation: int | None = None
+    #: Decimal degrees, negative south of the equator.
+    gps_lat: float | None = None
+    #: Decimal degrees, negative west of Greenwich.
+    gps_lon: float | None = None
+
+
+_EMPTY_EXIF = ExifInfo()
+_DATE = re.compile(r"^\s*(\d{4})[:\-/.](\d{1,2})[:\-/.](\d{1,2})[ T]+(\d{1,2}):(\d{2}):(\d{2})")
+
+
+def _text(value: Any) -> str | None:
+    if isinstance(value, bytes):
+        value = value.decode("utf-8", "replace")
+    if not isinstance(value, str):
+        return None
+    value = value.replace("\x00", " ").strip()
+    return value or None
+
+
+def _parse_datetime(value: Any) -> datetime | None:
+    text = _text(value)
+    if text is None:
+        return None
+    match = _DATE.match(text)
+    if match is None:
+        return None
+    try:
+        # "0000:00:00 00:00:00" and similar placeholders fail here and count as missing.
+        year, month, day, hour, minute, second = (int(part) for part in match.groups())
+        return datetime(year, month, day, hour, minute, second)
+    except ValueError:
+        return None
+
+
+def _coordinate(value: Any, ref: Any, negative_ref: str, limit: float) -> float | None:
+    """Degrees/minutes/seconds rationals (or a single number) to signed decimal degrees."""
+    parts = value if isinstance(value, tuple | list) else (value,)
+    if not 1 <= len(parts) <= 3:
+        return None
+    try:
+        degrees = sum(float(p) / 60**i for i, p in enumerate(parts))
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+    # IFDRational with a zero denominator reads as nan: a camera without a GPS fix.
+    if not math.isfinite(degrees) or abs(degrees) > limit:
+        return None
+    ref_text = (_text(ref) or "").upper()
+    return -abs(degrees) if ref_text.startswith(negative_ref) else float(degrees)
+
+
+def _orientation(value: Any) -> int | None:
+    if isinstance(value, tuple | list) and value:
+        value = value[0]
+    if isinstance(value, int) and 1 <= value <= 8:
+        return value
+    return None
+
+
+def _read_exif(img: Image.Image) -> ExifInfo:
+    """Parse the EXIF block; a broken or odd one gives missing fields, never an error."""
+    try:
+        exif = img.getexif()
+    except Exception:
+        return _EMPTY_EXIF
+    if not exif:
+        return _EMPTY_EXIF
+    fields: dict[str, Any] = {}
+    try:
+        sub: Any = exif.get_ifd(ExifTags.IFD.Exif)
+    except Exception:
+        sub = {}
+    try:
+        for tag in (
+            ExifTags.Base.DateTimeOriginal,
+            ExifTags.Base.DateTimeDigitized,
+            ExifTags.Base.DateTime,
+        ):
+            # Some writers put the capture date in IFD0 rather than the Exif sub-IFD.
+            taken = _parse_datetime(sub.get(tag)) or _parse_datetime(exif.get(tag))
+            if taken is not None:
+                fields["taken_at"] = taken
+                break
+    except Exception:
+        pass
+    try:
+        fields["camera_make"] = _text(exif.get(ExifTags.Base.Make))
+        fields["camera_model"] = _text(exif.get(ExifTags.Base.Model))
+        fields["orientation"] = _orientation(exif.get(ExifTags.Base.Orientation))
+    except Exception:
+        pass
+    try:
+        gps: Any = exif.get_ifd(ExifTags.IFD.GPSInfo)
+        lat = _coordinate(
+            gps.get(ExifTags.GPS.GPSLatitude), gps.get(ExifTags.GPS.GPSLatitudeRef), "S", 90
+        )
+        lon = _coordinate(
+            gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef), "W", 180
+        )
+        # Half a position is no position.
+        if lat is not None and lon is not None:
+            fields["gps_lat"], fields["gps_lon"] = lat, lon
+    except Exception:
+        pass
+    return ExifInfo(**fields)
+
+
+# --- modes ---------------------------------------------------------------------------------
+
+
+def _over_white(rgba: Image.Image) -> Image.Image:
+    """Composite an RGBA image over white: transparent photos must not turn black."""
+    out = Image.new("RGB", rgba.size, (255, 255, 255))
+    out.paste(rgba, (0, 0), rgba)
+    return out
+
+
+def _grey_to_rgb(values: np.ndarray) -> Image.Image:
+    return Image.fromarray(values.astype(np.uint8)).convert("RGB")
+
+
+def _int_to_8bit(values: np.ndarray, bits16: bool) -> np.ndarray:
+    if bits16:
+        # Top byte of each sample: 65535 -> 255, 32768 -> 128, and v*257 -> v exactly.
+        return values.astype(np.uint16) >> 8
+    # 32-bit "I" images carry no bit depth: judge it from the values they hold.
+    low, high = int(values.min()), int(values.max())
+    if low >= 0 and high <= 255:
+        return values
+    if low >= 0 and high <= 65535:
+        return values.astype(np.uint32) >> 8
+    span = max(high - low, 1)
+    scaled: np.ndarray = np.rint((values.astype(np.float64) - low) * (255.0 / span))
+    return scaled
+
+
+def _float_to_8bit(values: np.ndarray) -> np.ndarray:
+    values = np.nan_to_num(values.astype(np.float64), nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = float(values.min()), float(values.max())
+    if low >= 0.0 and high <= 1.0:  # the usual convention for float images
+        values = values * 255.0
+    elif low < 0.0 or high > 255.0:
+        values = (values - low) * (255.0 / max(high - low, 1e-12))
+    scaled: np.ndarray = np.rint(values)
+    return scaled
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """Convert any Pillow mode to 8-bit RGB the way a viewer would show it.
+
+    Transparency (alpha channel, transparent palette entry, premultiplied alpha) is
+    composited over white; 16-bit greyscale is scaled (65535 -> 255, not clipped); 32-bit
+    integer and float greyscale are scaled by their value range (0..1 and 0..255 floats,
+    0..255 and 0..65535 integers are taken as they are conventionally meant). RGB images are
+    returned as they are, not copied. Raises :class:`ImageError` for modes with no RGB
+    meaning.
+    """
+    mode = image.mode
+    if mode == "RGB":
+        return image
+    try:
+        if mode in ("RGBA", "LA", "PA", "RGBa", "La") or (
+            mode == "P" and image.has_transparency_data
+        ):
+            if mode == "La":  # Pillow has no direct La -> RGBA conversion
+                image = image.convert("LA")
+            return _over_white(image.convert("RGBA"))
+        if mode.startswith("I;16"):
+            return _grey_to_rgb(_int_to_8bit(np.asarray(image), bits16=True))
+        if mode == "I":
+            return _grey_to_rgb(_int_to_8bit(np.asarray(image), bits16=False))
+        if mode == "F":
+            return _grey_to_rgb(_float_to_8bit(np.asarray(image)))
+        # L, 1, P, CMYK (Adobe's inverted CMYK is undone by the JPEG loader), YCbCr, LAB,
+        # HSV, RGBX: Pillow converts these correctly.
+        return image.convert("RGB")
+    except (ValueError, TypeError, KeyError) as exc:
+        raise ImageError(f"unsupported image mode {mode}: {exc}") from exc
+
+
+# --- decoding ------------------------------------------------------------------------------
+
+
+@dataclass
+class DecodedImage:
+    """A decoded photo: upright RGB pixels, its full size and its EXIF facts."""
+
+    #: Mode RGB, orientation applied; smaller than width x height when decoded reduced.
+    image: Image.Image
+    #: Full-size width after orientation, whatever size :attr:`image` was decoded at.
+    width: int
+    height: int
+    #: Pillow's format name ("JPEG", "PNG", "WEBP", "GIF", "TIFF", "BMP", "HEIF", "AVIF").
+    format: str
+    exif: ExifInfo
+
+
+# Transpose that turns a stored image upright for each EXIF orientation (as
+# ImageOps.exif_transpose does).
+_UPRIGHT: dict[int, Image.Transpose] = {
+    2: Image.Transpose.FLIP_LEFT_RIGHT,
+    3: Image.Transpose.ROTATE_180,
+    4: Image.Transpose.FLIP_TOP_BOTTOM,
+    5: Image.Transpose.TRANSPOSE,
+    6: Image.Transpose.ROTATE_270,
+    7: Image.Transpose.TRANSVERSE,
+    8: Image.Transpose.ROTATE_90,
+}
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
+_PILLOW_BOMB_PIXELS = re.compile(r"\((\d+) pixels\)")
+
+
+def _megapixels(pixels: int) -> str:
+    mp = pixels / 1e6
+    return f"{mp:.1f}" if mp >= 1 else f"{mp:.3g}"
+
+
+def _too_large(width: int, height: int, max_megapixels: float) -> ImageTooLargeError:
+    return ImageTooLargeError(
+        f"file is too large: {width}x{height} = {_megapixels(width * height)} MP"
+        f" > VITDEX_MAX_MEGAPIXELS={max_megapixels:g}"
+    )
+
+
+def _pillow_bomb(exc: Exception, max_megapixels: float) -> ImageTooLargeError:
+    """Pillow's own guard fired before the size was known (limit: Image.MAX_IMAGE_PIXELS)."""
+    match = _PILLOW_BOMB_PIXELS.search(str(exc))
+    size = f"{_megapixels(int(match.group(1)))} MP" if match else "more pixels than allowed"
+    if match and int(match.group(1)) <= max_megapixels * 1e6:
+        return ImageTooLargeError(
+            f"file is too large: {size} exceeds Pillow's decompression-bomb limit"
+            f" (raise PIL.Image.MAX_IMAGE_PIXELS to use VITDEX_MAX_MEGAPIXELS={max_megapixels:g})"
+        )
+    return ImageTooLargeError(
+        f"file is too large: {size} > VITDEX_MAX_MEGAPIXELS={max_megapixels:g}"
+    )
+
+
+def _draft_request(orientation: int | None, need: tuple[int, int]) -> tuple[int, int]:
+    """The stored-orientation size the JPEG decoder must still deliver."""
+    if orientation in _SWAPS_AXES:
+        return need[1], need[0]
+    return need
+
+
+def _reduce(image: Image.Image, need: tuple[int, int]) -> Image.Image:
+    """Box-reduce by an integer factor when the image is at least 4x the size needed.
+
+    Box averaging over whole blocks is antialiased, and far cheaper than a resampling
+    filter on the full image; the result stays at least ``need`` in both dimensions.
+    """
+    factor = min(image.width // max(need[0], 1), image.height // max(need[1], 1))
+    if factor < 4:
+        return image
+    return image.reduce(factor)
+
+
+def _not_image_reason(head: bytes) -> str:
+    # ISO-BMFF "ftyp" boxes name HEIC/AVIF: say what is missing rather than "not an image".
+    if head[4:8] == b"ftyp" and not register_optional_formats():
+        brand = head[8:12].decode("ascii", "replace")
+        if brand.startswith(("hei", "hev", "mif", "msf")):
+            return "HEIF/HEIC needs pillow-heif (pip install 'vitdex[heif]')"
+    return "not an image (unrecognised format)"
+
+
+def _decode_stream(
+    stream: IO[bytes], max_megapixels: float, min_size: tuple[int, int] | None
+) -> DecodedImage:
+    try:
+        opened = Image.open(stream, formats=_allowed_formats())
+    except Image.DecompressionBombError as exc:
+        raise _pillow_bomb(exc, max_megapixels) from exc
+    except UnidentifiedImageError as exc:
+        stream.seek(0)
+        raise ImageError(_not_image_reason(stream.read(16))) from exc
+
+    # 2x headroom over what the caller needs keeps its final downscale antialiased.
+    need = None if min_size is None else (max(1, 2 * min_size[0]), max(1, 2 * min_size[1]))
+    with opened as img:
+        # Header only so far: refuse before a single pixel is allocated.
+        stored_w, stored_h = img.size
+        if stored_w * stored_h > max_megapixels * 1e6:
+            raise _too_large(stored_w, stored_h, max_megapixels)
+        if stored_w < 1 or stored_h < 1:
+            raise ImageError(f"truncated or corrupt image data: size {stored_w}x{stored_h}")
+        fmt = _REPORTED_FORMAT.get(img.format or "", img.format or "unknown")
+
+        if fmt == "JPEG":
+            # JPEG keeps EXIF in a header segment, so orientation is known before decoding,
+            # which the draft request needs (a 90° photo is stored sideways).
+            exif = _read_exif(img)
+            if need is not None:
+                img.draft("RGB", _draft_request(exif.orientation, need))
+            img.load()
+        else:
+            # PNG may keep eXIf after the pixel data, so it is only reliably there after load.
+            img.load()
+            exif = _read_exif(img)
+
+        result: Image.Image = img
+        method = _UPRIGHT.get(exif.orientation or 1)
+        if method is not None:
+            result = result.transpose(method)
+        result = to_rgb(result)
+        if need is not None:
+            result = _reduce(result, need)
+        if result is img and (fmt != "JPEG" or getattr(img, "n_frames", 1) != 1):
+            # Multi-frame capable loaders (PNG, TIFF, GIF, WebP, MPO) keep the stream for
+            # seeking; a copy lets it go. A plain JPEG drops it after load(), which spares
+            # the hot path a full-size copy (~20 ms at 12 MP).
+            result = img.copy()
+
+    width, height = (
+        (stored_h, stored_w) if exif.orientation in _SWAPS_AXES else (stored_w, stored_h)
+    )
+    return DecodedImage(image=result, width=width, height=height, format=fmt, exif=exif)
+
+
+def decode_image(
+    source: Path | bytes,
+    *,
+    max_megapixels: float = 100.0,
+    min_size: tuple[int, int] | None = None,
+) -> DecodedImage:
+    """Decode a photo from a path or from its bytes into an upright RGB image.
+
+    ``max_megapixels`` is checked against the size in the file header before any pixel is
+    decoded (:class:`ImageTooLargeError` when exceeded). Pillow's own, process-wide guard
+    (``PIL.Image.MAX_IMAGE_PIXELS``, about 179 MP before it refuses) still applies on top and
+    is reported the same way; raise it to allow bigger images.
+
+    With ``min_size=(w, h)`` the image may come back reduced, but never below ``(2w, 2h)``
+    (the headroom keeps a later resize antialiased): JPEGs via libjpeg's 1/2, 1/4, 1/8 DCT
+    scaling, other formats by a box reduction when at least 4x too large. ``width`` and
+    ``height`` always report the full, upright size. The first frame / page is used for
+    animations and multi-page files.
+
+    Every failure raises :class:`ImageError` with a short reason (empty file, not an image,
+    truncated or corrupt data, unsupported mode, file not found).
+    """
+    try:
+        if isinstance(source, bytes | bytearray | memoryview):
+            if len(source) == 0:
+                raise ImageError("empty file")
+            return _decode_stream(io.BytesIO(source), max_megapixels, min_size)
+        path = Path(source)
+        try:
+            handle = path.open("rb")
+        except FileNotFoundError as exc:
+            raise ImageError("file not found") from exc
+        except OSError as exc:
+            raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+        with handle:
+            if os.fstat(handle.fileno()).st_size == 0:
+                raise ImageError("empty file")
+            return _decode_stream(handle, max_megapixels, min_size)
+    except ImageError:
+        raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise _pillow_bomb(exc, max_megapixels) from exc
+    except MemoryError as exc:
+        raise ImageError("not enough memory to decode this image") from exc
+    except Exception as exc:
+        # OSError ("image file is truncated", "broken data stream"), SyntaxError (broken
+        # PNG chunks), ValueError, struct.error, EOFError, codec errors...
+        reason = str(exc) or type(exc).__name__
+        raise ImageError(f"truncated or corrupt image data: {reason}") from exc

@@ -1,0 +1,248 @@
+"""Similar and classify queries over the catalog and the vector stores."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.config import Settings
+from vitdex.db import repo
+from vitdex.db.models import ImageStatus, Space
+from vitdex.errors import ConfigError, ImageError, NoClassifierError, NotFoundError
+from vitdex.indexer.embedder import Embedder
+from vitdex.indexer.images import decode_image
+from vitdex.indexer.pipeline import reconcile_space
+from vitdex.search.factory import open_store
+from vitdex.search.store import VectorStore
+
+
+@dataclass
+class Hit:
+    """One neighbour with the metadata a caller usually shows."""
+
+    image_id: int
+    path: str
+    score: float
+    width: int | None = None
+    height: int | None = None
+    format: str | None = None
+    taken_at: datetime | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    labels: list[tuple[str, float]] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        out = asdict(self)
+        out["taken_at"] = self.taken_at.isoformat() if self.taken_at else None
+        out["labels"] = [{"label": lab, "score": round(s, 6)} for lab, s in self.labels]
+        out["score"] = round(self.score, 6)
+        return out
+
+
+@dataclass
+class QueryResult:
+    """Neighbours of one query (a file or a catalog id)."""
+
+    query: str
+    image_id: int | None
+    space: str
+    hits: list[Hit]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "query": self.query,
+            "image_id": self.image_id,
+            "space": self.space,
+            "hits": [hit.to_dict() for hit in self.hits],
+        }
+
+
+@dataclass
+class Classification:
+    """Top labels of one image."""
+
+    query: str
+    labels: list[tuple[str, float]]
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "query": self.query,
+            "labels": [{"label": lab, "score": round(s, 6)} for lab, s in self.labels],
+        }
+
+
+class SearchService:
+    """Answers queries; loads the model only when a query needs embedding."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        sessions: sessionmaker[Session],
+        embedder_factory: Callable[[Sequence[str]], Embedder] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.sessions = sessions
+        self._embedder_factory = embedder_factory or self._default_embedder
+        self._embedders: dict[tuple[str, ...], Embedder] = {}
+        self._stores: dict[str, VectorStore] = {}
+
+    def _default_embedder(self, layers: Sequence[str]) -> Embedder:
+        m = self.settings.model
+        return Embedder(
+            m.model,
+            revision=m.model_revision,
+            spaces=list(layers),
+            device=m.device,
+            precision=m.precision,
+            batch_size=m.batch_size,
+        )
+
+    def embedder(self, layers: Sequence[str]) -> Embedder:
+        """A (cached) embedder producing the given layer specs."""
+        key = tuple(layers)
+        if key not in self._embedders:
+            self._embedders[key] = self._embedder_factory(layers)
+        return self._embedders[key]
+
+    def _space(self, session: Session, name: str | None) -> Space:
+        if name is None:
+            spaces = repo.list_spaces(session)
+            if not spaces:
+                raise NotFoundError("the index is empty: run `vitdex index FOLDER` first")
+            preferred = self.settings.model.spaces[0]
+            return next((s for s in spaces if s.name == preferred), spaces[0])
+        return repo.get_space(session, name)
+
+    def _store(self, session: Session, space: Space) -> VectorStore:
+        store = self._stores.get(space.name)
+        if store is None:
+            store = open_store(self.settings, space.name, space.dim, space.metric)
+            # The start-up check: repair any disagreement before answering from it.
+            reconcile_space(session, space, store)
+            session.commit()
+            self._stores[space.name] = store
+        return store
+
+    def _embed_file(self, space: Space, data: bytes) -> np.ndarray:
+        embedder = self.embedder([space.layer])
+        spec = next(s for s in embedder.space_specs() if s.name == space.layer)
+        repo.check_space_matches(space, {**asdict(spec), "name": space.name})
+        decoded = decode_image(
+            data,
+            max_megapixels=self.settings.index.max_megapixels,
+            min_size=embedder.input_size,
+        )
+        result = embedder.embed([decoded.image])
+        vector: np.ndarray = result.vectors[space.layer][0]
+        return vector
+
+    def similar(
+        self,
+        files: Sequence[Path] = (),
+        ids: Sequence[int] = (),
+        *,
+        k: int = 10,
+        space: str | None = None,
+        include_self: bool = False,
+    ) -> list[QueryResult]:
+        """Nearest indexed images of each query file and each catalog id, best first.
+
+        A query that is itself in the catalog (by id, or a file with the same content)
+        uses its stored vector and is left out of its own hits unless ``include_self``.
+        """
+        if k < 1:
+            raise ConfigError("k must be at least 1")
+        results: list[QueryResult] = []
+        with self.sessions() as session:
+            sp = self._space(session, space)
+            store = self._store(session, sp)
+            queries: list[tuple[str, int | None, np.ndarray]] = []
+            for image_id in ids:
+                img = repo.get_image(session, image_id)
+                if img.status != ImageStatus.INDEXED:
+                    raise NotFoundError(
+                        f"image {image_id} has no vectors (status {img.status}"
+                        f"{': ' + img.error if img.error else ''})"
+                    )
+                queries.append((img.path, image_id, store.get(np.asarray([image_id]))[0]))
+            for file in files:
+                data = _read(file)
+                found = repo.find_indexed_by_sha(session, hashlib.sha256(data).hexdigest())
+                if found is not None and repo.has_vector(session, found.id, sp.id):
+                    queries.append((str(file), found.id, store.get(np.asarray([found.id]))[0]))
+                else:
+                    queries.append((str(file), None, self._embed_file(sp, data)))
+            if not queries:
+                return []
+            matrix = np.stack([vec for _, _, vec in queries]).astype(np.float32)
+            raw = store.search(matrix, k + 1)
+            wanted = {h.id for hits in raw for h in hits}
+            images = repo.get_images(session, sorted(wanted))
+            labels = repo.labels_of(session, sorted(wanted))
+            for (name, qid, _), hits in zip(queries, raw, strict=True):
+                out: list[Hit] = []
+                for h in hits:
+                    if (qid is not None and h.id == qid and not include_self) or (
+                        h.id not in images
+                    ):
+                        continue
+                    img = images[h.id]
+                    out.append(
+                        Hit(
+                            image_id=h.id,
+                            path=img.path,
+                            score=float(h.score),
+                            width=img.width,
+                            height=img.height,
+                            format=img.format,
+                            taken_at=img.taken_at,
+                            camera_make=img.camera_make,
+                            camera_model=img.camera_model,
+                            labels=labels.get(h.id, []),
+                        )
+                    )
+                results.append(QueryResult(name, qid, sp.name, out[:k]))
+        return results
+
+    def classify(self, files: Sequence[Path], *, k: int = 5) -> list[Classification]:
+        """Top-k labels of each file from the checkpoint's classifier."""
+        if k < 1:
+            raise ConfigError("k must be at least 1")
+        embedder = self.embedder(self.settings.model.spaces)
+        embedder.load()
+        if not embedder.has_classifier:
+            raise NoClassifierError(
+                f"model {embedder.model_id!r} has no classification head "
+                "(it is a feature-extraction checkpoint); use a *ForImageClassification "
+                "checkpoint such as google/vit-base-patch16-224 to classify"
+            )
+        out = []
+        for file in files:
+            decoded = decode_image(
+                _read(file),
+                max_megapixels=self.settings.index.max_megapixels,
+                min_size=embedder.input_size,
+            )
+            result = embedder.embed([decoded.image])
+            assert result.logits is not None
+            out.append(Classification(str(file), embedder.top_labels(result.logits, k)[0]))
+        return out
+
+
+def _read(file: Path) -> bytes:
+    try:
+        return Path(file).read_bytes()
+    except FileNotFoundError:
+        raise NotFoundError(f"no such file: {file}") from None
+    except OSError as exc:
+        raise ImageError(f"cannot read {file}: {exc.strerror or exc}") from None

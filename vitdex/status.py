@@ -1,0 +1,73 @@
+"""What the catalog and the stores hold, for ``vitdex status`` (and the API later)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.config import Settings
+from vitdex.db import repo
+from vitdex.search.factory import open_store
+
+
+def collect_status(
+    settings: Settings, sessions: sessionmaker[Session], *, max_failed: int = 50
+) -> dict[str, Any]:
+    """Counts per status, per space (catalog rows and store vectors), libraries, failures."""
+    with sessions() as session:
+        by_status = repo.status_counts(session)
+        vectors = repo.vector_counts(session)
+        spaces = []
+        for space in repo.list_spaces(session):
+            store = open_store(settings, space.name, space.dim, space.metric)
+            try:
+                described = store.describe()
+            finally:
+                store.close()
+            spaces.append(
+                {
+                    "name": space.name,
+                    "vectors": vectors.get(space.id, 0),
+                    "store_count": described.get("count"),
+                    "model_id": space.model_id,
+                    "model_revision": space.model_revision,
+                    "layer": space.layer,
+                    "dim": space.dim,
+                    "metric": space.metric,
+                    "store": described,
+                }
+            )
+        failures = [
+            {"id": image_id, "path": path, "error": error}
+            for image_id, path, error in repo.failed_images(session, max_failed)
+        ]
+        libraries = [
+            {
+                "id": lib.id,
+                "root": lib.root,
+                "last_scan_at": lib.last_scan_at.isoformat() if lib.last_scan_at else None,
+            }
+            for lib in repo.list_libraries(session)
+        ]
+        last = repo.last_indexed_at(session)
+    present = by_status["indexed"] + by_status["pending"] + by_status["failed"]
+    return {
+        "home": str(settings.storage.home),
+        "database": _redact(settings.storage.resolved_database_url),
+        "model": settings.model.model,
+        "images": present,
+        "indexed": by_status["indexed"],
+        "failed": by_status["failed"],
+        "by_status": by_status,
+        "spaces": spaces,
+        "libraries": libraries,
+        "failures": failures,
+        "last_indexed_at": last.isoformat() if last else None,
+    }
+
+
+def _redact(url: str) -> str:
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
