@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import click
 from rich.console import Console
 from rich.panel import Panel
 
@@ -87,11 +88,11 @@ def run_demo(overrides: dict[str, Any], *, generated: int, console: Console) -> 
             for label, score in item.labels:
                 console.print(f"  {score:7.2%}  {label}", highlight=False)
     console.rule()
-    console.print(
+    # Plain echo: these are commands to copy, so they must not be wrapped.
+    click.echo(
         f"catalog and vectors are in {home}; try:\n"
         f"  VITDEX_HOME={home} VITDEX_MODEL={model} vitdex status\n"
-        f"  VITDEX_HOME={home} VITDEX_MODEL={model} vitdex similar {queries[0]}",
-        highlight=False,
+        f"  VITDEX_HOME={home} VITDEX_MODEL={model} vitdex similar {queries[0]}"
     )
 
 

@@ -221,7 +221,9 @@ class Indexer:
                         log.warning("re-embedding space %s from scratch", spec.name)
                         repo.delete_space(session, existing.id)
                         session.flush()
-                        self._stores.pop(spec.name, None)
+                        stale = self._stores.pop(spec.name, None)
+                        if stale is not None:
+                            stale.close()
                         drop_store(self.settings, spec.name)
             spaces.append(repo.ensure_space(session, spec_dict))
         session.commit()

@@ -1,0 +1,161 @@
+"""The vector store contract shared by every backend, and helpers built only on it.
+
+A store holds the vectors of exactly one space. Ids are the SQL image ids (int64), never
+positions in an index, so the catalog and the store can be compared and repaired id by id.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple, Protocol, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+from vitdex.errors import NotFoundError
+
+__all__ = [
+    "SearchHit",
+    "VectorNotFoundError",
+    "VectorStore",
+    "reconcile",
+    "sanitize_space_name",
+]
+
+
+class SearchHit(NamedTuple):
+    """One neighbour: the image id and its similarity to the query (higher is closer)."""
+
+    id: int
+    #: Inner product; vectors are L2-normalised, so this is the cosine similarity.
+    score: float
+
+
+class VectorNotFoundError(NotFoundError, KeyError):
+    """Vectors were asked for ids the store does not hold.
+
+    Both a :class:`NotFoundError` (the API answers 404) and a :class:`KeyError` (so plain
+    Python lookups can catch it).
+    """
+
+    def __init__(self, space: str, ids: Iterable[int]) -> None:
+        self.ids = [int(i) for i in ids]
+        shown = ", ".join(str(i) for i in self.ids[:10])
+        more = f" and {len(self.ids) - 10} more" if len(self.ids) > 10 else ""
+        super().__init__(f"space {space!r} holds no vector for id {shown}{more}")
+
+    def __str__(self) -> str:
+        # KeyError would print the repr of the message, quotes and all.
+        return self.message
+
+
+@runtime_checkable
+class VectorStore(Protocol):
+    """What the indexer and the search service need from a vector backend."""
+
+    #: Name of the space whose vectors the store holds.
+    space: str
+    #: Length of every vector.
+    dim: int
+
+    def upsert(
+        self,
+        ids: npt.NDArray[Any],
+        vectors: npt.NDArray[Any],
+        payloads: Sequence[Mapping[str, Any]] | None = None,
+    ) -> None:
+        """Store ``vectors`` (float32 [n, dim]) under ``ids`` (int64 [n]), replacing any
+        vector already stored under one of those ids; within one call the last
+        duplicate id wins. Durable when the call returns."""
+        ...
+
+    def delete(self, ids: npt.NDArray[Any]) -> int:
+        """Remove the vectors of ``ids``; returns how many of them existed."""
+        ...
+
+    def search(
+        self,
+        queries: npt.NDArray[Any],
+        k: int,
+        *,
+        allowed_ids: npt.NDArray[Any] | None = None,
+    ) -> list[list[SearchHit]]:
+        """The ``k`` nearest stored vectors of each query ([q, dim], or one [dim] vector),
+        best first, fewer when fewer exist; ``allowed_ids`` keeps only those ids."""
+        ...
+
+    def get(self, ids: npt.NDArray[Any]) -> npt.NDArray[np.float32]:
+        """The stored vectors of ``ids`` ([n, dim], in the order asked).
+
+        Raises :class:`VectorNotFoundError` (a ``KeyError``) naming missing ids.
+        """
+        ...
+
+    def ids(self) -> npt.NDArray[np.int64]:
+        """Every stored id, sorted."""
+        ...
+
+    def count(self) -> int:
+        """How many vectors the store holds."""
+        ...
+
+    def flush(self) -> None:
+        """Make everything durable in the backend's compact form (a snapshot)."""
+        ...
+
+    def close(self) -> None:
+        """Release files, connections and memory."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Backend, space, dim, metric, index type, count and storage figures."""
+        ...
+
+
+def reconcile(
+    store: VectorStore, catalog_ids: npt.ArrayLike
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Make ``store`` agree with the catalog's list of ids that should have a vector.
+
+    Returns ``(strays, missing)``, both sorted int64: ``strays`` were in the store but not
+    in the catalog and have been deleted from the store (a crash between a store write and
+    the SQL commit leaves these); ``missing`` are catalog ids without a vector, which the
+    caller marks for re-embedding.
+    """
+    catalog = np.unique(np.asarray(catalog_ids, dtype=np.int64).ravel())
+    stored = np.unique(np.asarray(store.ids(), dtype=np.int64).ravel())
+    strays = np.setdiff1d(stored, catalog, assume_unique=True)
+    missing = np.setdiff1d(catalog, stored, assume_unique=True)
+    if strays.size:
+        store.delete(strays)
+    return strays, missing
+
+
+# Names the pipeline uses ("cls", "cls@8", "mean@-4") map to readable folder names
+# without a hash; within this grammar the mapping is one-to-one because the head holds
+# no "_" and the layer part holds no letter but the "m" that stands for "-".
+_PLAIN_SPACE = re.compile(r"^([a-z0-9]+)(?:@(-?)([0-9]+))?$")
+
+
+def sanitize_space_name(name: str) -> str:
+    """A folder name for the space ``name``, safe on every filesystem, unique per name.
+
+    ``"cls"`` → ``"cls"``, ``"cls@8"`` → ``"cls_at_8"``, ``"mean@-4"`` → ``"mean_at_m4"``.
+    Any other name becomes a readable approximation plus ``"-"`` and a hash of the exact
+    name; plain names never contain ``"-"``, so the two forms cannot collide, and case
+    differences (which case-insensitive filesystems would merge) always differ in hash.
+    """
+    if not name:
+        raise ValueError("a space name cannot be empty")
+    plain = _PLAIN_SPACE.match(name) if len(name) <= 64 else None
+    if plain is not None:
+        head, minus, layer = plain.groups()
+        if layer is None:
+            return str(head)
+        return f"{head}_at_{'m' if minus else ''}{layer}"
+    readable = name.lower().replace("@", "_at_").replace("-", "m")
+    readable = re.sub(r"[^a-z0-9_]+", "_", readable)[:64]
+    digest = hashlib.sha256(name.encode("utf-8")).hexdigest()[:12]
+    return f"{readable}-{digest}"
