@@ -24,13 +24,14 @@ from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
-from vitdex.indexer.embedder import Embedder
 
 from vitdex.config import Settings
 from vitdex.db import repo
 from vitdex.db.models import ImageStatus, JobState, Space, utcnow
 from vitdex.errors import ConfigError, ImageError
+from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import SUPPORTED_EXTENSIONS, DecodedImage, decode_image
+from vitdex.indexer.models import normalize_model_id
 from vitdex.indexer.scan import ScannedFile, scan
 from vitdex.search.factory import drop_store, open_store
 from vitdex.search.store import VectorStore, reconcile
@@ -136,12 +137,6 @@ class _Batch:
         )
 
 
-def normalize_model_id(model: str) -> str:
-    """Local folders are recorded by absolute path, hub ids as given."""
-    path = Path(model).expanduser()
-    return str(path.resolve()) if path.is_dir() else model
-
-
 def reconcile_space(session: Session, space: Space, store: VectorStore) -> tuple[int, int]:
     """Make the store and the catalog agree for one space; returns (strays, missing).
 
@@ -183,6 +178,7 @@ class Indexer:
         self.should_stop = should_stop or (lambda: False)
         self._stores: dict[str, VectorStore] = {}
         self._timings: dict[str, float] = defaultdict(float)
+        self._min_size = (0, 0)
 
     # ------------------------------------------------------------------ set-up
 
@@ -208,7 +204,9 @@ class Indexer:
 
     def _prepare_spaces(self, session: Session, reembed: bool) -> list[Space]:
         """Load the model and create or verify the current spaces."""
-        specs = self.embedder.space_specs()
+        t0 = time.perf_counter()
+        specs = self.embedder.space_specs()  # loads the model on first use
+        self._timings["load_model"] += time.perf_counter() - t0
         spaces = []
         for spec in specs:
             spec_dict = asdict(spec)
@@ -344,6 +342,8 @@ class Indexer:
 
         if tasks and not self.should_stop():
             spaces = self._prepare_spaces(session, reembed)
+            height, width = self.embedder.input_size
+            self._min_size = (width, height)  # the decoder takes (width, height)
             self._process(session, spaces, tasks, gone, report)
         report.spaces = [s.name for s in spaces]
 
@@ -383,7 +383,7 @@ class Indexer:
             out.decoded = decode_image(
                 data,
                 max_megapixels=self.settings.index.max_megapixels,
-                min_size=self.embedder.input_size,
+                min_size=self._min_size,
             )
         except ImageError as exc:
             out.error = exc.message

@@ -140,7 +140,7 @@ class SearchService:
         decoded = decode_image(
             data,
             max_megapixels=self.settings.index.max_megapixels,
-            min_size=embedder.input_size,
+            min_size=_decode_size(embedder),
         )
         result = embedder.embed([decoded.image])
         vector: np.ndarray = result.vectors[space.layer][0]
@@ -231,12 +231,18 @@ class SearchService:
             decoded = decode_image(
                 _read(file),
                 max_megapixels=self.settings.index.max_megapixels,
-                min_size=embedder.input_size,
+                min_size=_decode_size(embedder),
             )
             result = embedder.embed([decoded.image])
             assert result.logits is not None
             out.append(Classification(str(file), embedder.top_labels(result.logits, k)[0]))
         return out
+
+
+def _decode_size(embedder: Embedder) -> tuple[int, int]:
+    """The decoder takes (width, height); the embedder reports (height, width)."""
+    height, width = embedder.input_size
+    return width, height
 
 
 def _read(file: Path) -> bytes:
