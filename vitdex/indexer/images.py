@@ -381,9 +381,23 @@ def _not_image_reason(head: bytes) -> str:
     return "not an image (unrecognised format)"
 
 
+def _allow_pillow(max_megapixels: float) -> None:
+    """Let Pillow's global bomb guard admit what VITDEX_MAX_MEGAPIXELS admits.
+
+    Our header check is the real guard; Pillow's (warning past ~89 MP, refusing past
+    ~179 MP) would otherwise veto a higher limit the user set on purpose. It is only
+    ever raised, never lowered, so other code in the process keeps at least its guard.
+    """
+    current = Image.MAX_IMAGE_PIXELS
+    wanted = int(max_megapixels * 1e6)
+    if current is not None and wanted > current:
+        Image.MAX_IMAGE_PIXELS = wanted
+
+
 def _decode_stream(
     stream: IO[bytes], max_megapixels: float, min_size: tuple[int, int] | None
 ) -> DecodedImage:
+    _allow_pillow(max_megapixels)
     try:
         opened = Image.open(stream, formats=_allowed_formats())
     except Image.DecompressionBombError as exc:
@@ -444,8 +458,8 @@ def decode_image(
 
     ``max_megapixels`` is checked against the size in the file header before any pixel is
     decoded (:class:`ImageTooLargeError` when exceeded). Pillow's own, process-wide guard
-    (``PIL.Image.MAX_IMAGE_PIXELS``, about 179 MP before it refuses) still applies on top and
-    is reported the same way; raise it to allow bigger images.
+    (``PIL.Image.MAX_IMAGE_PIXELS``) is raised to that limit when it is lower, so a limit
+    above Pillow's default works.
 
     With ``min_size=(w, h)`` the image may come back reduced, but never below ``(2w, 2h)``
     (the headroom keeps a later resize antialiased): JPEGs via libjpeg's 1/2, 1/4, 1/8 DCT
