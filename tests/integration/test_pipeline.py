@@ -14,13 +14,13 @@ import numpy as np
 import pytest
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
-from vitdex.indexer.embedder import Embedder
 
 from tests.photos import make_all_formats, make_broken_files, make_photo
 from vitdex.config import Settings, load_settings
 from vitdex.db import Image, ImageLabel, ImageStatus, ensure_schema, make_engine, repo
 from vitdex.db import session_factory as make_sessions
 from vitdex.errors import SpaceMismatchError
+from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer, IndexReport
 from vitdex.search.factory import open_store
 
