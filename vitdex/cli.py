@@ -8,6 +8,7 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -254,6 +255,13 @@ def _print_report(data: dict[str, Any], embedder: Any) -> None:
 @click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
 @click.option("--space", help="Space to search (default: the first configured one).")
 @click.option("--include-self", is_flag=True, help="Keep the query image in its own hits.")
+@click.option("--library", "libraries", type=int, multiple=True, help="Only this library id.")
+@click.option("--folder", help="Only photos below this folder.")
+@click.option("--taken-after", type=click.DateTime(), help="Only photos taken at or after.")
+@click.option("--taken-before", type=click.DateTime(), help="Only photos taken at or before.")
+@click.option("--camera-make", help="Only photos from this camera make (EXIF).")
+@click.option("--camera-model", help="Only photos from this camera model (EXIF).")
+@click.option("--label", help="Only photos with this predicted label in their top 5.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
 @_handle_errors
@@ -264,16 +272,33 @@ def similar(
     k: int,
     space: str | None,
     include_self: bool,
+    libraries: tuple[int, ...],
+    folder: str | None,
+    taken_after: datetime | None,
+    taken_before: datetime | None,
+    camera_make: str | None,
+    camera_model: str | None,
+    label: str | None,
     as_json: bool,
 ) -> None:
     """List the indexed photos closest to each IMAGE (a file) or --id."""
     from vitdex.search.service import SearchService
+    from vitdex.search.store import SearchFilter
 
     if not images and not ids:
         raise click.UsageError("give at least one IMAGE or --id")
+    flt = SearchFilter(
+        library_ids=libraries,
+        path_prefix=str(Path(folder).expanduser().resolve()) if folder else None,
+        taken_after=taken_after,
+        taken_before=taken_before,
+        camera_make=camera_make,
+        camera_model=camera_model,
+        label=label,
+    )
     settings = obj.settings()
     service = SearchService(settings, _open_catalog(settings))
-    results = service.similar(images, ids, k=k, space=space, include_self=include_self)
+    results = service.similar(images, ids, k=k, space=space, include_self=include_self, filter=flt)
     if as_json:
         _print_json([r.to_dict() for r in results])
         return

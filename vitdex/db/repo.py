@@ -27,6 +27,7 @@ from vitdex.db.models import (
     utcnow,
 )
 from vitdex.errors import NotFoundError, SpaceMismatchError
+from vitdex.search.store import SearchFilter
 
 #: SQLite allows 32766 bound parameters per statement; stay well below with IN lists.
 _CHUNK = 5000
@@ -250,6 +251,39 @@ def reusable_by_sha(session: Session, space_ids: Sequence[int]) -> dict[str, int
         if sha is not None:
             found.setdefault(sha, image_id)
     return found
+
+
+def filter_image_ids(session: Session, flt: SearchFilter, space_id: int) -> list[int]:
+    """Ids of the images with a vector in the space that satisfy every condition of ``flt``.
+
+    This is how FAISS filters: the id list becomes an ``IDSelector``, so the search is
+    exact over the matching images instead of over-fetching and hoping.
+    """
+    stmt = (
+        select(Image.id)
+        .join(ImageVector, ImageVector.image_id == Image.id)
+        .where(ImageVector.space_id == space_id)
+    )
+    if flt.library_ids:
+        stmt = stmt.where(Image.library_id.in_(flt.library_ids))
+    if flt.path_prefix:
+        prefix = flt.path_prefix.rstrip(os.sep) + os.sep
+        stmt = stmt.where(Image.path.startswith(prefix, autoescape=True))
+    if flt.taken_after is not None:
+        stmt = stmt.where(Image.taken_at >= flt.taken_after)
+    if flt.taken_before is not None:
+        stmt = stmt.where(Image.taken_at <= flt.taken_before)
+    if flt.camera_make is not None:
+        stmt = stmt.where(Image.camera_make == flt.camera_make)
+    if flt.camera_model is not None:
+        stmt = stmt.where(Image.camera_model == flt.camera_model)
+    if flt.label is not None:
+        stmt = stmt.where(
+            select(ImageLabel.id)
+            .where(ImageLabel.image_id == Image.id, ImageLabel.label == flt.label)
+            .exists()
+        )
+    return list(session.scalars(stmt.order_by(Image.id)))
 
 
 def get_images(session: Session, ids: Sequence[int]) -> dict[int, Image]:

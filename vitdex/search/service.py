@@ -20,7 +20,7 @@ from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import decode_image
 from vitdex.indexer.pipeline import reconcile_space
 from vitdex.search.factory import open_store
-from vitdex.search.store import VectorStore
+from vitdex.search.store import SearchFilter, VectorStore
 
 
 @dataclass
@@ -154,11 +154,14 @@ class SearchService:
         k: int = 10,
         space: str | None = None,
         include_self: bool = False,
+        filter: SearchFilter | None = None,
     ) -> list[QueryResult]:
         """Nearest indexed images of each query file and each catalog id, best first.
 
         A query that is itself in the catalog (by id, or a file with the same content)
         uses its stored vector and is left out of its own hits unless ``include_self``.
+        ``filter`` keeps only images matching its metadata conditions (resolved in SQL,
+        then searched exactly among those ids).
         """
         if k < 1:
             raise ConfigError("k must be at least 1")
@@ -185,7 +188,10 @@ class SearchService:
             if not queries:
                 return []
             matrix = np.stack([vec for _, _, vec in queries]).astype(np.float32)
-            raw = store.search(matrix, k + 1)
+            allowed = None
+            if filter is not None and not filter.is_empty():
+                allowed = np.asarray(repo.filter_image_ids(session, filter, sp.id), np.int64)
+            raw = store.search(matrix, k + 1, allowed_ids=allowed)
             wanted = {h.id for hits in raw for h in hits}
             images = repo.get_images(session, sorted(wanted))
             labels = repo.labels_of(session, sorted(wanted))
