@@ -390,6 +390,38 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
             click.echo(f"  {item['path']}: {item['error'] or 'unknown error'}")
 
 
+@cli.command()
+@click.option("--repair", is_flag=True, help="Delete stray vectors, queue lost ones again.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def doctor(obj: Context, repair: bool, as_json: bool) -> None:
+    """Check that the catalog and the vector stores agree (exit 1 when they do not)."""
+    from vitdex.doctor import diagnose
+
+    settings = obj.settings()
+    report = diagnose(settings, _open_catalog(settings), repair=repair)
+    if as_json:
+        _print_json(report)
+    else:
+        for sp in report["spaces"]:
+            state = "ok"
+            if sp["strays"] or sp["missing"]:
+                state = "repaired" if sp["repaired"] else "MISMATCH"
+            click.echo(
+                f"{sp['name']}: {sp['vectors_in_catalog']} in catalog, "
+                f"{sp['vectors_in_store']} in store, {sp['strays']} stray, "
+                f"{sp['missing']} missing: {state}"
+            )
+            if sp.get("advice"):
+                click.echo(f"  {sp['advice']}")
+        for name in report["configured_spaces_not_built"]:
+            click.echo(f"{name}: configured but not built yet (run `vitdex index`)")
+        click.echo("all good" if report["ok"] else "problems found (vitdex doctor --repair)")
+    if not report["ok"]:
+        sys.exit(1)
+
+
 @cli.group()
 def db() -> None:
     """Catalog schema commands."""

@@ -112,6 +112,25 @@ class IndexSettings(BaseSettings):
     follow_symlinks: bool = True
 
 
+class VectorSettings(BaseSettings):
+    """Which vector store holds the vectors, and how it is reached."""
+
+    model_config = _config()
+
+    vector_backend: Literal["faiss", "qdrant"] = "faiss"
+    #: Qdrant server or cluster URL (http://host:6333); with none, ``qdrant_path`` is used.
+    qdrant_url: str | None = None
+    qdrant_api_key: str | None = None
+    #: Qdrant's embedded local mode (a folder; default VITDEX_HOME/qdrant). For tests and
+    #: small libraries; a server is much faster past a few tens of thousands of vectors.
+    qdrant_path: Path | None = None
+    qdrant_collection_prefix: str = "vitdex_"
+    qdrant_hnsw_m: int | None = Field(default=None, ge=4, le=128)
+    qdrant_hnsw_ef_construct: int | None = Field(default=None, ge=4)
+    qdrant_search_ef: int | None = Field(default=None, ge=1)
+    qdrant_quantization: Literal["int8"] | None = None
+
+
 class Settings:
     """All settings, grouped by concern."""
 
@@ -120,10 +139,12 @@ class Settings:
         storage: StorageSettings,
         model: ModelSettings,
         index: IndexSettings,
+        vectors: VectorSettings,
     ) -> None:
         self.storage = storage
         self.model = model
         self.index = index
+        self.vectors = vectors
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -139,6 +160,7 @@ def load_settings(**overrides: Any) -> Settings:
         "storage": StorageSettings,
         "model": ModelSettings,
         "index": IndexSettings,
+        "vectors": VectorSettings,
     }
     built: dict[str, Any] = {}
     for name, cls in groups.items():
