@@ -27,7 +27,7 @@ from vitdex.db.models import (
     utcnow,
 )
 from vitdex.errors import NotFoundError, SpaceMismatchError
-from vitdex.search.store import SearchFilter
+from vitdex.search.store import SearchFilter, image_payload
 
 #: SQLite allows 32766 bound parameters per statement; stay well below with IN lists.
 _CHUNK = 5000
@@ -284,6 +284,23 @@ def filter_image_ids(session: Session, flt: SearchFilter, space_id: int) -> list
             .exists()
         )
     return list(session.scalars(stmt.order_by(Image.id)))
+
+
+def payloads(session: Session, ids: Sequence[int]) -> list[dict[str, Any]]:
+    """The filterable metadata of each image, in the order of ``ids`` (for Qdrant)."""
+    images = get_images(session, ids)
+    labels = labels_of(session, ids)
+    return [
+        image_payload(
+            library_id=images[i].library_id,
+            path=images[i].path,
+            taken_at=images[i].taken_at,
+            camera_make=images[i].camera_make,
+            camera_model=images[i].camera_model,
+            labels=[label for label, _ in labels.get(i, [])],
+        )
+        for i in ids
+    ]
 
 
 def get_images(session: Session, ids: Sequence[int]) -> dict[int, Image]:

@@ -517,17 +517,9 @@ class Indexer:
             for space in spaces:
                 vectors[space.name].append(self._store(space).get(sources))
 
-        t0 = time.perf_counter()
-        failed_ids = np.asarray([item.task.image_id for item in batch.failed], dtype=np.int64)
-        id_array = np.asarray(ids, dtype=np.int64)
-        for space in spaces:
-            store = self._store(space)
-            if len(id_array):
-                store.upsert(id_array, np.concatenate(vectors[space.name]))
-            if len(failed_ids):
-                store.delete(failed_ids)
-        self._timings["store"] += time.perf_counter() - t0
-
+        # SQL first (flushed, not committed), then the store, then the commit: the store
+        # write still precedes the commit that records it, and payload-carrying backends
+        # read each image's final metadata from this very transaction.
         t0 = time.perf_counter()
         model_id = self.embedder.model_id
         space_ids = [s.id for s in spaces]
@@ -562,6 +554,32 @@ class Indexer:
             report.failures.append({"path": item.task.path, "error": item.error or ""})
         for item in batch.touched:
             repo.touch_image(session, item.task.image_id, item.task.size, item.task.mtime_ns)
+        session.flush()
+        self._timings["sql"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        failed_ids = np.asarray([item.task.image_id for item in batch.failed], dtype=np.int64)
+        id_array = np.asarray(ids, dtype=np.int64)
+        moved_ids = np.asarray([source for _, source in batch.moved], dtype=np.int64)
+        for space in spaces:
+            store = self._store(space)
+            wants_payloads = getattr(store, "uses_payloads", False)
+            if len(id_array):
+                store.upsert(
+                    id_array,
+                    np.concatenate(vectors[space.name]),
+                    repo.payloads(session, ids) if wants_payloads else None,
+                )
+            if len(moved_ids) and wants_payloads:
+                # Same vectors, new path: only backends that filter on payloads care.
+                store.upsert(
+                    moved_ids, store.get(moved_ids), repo.payloads(session, moved_ids.tolist())
+                )
+            if len(failed_ids):
+                store.delete(failed_ids)
+        self._timings["store"] += time.perf_counter() - t0
+
+        t0 = time.perf_counter()
         report.changed += sum(
             1
             for item in [*batch.decoded, *batch.failed]
