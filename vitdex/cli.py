@@ -258,7 +258,7 @@ def _print_report(data: dict[str, Any], embedder: Any) -> None:
 @click.option("--library", "libraries", type=int, multiple=True, help="Only this library id.")
 @click.option("--folder", help="Only photos below this folder.")
 @click.option("--taken-after", type=click.DateTime(), help="Only photos taken at or after.")
-@click.option("--taken-before", type=click.DateTime(), help="Only photos taken at or before.")
+@click.option("--taken-before", type=click.DateTime(), help="Only photos taken before.")
 @click.option("--camera-make", help="Only photos from this camera make (EXIF).")
 @click.option("--camera-model", help="Only photos from this camera model (EXIF).")
 @click.option("--label", help="Only photos with this predicted label in their top 5.")

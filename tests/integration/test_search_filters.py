@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from datetime import datetime
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import pytest
 
 from tests.photos import make_photo
 from vitdex.config import load_settings
-from vitdex.db import ensure_schema, make_engine, repo, session_factory
+from vitdex.db import Image, ensure_schema, make_engine, repo, session_factory
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer
 from vitdex.search.factory import open_store
@@ -20,8 +21,15 @@ from vitdex.search.store import SearchFilter
 CAMERAS = [("Canon", "EOS R5"), ("Apple", "iPhone 15"), ("Sony", "A7 IV")]
 
 
-@pytest.fixture
-def indexed(vitdex_env: dict[str, str], tmp_path: Path) -> tuple[SearchService, Path]:
+@pytest.fixture(params=["faiss", "qdrant"])
+def indexed(
+    request: pytest.FixtureRequest,
+    vitdex_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> tuple[SearchService, Path]:
+    """24 photos indexed on each backend (Qdrant in its embedded local mode)."""
+    monkeypatch.setenv("VITDEX_VECTOR_BACKEND", request.param)
     lib = tmp_path / "lib"
     for i in range(24):
         folder = lib / ("2023" if i % 2 else "2024") / ("trip" if i % 3 == 0 else "home")
@@ -63,7 +71,7 @@ def test_each_filter_matches_brute_force(indexed: tuple[SearchService, Path]) ->
         labels = repo.labels_of(session, all_ids)
     common_label = labels[all_ids[0]][0][0]
     lib_root = str(lib.resolve())
-    filters = {
+    filters: dict[str, tuple[SearchFilter, Callable[[Image], bool]]] = {
         "folder": (
             SearchFilter(path_prefix=f"{lib_root}/2024"),
             lambda img: img.path.startswith(f"{lib_root}/2024/"),
@@ -74,7 +82,11 @@ def test_each_filter_matches_brute_force(indexed: tuple[SearchService, Path]) ->
         ),
         "dates": (
             SearchFilter(taken_after=datetime(2023, 6, 1), taken_before=datetime(2024, 3, 31)),
-            lambda img: datetime(2023, 6, 1) <= img.taken_at <= datetime(2024, 3, 31),
+            # taken_after is inclusive, taken_before exclusive, on every backend
+            lambda img: (
+                img.taken_at is not None
+                and datetime(2023, 6, 1) <= img.taken_at < datetime(2024, 3, 31)
+            ),
         ),
         "camera": (
             SearchFilter(camera_make="Apple", camera_model="iPhone 15"),

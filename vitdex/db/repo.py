@@ -271,8 +271,8 @@ def filter_image_ids(session: Session, flt: SearchFilter, space_id: int) -> list
         stmt = stmt.where(Image.path.startswith(prefix, autoescape=True))
     if flt.taken_after is not None:
         stmt = stmt.where(Image.taken_at >= flt.taken_after)
-    if flt.taken_before is not None:
-        stmt = stmt.where(Image.taken_at <= flt.taken_before)
+    if flt.taken_before is not None:  # exclusive, as on every backend
+        stmt = stmt.where(Image.taken_at < flt.taken_before)
     if flt.camera_make is not None:
         stmt = stmt.where(Image.camera_make == flt.camera_make)
     if flt.camera_model is not None:

@@ -1,10 +1,15 @@
-"""The embedded default vector store: exact FAISS search, every write durable on return.
+"""The embedded default vector store: FAISS search, every write durable on return.
 
 One folder per space::
 
-    meta.json         format, space, dim, metric, index type, generation g, snapshot name
-    index.<g>.faiss   snapshot of generation g (``IndexIDMap2`` over ``IndexFlatIP``)
+    meta.json         format, space, dim, metric, index type, generation g, snapshot name,
+                      and the approximate index in use (spec, file, build number)
+    index.<g>.faiss   snapshot of generation g (``IndexIDMap2`` over ``IndexFlatIP``): the
+                      raw vectors, kept exactly; ``get`` and every rebuild read these
     wal.bin           write-ahead log: the upserts and deletes made since that snapshot
+    ann.<b>.<tag>.faiss  optional approximate index (HNSW, IVF) of build b, derived from
+                      the raw vectors by :meth:`FaissStore.reindex`; never the only copy
+    changed.<g>.npy   ids written or deleted between that build and snapshot g (int64)
     lock              ``flock`` target; one process writes at a time
 
 A WAL record is a 36-byte little-endian header followed by its payload, written with one
@@ -19,6 +24,20 @@ tail is cut off, never raised. ``flush`` folds the log into a new snapshot (see
 :meth:`FaissStore._snapshot` for why a crash at any step loses and duplicates nothing).
 Several processes may open one folder: writers take the lock per call, and every call
 first catches up with what other processes wrote.
+
+The approximate index is never written to by upserts and deletes. Instead the store keeps
+the set of ids changed since it was built (the ``changed`` file of the snapshot plus every
+id the log touches): searches exclude those ids from the approximate results and search
+the ones still present exactly, then merge. A new index file is committed, like a
+snapshot, by replacing ``meta.json``; a crash before that leaves the previous index (or
+none) in use and the new file as a leftover that opening deletes.
+
+The raw vectors stay in memory as an ``IndexIDMap2(Flat)`` even when an approximate
+index exists. Memory-mapping them (``.npy`` snapshots) was considered and not done: the
+store mutates them in place on every write (``remove_ids``/``add_with_ids``), exact
+search of changed ids and ``get`` read them at random, and the snapshot format stays the
+one older versions read. For compressed indexes (SQ8, PQ) the extra copy is the index,
+not the raw vectors; for HNSW and IVF-Flat memory is about twice the raw size.
 """
 
 from __future__ import annotations
@@ -42,6 +61,16 @@ import numpy as np
 import numpy.typing as npt
 
 from vitdex.errors import SpaceMismatchError, StoreError
+from vitdex.search.faiss_index import (
+    IndexSpec,
+    build_index,
+    code_bytes_per_vector,
+    factory_string,
+    parse_index_spec,
+    search_parameters,
+    training_shortfall,
+    with_nlist,
+)
 from vitdex.search.store import SearchHit, VectorNotFoundError
 
 __all__ = ["FaissStore"]
@@ -50,7 +79,10 @@ log = logging.getLogger(__name__)
 _P = ParamSpec("_P")
 _T = TypeVar("_T")
 
-FORMAT_VERSION = 1
+#: Format 2 is written only while an approximate index is in use (older readers, which
+#: would not track the ids changed since its build, refuse it); plain stores stay 1.
+FORMAT_VERSION = 2
+_PLAIN_FORMAT = 1
 INDEX_TYPE = "IDMap2,Flat"
 _MAGIC = b"VXW1"
 _OP_UPSERT = 1
@@ -59,6 +91,8 @@ _HEADER = struct.Struct("<4sB3xQIIQI")
 _CRC = struct.Struct("<I")
 _CRC_AT = _HEADER.size - _CRC.size
 _SNAPSHOT_NAME = re.compile(r"^index\.(\d+)\.faiss$")
+_ANN_NAME = re.compile(r"^ann\.(\d+)\.[a-z0-9_]+\.faiss$")
+_CHANGED_NAME = re.compile(r"^changed\.(\d+)\.npy$")
 _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 _META = "meta.json"
 _WAL = "wal.bin"
@@ -71,6 +105,14 @@ class _Record(NamedTuple):
     ids: npt.NDArray[np.int64]
     vectors: npt.NDArray[np.float32] | None
     size: int
+
+
+class _Delta(NamedTuple):
+    changed: npt.NDArray[np.int64]  # every id changed since the build, sorted
+    ids: npt.NDArray[np.int64]  # those still stored
+    vectors: npt.NDArray[np.float32]  # their current raw vectors
+    exclude: Any  # IDSelectorNot over ``changed``, or None when nothing changed
+    keep_alive: Any  # the IDSelectorBatch the Not refers to (FAISS holds a raw pointer)
 
 
 class _Bad(NamedTuple):
@@ -104,6 +146,7 @@ class FaissStore:
         durable: bool = True,
         wal_limit_bytes: int = 64 << 20,
         search_threads: int | None = None,
+        rebuild_fraction: float = 0.1,
     ) -> None:
         if dim <= 0:
             raise ValueError(f"dim must be positive, got {dim}")
@@ -118,6 +161,7 @@ class FaissStore:
         self.durable = durable
         self._wal_limit = int(wal_limit_bytes)
         self._search_threads = search_threads
+        self._rebuild_fraction = float(rebuild_fraction)
         self._lock = threading.RLock()
         self._closed = False
         # Set when memory may no longer match the disk (a failed write): reload before use.
@@ -136,6 +180,17 @@ class FaissStore:
         # Bytes of wal.bin already reflected in memory; the file may hold more (another
         # process's appends) or a torn tail after it.
         self._wal_end = 0
+        # The approximate index as meta.json names it (None: exact search only), the
+        # index itself (None also while too few vectors exist to train it), and the ids
+        # written or deleted since it was built: it must not answer for those.
+        self._ann_meta: dict[str, Any] | None = None
+        self._ann: faiss.Index | None = None
+        self._ann_spec: IndexSpec | None = None
+        self._changed: set[int] = set()
+        self._changed_file: str | None = None
+        # (present changed ids, their raw vectors, selector excluding every changed id),
+        # rebuilt on the first search after a write.
+        self._delta: _Delta | None = None
 
     # ------------------------------------------------------------------ public API
 
@@ -197,6 +252,11 @@ class FaissStore:
         Fewer than ``k`` hits come back when fewer vectors exist (or are allowed).
         ``allowed_ids`` restricts the search to those ids inside FAISS (an
         ``IDSelectorBatch``), so a narrow filter still yields up to ``k`` hits.
+
+        With an approximate index (see :meth:`reindex`) the index answers for the ids
+        unchanged since its build, the raw vectors exactly for the rest, merged by score.
+        A filter narrower than ``exact_filter_fraction`` of the store is searched exactly:
+        graph and list walks restricted to a few ids miss most of them.
         """
         q = self._vector_array(queries, "queries")
         if k < 0:
@@ -205,33 +265,161 @@ class FaissStore:
         with self._lock:
             self._ready_for_read()
             index = self._loaded()
-            params = None
-            if allowed is None:
-                limit = index.ntotal
-            else:
+            if allowed is not None:
                 allowed = self._present(allowed)
-                limit = int(allowed.size)
-                params = faiss.SearchParameters()
-                params.sel = faiss.IDSelectorBatch(allowed)
+            limit = index.ntotal if allowed is None else int(allowed.size)
             k_eff = min(int(k), limit)
             if k_eff == 0 or q.shape[0] == 0:
                 return [[] for _ in range(q.shape[0])]
-            if self._search_threads is None:
-                distances, labels = index.search(q, k_eff, params=params)
+            if self._ann is not None and (
+                allowed is None or allowed.size > self.exact_filter_fraction * index.ntotal
+            ):
+                return self._search_ann(q, k_eff, allowed)
+            return self._search_exact(q, k_eff, allowed)
+
+    #: Filters allowing at most this fraction of the store are searched exactly.
+    exact_filter_fraction = 0.05
+
+    def _search_exact(
+        self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64] | None
+    ) -> list[list[SearchHit]]:
+        params = None
+        if allowed is not None:
+            params = faiss.SearchParameters()
+            params.sel = faiss.IDSelectorBatch(allowed)
+        distances, labels = self._faiss_search(self._loaded(), q, k, params)
+        return self._hits(labels, distances)
+
+    def _search_ann(
+        self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64] | None
+    ) -> list[list[SearchHit]]:
+        assert self._ann is not None and self._ann_meta is not None
+        if self._ann_spec is None:  # parsed once per load, not per query
+            self._ann_spec = parse_index_spec(str(self._ann_meta["spec"]))
+        spec = self._ann_spec
+        delta = self._delta_now()
+        # What the index may answer for: not the changed ids, and only allowed ones.
+        if allowed is None:
+            selector = delta.exclude
+            delta_ids, delta_vecs = delta.ids, delta.vectors
+            eligible = self._loaded().ntotal - delta.ids.size
+        else:
+            ann_ids = np.setdiff1d(allowed, delta.changed, assume_unique=True)
+            selector = faiss.IDSelectorBatch(ann_ids)
+            mask = np.isin(delta.ids, allowed, assume_unique=True)
+            delta_ids, delta_vecs = delta.ids[mask], delta.vectors[mask]
+            eligible = int(ann_ids.size)
+        fetch = k * (spec.rerank if spec.approximate_scores else 1)
+        fetch = min(fetch, eligible)
+        if fetch > 0:
+            params = search_parameters(spec, fetch, selector)
+            distances, labels = self._faiss_search(self._ann, q, fetch, params)
+            if spec.approximate_scores:
+                labels, distances = self._rescore(q, labels, k)
+            elif self.metric == "l2":
+                distances = -distances
+        else:
+            labels = np.full((q.shape[0], 0), -1, dtype=np.int64)
+            distances = np.zeros((q.shape[0], 0), dtype=np.float32)
+        if delta_ids.size:
+            # The changed ids still present, searched exactly, merged in by score.
+            exact = self._scores(q, delta_vecs)
+            labels = np.concatenate([labels, np.broadcast_to(delta_ids, exact.shape)], axis=1)
+            distances = np.concatenate([distances, exact], axis=1)
+            distances = np.where(labels == -1, -np.inf, distances)
+            order = np.argsort(-distances, axis=1, kind="stable")[:, :k]
+            labels = np.take_along_axis(labels, order, axis=1)
+            distances = np.take_along_axis(distances, order, axis=1)
+        hits = [
+            [SearchHit(int(i), float(d)) for i, d in zip(row_i, row_d, strict=True) if i != -1][:k]
+            for row_i, row_d in zip(labels.tolist(), distances.tolist(), strict=True)
+        ]
+        # A walk cut short by the selector can return fewer hits than exist: answer those
+        # queries exactly rather than return a short list.
+        short = [r for r, row in enumerate(hits) if len(row) < k]
+        if short:
+            redo = self._search_exact(q[short], k, allowed)
+            for r, row in zip(short, redo, strict=True):
+                hits[r] = row
+        return hits
+
+    def _rescore(
+        self, q: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Exact scores for compressed-code hits, from the raw vectors; best ``k`` kept."""
+        found = labels != -1
+        flat_ids = labels[found]
+        scores = np.full(labels.shape, -np.inf, dtype=np.float32)
+        if flat_ids.size:
+            vecs = np.asarray(self._loaded().reconstruct_batch(flat_ids), dtype=np.float32)
+            rows = np.nonzero(found)[0]
+            if self.metric == "ip":
+                exact = np.einsum("ij,ij->i", q[rows], vecs)
             else:
-                # OpenMP keeps this setting per calling thread: set it, then put it back.
-                before = faiss.omp_get_max_threads()
-                faiss.omp_set_num_threads(self._search_threads)
-                try:
-                    distances, labels = index.search(q, k_eff, params=params)
-                finally:
-                    faiss.omp_set_num_threads(before)
+                exact = -np.sum((q[rows] - vecs) ** 2, axis=1)
+            scores[found] = exact
+        order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+        return (
+            np.take_along_axis(labels, order, axis=1),
+            np.take_along_axis(scores, order, axis=1),
+        )
+
+    def _scores(
+        self, q: npt.NDArray[np.float32], vecs: npt.NDArray[np.float32]
+    ) -> npt.NDArray[np.float32]:
+        """Exact similarity of every query to every vector (higher is closer)."""
+        if self.metric == "ip":
+            return np.asarray(q @ vecs.T, dtype=np.float32)
+        sq = (q * q).sum(1)[:, None] - 2 * (q @ vecs.T) + (vecs * vecs).sum(1)[None, :]
+        return np.asarray(-sq, dtype=np.float32)
+
+    def _faiss_search(
+        self,
+        index: faiss.Index,
+        q: npt.NDArray[np.float32],
+        k: int,
+        params: faiss.SearchParameters | None,
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        if self._search_threads is None:
+            distances, labels = index.search(q, k, params=params)
+        else:
+            # OpenMP keeps this setting per calling thread: set it, then put it back.
+            before = faiss.omp_get_max_threads()
+            faiss.omp_set_num_threads(self._search_threads)
+            try:
+                distances, labels = index.search(q, k, params=params)
+            finally:
+                faiss.omp_set_num_threads(before)
+        return distances, labels
+
+    def _hits(
+        self, labels: npt.NDArray[np.int64], distances: npt.NDArray[np.float32]
+    ) -> list[list[SearchHit]]:
         if self.metric == "l2":
             distances = -distances  # squared distance: negate so higher is closer
         return [
             [SearchHit(int(i), float(d)) for i, d in zip(row_i, row_d, strict=True) if i != -1]
             for row_i, row_d in zip(labels.tolist(), distances.tolist(), strict=True)
         ]
+
+    def _delta_now(self) -> _Delta:
+        """The changed ids still present with their vectors, and a selector for all."""
+        if self._delta is None:
+            changed = np.fromiter(self._changed, dtype=np.int64, count=len(self._changed))
+            changed.sort()
+            present = self._present(changed)
+            vectors = (
+                np.asarray(self._loaded().reconstruct_batch(present), dtype=np.float32)
+                if present.size
+                else np.empty((0, self.dim), dtype=np.float32)
+            )
+            exclude: faiss.IDSelector | None = None
+            inner = None
+            if changed.size:
+                inner = faiss.IDSelectorBatch(changed)
+                exclude = faiss.IDSelectorNot(inner)
+            self._delta = _Delta(changed, present, vectors, exclude, inner)
+        return self._delta
 
     def get(self, ids: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """The stored vectors of ``ids`` [n, dim], bit-identical, in the order asked.
@@ -263,10 +451,116 @@ class FaissStore:
             return int(self._loaded().ntotal)
 
     def flush(self) -> None:
-        """Fold the log into a new snapshot, so that opening reads one file and no log."""
+        """Fold the log into a new snapshot, so that opening reads one file and no log.
+
+        With an approximate index, also rebuild it when it is due: once enough vectors
+        exist to train it, or once more than ``rebuild_fraction`` of the ids changed
+        since its build (each of those costs exact work at every search).
+        """
         with self._lock, self._writing():
             if self._wal_end > 0 or self._snapshot_name is None:
                 self._snapshot()
+            if self._rebuild_due():
+                assert self._ann_meta is not None
+                self._build(parse_index_spec(str(self._ann_meta["spec"])), None)
+
+    def reindex(
+        self, spec: str, progress: Callable[[str, float], None] | None = None
+    ) -> dict[str, Any]:
+        """Search with the index ``spec`` from now on, built from the stored raw vectors.
+
+        ``spec`` is ``flat`` (exact; drops any approximate index), ``hnsw[:M=..,
+        efConstruction=..,efSearch=..]`` or ``ivf[:nlist=..,nprobe=..,code=flat|sq8|pq,
+        pq_m=..]``. An IVF spec with too few vectors to train falls back to exact search
+        and is trained by the first :meth:`flush` that finds enough. No vector is
+        re-embedded or changed: :meth:`get` returns the same bytes before and after.
+        ``progress(stage, fraction)`` reports the build. Writers wait while it builds.
+
+        Returns ``spec``, ``index_type``, ``count``, ``build_seconds``, ``index_bytes``
+        and ``fallback`` (why the index is not in use yet, or ``None``).
+        """
+        parsed = parse_index_spec(spec)
+        with self._lock, self._writing():
+            # Build from a snapshot, so the changed-id set starts empty with an empty log.
+            if self._wal_end > 0 or self._snapshot_name is None:
+                self._snapshot()
+            return self._build(parsed, progress)
+
+    def _build(
+        self, spec: IndexSpec, progress: Callable[[str, float], None] | None
+    ) -> dict[str, Any]:
+        """Build, save and commit the index of ``spec`` (lock held, log empty)."""
+        raw = self._loaded()
+        n = int(raw.ntotal)
+        started = time.perf_counter()
+        index: faiss.Index | None = None
+        fallback = training_shortfall(spec, n, self.dim)
+        if fallback is not None:
+            log.warning("%s: %s", self.folder, fallback)
+        build = int(self._ann_meta.get("build", 0)) + 1 if self._ann_meta else 1
+        name: str | None = None
+        size = 0
+        if not spec.exact and fallback is None:
+            ids = faiss.vector_to_array(raw.id_map).astype(np.int64, copy=False)
+            flat: Any = faiss.downcast_index(raw.index)
+            # A view of the raw vectors in FAISS's memory: no second copy while building.
+            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+            try:
+                index = build_index(spec, ids, vectors, _METRICS[self.metric], progress)
+            except RuntimeError as exc:
+                raise StoreError(f"could not build {spec.canonical()}: {exc}") from exc
+            name = f"ann.{build}.{spec.tag}.faiss"
+            size = self._write_index_file(index, name)
+        seconds = time.perf_counter() - started
+        ann_meta = None
+        if not spec.exact:
+            ann_meta = {
+                "spec": spec.canonical(),
+                "file": name,
+                "build": build,
+                "built_count": n,
+                "factory": factory_string(spec, n, self.dim) if name else None,
+                "fallback": fallback,
+            }
+        old_file = self._ann_meta.get("file") if self._ann_meta else None
+        old_changed = self._changed_file
+        # The commit point: until meta.json names the new file, the old index is in use.
+        meta = self._meta(
+            generation=self._generation,
+            snapshot=self._snapshot_name,
+            count=n,
+            ann=ann_meta,
+            changed=None,
+        )
+        self._write_meta(meta)
+        self._meta_sig = self._stat_meta()
+        self._ann_meta = ann_meta
+        self._ann = index
+        self._ann_spec = None
+        self._changed = set()
+        self._changed_file = None
+        self._delta = None
+        for leftover in (old_file, old_changed):
+            if leftover and leftover != name:
+                self._remove_snapshot(str(leftover))
+        return {
+            "spec": spec.canonical(),
+            "index_type": ann_meta["factory"] if ann_meta and ann_meta["factory"] else INDEX_TYPE,
+            "count": n,
+            "build_seconds": seconds,
+            "index_bytes": size,
+            "fallback": fallback,
+        }
+
+    def _rebuild_due(self) -> bool:
+        meta = self._ann_meta
+        if meta is None:
+            return False
+        n = int(self._loaded().ntotal)
+        if meta.get("file") is None:
+            spec = parse_index_spec(str(meta["spec"]))
+            return training_shortfall(spec, n, self.dim) is None
+        return len(self._changed) > self._rebuild_fraction * max(n, 1)
 
     def close(self) -> None:
         """Release the files and the index. Writes nothing: every call was durable already.
@@ -283,23 +577,46 @@ class FaissStore:
             self._ready_for_read()
             count = int(self._loaded().ntotal)
             meta_bytes = _size(self.folder / _META)
+            # float32 codes + the id map + (roughly) one hash-map node in FAISS's
+            # reverse map and one entry in the Python id set.
+            raw_per_vector = 4 * self.dim + 8 + 32 + 64
+            ann = self._ann_meta or {}
+            ann_file = ann.get("file")
+            ann_bytes = _size(self.folder / str(ann_file)) if ann_file else 0
+            changed_bytes = _size(self.folder / self._changed_file) if self._changed_file else 0
+            ann_per_vector = code_bytes_per_vector(self._ann) if self._ann is not None else 0.0
+            spec = parse_index_spec(str(ann["spec"])) if ann else IndexSpec()
             return {
                 "backend": "faiss",
                 "space": self.space,
                 "dim": self.dim,
                 "metric": self.metric,
-                "index_type": INDEX_TYPE,
-                "exact": True,
-                "format": FORMAT_VERSION,
+                # The index searches use, in faiss.index_factory terms.
+                "index_type": ann.get("factory") or INDEX_TYPE,
+                "index_spec": with_nlist(spec, int(ann.get("built_count", count))).canonical(),
+                "raw_index_type": INDEX_TYPE,
+                "exact": self._ann is None,
+                # False while an IVF spec waits for enough vectors (exact fallback).
+                "trained": bool(self._ann.is_trained) if self._ann is not None else not ann,
+                "fallback": ann.get("fallback"),
+                "format": FORMAT_VERSION if ann else _PLAIN_FORMAT,
                 "folder": str(self.folder),
                 "count": count,
                 "generation": self._generation,
+                "index_build": ann.get("build"),
+                "changed_since_build": len(self._changed),
+                "rebuild_due": self._rebuild_due(),
                 "snapshot_bytes": self._snapshot_bytes,
                 "wal_bytes": self._wal_end,
-                "bytes_on_disk": self._snapshot_bytes + self._wal_end + meta_bytes,
-                # float32 codes + the id map + (roughly) one hash-map node in FAISS's
-                # reverse map and one entry in the Python id set.
-                "memory_bytes_per_vector": 4 * self.dim + 8 + 32 + 64,
+                "index_bytes": ann_bytes,
+                "bytes_on_disk": self._snapshot_bytes
+                + self._wal_end
+                + meta_bytes
+                + ann_bytes
+                + changed_bytes,
+                "memory_bytes_per_vector": raw_per_vector + ann_per_vector,
+                # Index codes over raw float32: 1.0 for HNSW/IVF-Flat, 0.25 for SQ8...
+                "index_code_ratio": ann_per_vector / (4 * self.dim) if ann_per_vector else None,
                 "durable": self.durable,
             }
 
@@ -355,6 +672,12 @@ class FaissStore:
         self._members = set()
         self._meta_sig = None
         self._wal_end = 0
+        self._ann_meta = None
+        self._ann = None
+        self._ann_spec = None
+        self._changed = set()
+        self._changed_file = None
+        self._delta = None
 
     def _load(self, *, repair: bool) -> None:
         """Read meta, snapshot and log from scratch; with ``repair``, tidy the folder too."""
@@ -372,6 +695,7 @@ class FaissStore:
         self._generation = generation
         self._snapshot_name = None if snapshot is None else str(snapshot)
         self._snapshot_bytes = snapshot_bytes
+        self._load_ann(meta)
         self._meta_sig = self._stat_meta()
         self._wal_end = 0
         if repair:
@@ -400,7 +724,7 @@ class FaissStore:
             raise StoreError(f"cannot read {path}: {exc}") from exc
         if not isinstance(meta, dict) or not isinstance(meta.get("generation"), int):
             raise StoreError(f"{path} is not a vitdex store description")
-        if meta.get("backend") != "faiss" or int(meta.get("format", -1)) > FORMAT_VERSION:
+        if meta.get("backend") != "faiss" or int(meta.get("format", 99)) > FORMAT_VERSION:
             raise StoreError(
                 f"{path} describes a {meta.get('backend')!r} store of format "
                 f"{meta.get('format')!r}; this vitdex reads faiss stores up to format "
@@ -419,6 +743,45 @@ class FaissStore:
             )
         return meta
 
+    def _load_ann(self, meta: Mapping[str, Any]) -> None:
+        """Read the approximate index and changed ids that ``meta`` names (lock held).
+
+        Read here, with the raw snapshot, rather than at the first search: under the
+        folder lock, so another process cannot replace the files half-way.
+        """
+        ann = meta.get("ann")
+        self._ann_meta = dict(ann) if isinstance(ann, Mapping) else None
+        self._ann = None
+        self._ann_spec = None
+        self._changed = set()
+        self._changed_file = None
+        self._delta = None
+        if self._ann_meta is None:
+            return
+        parse_index_spec(str(self._ann_meta.get("spec")))  # refuse a spec we cannot use
+        name = self._ann_meta.get("file")
+        if name:
+            path = self.folder / str(name)
+            try:
+                index = faiss.read_index(str(path))
+            except RuntimeError as exc:
+                raise StoreError(
+                    f"cannot read the index {path}: {exc}. The raw vectors are intact: "
+                    "edit meta.json to drop its 'ann' entry, then reindex."
+                ) from exc
+            if index.d != self.dim:
+                raise StoreError(f"the index {path} has dim {index.d}, not {self.dim}")
+            self._ann = index
+        changed = meta.get("changed")
+        if changed:
+            path = self.folder / str(changed)
+            try:
+                ids = np.load(path, allow_pickle=False)
+            except (OSError, ValueError) as exc:
+                raise StoreError(f"cannot read {path}: {exc}") from exc
+            self._changed = set(np.asarray(ids, dtype=np.int64).tolist())
+            self._changed_file = str(changed)
+
     def _read_snapshot(self, name: str) -> tuple[faiss.IndexIDMap2, int]:
         path = self.folder / name
         try:
@@ -434,9 +797,14 @@ class FaissStore:
 
     def _remove_leftovers(self) -> None:
         """Delete what a crash during a flush can leave: temp files and old snapshots."""
+        keep = {self._snapshot_name, self._changed_file}
+        if self._ann_meta is not None:
+            keep.add(self._ann_meta.get("file"))
         for path in self.folder.iterdir():
-            if path.name.endswith(".tmp") or (
-                _SNAPSHOT_NAME.match(path.name) and path.name != self._snapshot_name
+            name = path.name
+            if name.endswith(".tmp") or (
+                (_SNAPSHOT_NAME.match(name) or _ANN_NAME.match(name) or _CHANGED_NAME.match(name))
+                and name not in keep
             ):
                 with contextlib.suppress(FileNotFoundError):
                     path.unlink()
@@ -595,27 +963,49 @@ class FaissStore:
 
         Replay is idempotent besides (each id ends at its last write), so even a
         mistaken double replay would neither lose nor duplicate a vector.
+
+        With an approximate index, the ids changed since its build are saved beside
+        the snapshot (``changed.<g+1>.npy``, written like it before step 2), because the
+        log that named them is reset in step 3.
         """
         generation = self._generation + 1
         name = f"index.{generation}.faiss"
         size = self._write_snapshot_file(name)
+        changed = None
+        if self._ann is not None and self._changed:
+            changed = f"changed.{generation}.npy"
+            self._write_changed_file(changed)
         self._write_meta(
-            self._meta(generation=generation, snapshot=name, count=self._loaded().ntotal)
+            self._meta(
+                generation=generation,
+                snapshot=name,
+                count=self._loaded().ntotal,
+                ann=self._ann_meta,
+                changed=changed,
+            )
         )
         old = self._snapshot_name
+        old_changed = self._changed_file
         self._generation = generation
         self._snapshot_name = name
         self._snapshot_bytes = size
+        self._changed_file = changed
         self._meta_sig = self._stat_meta()
         self._reset_wal()
         if old is not None:
             self._remove_snapshot(old)
+        if old_changed is not None:
+            self._remove_snapshot(old_changed)
 
     def _write_snapshot_file(self, name: str) -> int:
+        return self._write_index_file(self._loaded(), name)
+
+    def _write_index_file(self, index: faiss.Index, name: str) -> int:
+        """Write ``index`` to ``name`` atomically (temp file, sync, rename, sync folder)."""
         final = self.folder / name
         tmp = final.with_name(name + ".tmp")
         try:
-            faiss.write_index(self._loaded(), str(tmp))
+            faiss.write_index(index, str(tmp))
             if self.durable:
                 _fsync_path(tmp)
             tmp.replace(final)
@@ -626,6 +1016,23 @@ class FaissStore:
             raise StoreError(f"could not write the snapshot {final}: {exc}") from exc
         return final.stat().st_size
 
+    def _write_changed_file(self, name: str) -> None:
+        final = self.folder / name
+        tmp = final.with_name(name + ".tmp")
+        ids = np.sort(np.fromiter(self._changed, dtype=np.int64, count=len(self._changed)))
+        try:
+            with tmp.open("wb") as handle:
+                np.save(handle, ids, allow_pickle=False)
+                handle.flush()
+                if self.durable:
+                    os.fsync(handle.fileno())
+            tmp.replace(final)
+            self._sync_dir()
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StoreError(f"could not write {final}: {exc}") from exc
+
     def _reset_wal(self) -> None:
         self._truncate_wal(0)
 
@@ -633,9 +1040,17 @@ class FaissStore:
         with contextlib.suppress(FileNotFoundError):
             (self.folder / name).unlink()
 
-    def _meta(self, *, generation: int, snapshot: str | None, count: int) -> dict[str, Any]:
-        return {
-            "format": FORMAT_VERSION,
+    def _meta(
+        self,
+        *,
+        generation: int,
+        snapshot: str | None,
+        count: int,
+        ann: Mapping[str, Any] | None = None,
+        changed: str | None = None,
+    ) -> dict[str, Any]:
+        meta: dict[str, Any] = {
+            "format": FORMAT_VERSION if ann else _PLAIN_FORMAT,
             "backend": "faiss",
             "space": self.space,
             "dim": self.dim,
@@ -645,6 +1060,10 @@ class FaissStore:
             "snapshot": snapshot,
             "count": int(count),  # at snapshot time; the log may add or remove some
         }
+        if ann:
+            meta["ann"] = dict(ann)
+            meta["changed"] = changed
+        return meta
 
     def _write_meta(self, meta: Mapping[str, Any]) -> None:
         path = self.folder / _META
@@ -738,6 +1157,13 @@ class FaissStore:
             index.remove_ids(faiss.IDSelectorBatch(present))
         index.add_with_ids(vectors, ids)
         self._members.update(ids.tolist())
+        self._note_changed(ids)
+
+    def _note_changed(self, ids: npt.NDArray[np.int64]) -> None:
+        # Only ids the approximate index may hold stale: nothing to track without one.
+        if self._ann is not None:
+            self._changed.update(ids.tolist())
+            self._delta = None
 
     def _apply_coalesced(self, changes: Mapping[int, npt.NDArray[np.float32] | None]) -> None:
         if not changes:
@@ -753,6 +1179,7 @@ class FaissStore:
         if present.size:
             self._loaded().remove_ids(faiss.IDSelectorBatch(present))
             self._members.difference_update(present.tolist())
+            self._note_changed(present)
         return int(present.size)
 
     def _present(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:

@@ -188,10 +188,16 @@ class SearchService:
             if not queries:
                 return []
             matrix = np.stack([vec for _, _, vec in queries]).astype(np.float32)
-            allowed = None
-            if filter is not None and not filter.is_empty():
+            if filter is None or filter.is_empty():
+                raw = store.search(matrix, k + 1)
+            elif getattr(store, "uses_payloads", False):
+                # Qdrant filters on its own payload indexes, server side.
+                payload_store: Any = store
+                raw = payload_store.search(matrix, k + 1, filter=filter)
+            else:
+                # FAISS: resolve the filter in SQL, search exactly among those ids.
                 allowed = np.asarray(repo.filter_image_ids(session, filter, sp.id), np.int64)
-            raw = store.search(matrix, k + 1, allowed_ids=allowed)
+                raw = store.search(matrix, k + 1, allowed_ids=allowed)
             wanted = {h.id for hits in raw for h in hits}
             images = repo.get_images(session, sorted(wanted))
             labels = repo.labels_of(session, sorted(wanted))

@@ -64,6 +64,7 @@ class SearchFilter:
     """
 
     library_ids: tuple[int, ...] = ()
+    # taken_after is inclusive and taken_before exclusive, so consecutive ranges tile.
     #: A folder; images anywhere below it match (whole path components only).
     path_prefix: str | None = None
     taken_after: datetime | None = None
