@@ -163,6 +163,24 @@ class BarProgress:
         if self._work is not None:
             self._progress.advance(self._work, n)
 
+    def stage(self, description: str, total: float | None = None) -> Callable[..., None]:
+        """A new bar; returns ``update(completed, total=None, description=None)``."""
+        task = self._progress.add_task(description, total=total)
+
+        def update(
+            completed: float, total: float | None = None, description: str | None = None
+        ) -> None:
+            self._progress.update(task, completed=completed, total=total, description=description)
+
+        return update
+
+
+def _updater(bar: BarProgress | None, description: str, total: float | None) -> Callable[..., None]:
+    """``bar.stage(...)``, or a no-op when there is no bar."""
+    if bar is None:
+        return lambda *_args, **_kwargs: None
+    return bar.stage(description, total)
+
 
 @contextmanager
 def _progress(enabled: bool) -> Iterator[BarProgress | None]:
@@ -369,16 +387,19 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
         highlight=False,
     )
     table = Table(title="spaces", title_justify="left")
-    for col in ("name", "vectors", "in store", "dim", "model", "revision"):
+    for col in ("name", "vectors", "in store", "index", "bytes/vector", "dim", "model"):
         table.add_column(col)
     for sp in data["spaces"]:
+        store = sp["store"]
+        per_vector = store.get("memory_bytes_per_vector")
         table.add_row(
             sp["name"],
             str(sp["vectors"]),
             str(sp["store_count"]),
+            f"{store.get('backend', '?')} {store.get('index_type') or ''}".strip(),
+            f"{per_vector:,.0f}" if isinstance(per_vector, int | float) else "-",
             str(sp["dim"]),
-            sp["model_id"],
-            sp["model_revision"][:12],
+            f"{sp['model_id']} @ {sp['model_revision'][:12]}",
         )
     out_console.print(table)
     if data["libraries"]:
@@ -420,6 +441,102 @@ def doctor(obj: Context, repair: bool, as_json: bool) -> None:
         click.echo("all good" if report["ok"] else "problems found (vitdex doctor --repair)")
     if not report["ok"]:
         sys.exit(1)
+
+
+@cli.command()
+@click.option("--space", "space_name", required=True, help="The space to rebuild.")
+@click.option(
+    "--index",
+    "spec",
+    required=True,
+    help="flat | hnsw[:M=32,efConstruction=200,efSearch=128] | "
+    "ivf[:nlist=N,nprobe=N,code=flat|sq8|pq,pq_m=M,rerank=R]",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def reindex(obj: Context, space_name: str, spec: str, as_json: bool) -> None:
+    """Rebuild a space's FAISS index as another type, from its stored vectors (no model)."""
+    from vitdex.db import repo
+    from vitdex.errors import ConfigError
+    from vitdex.search.factory import open_store
+
+    settings = obj.settings()
+    if settings.vectors.vector_backend != "faiss":
+        raise ConfigError(
+            "reindex builds FAISS indexes; Qdrant builds its own HNSW "
+            "(tune it with VITDEX_QDRANT_HNSW_M, VITDEX_QDRANT_HNSW_EF_CONSTRUCT, "
+            "VITDEX_QDRANT_QUANTIZATION)"
+        )
+    with _open_catalog(settings)() as session:
+        space = repo.get_space(session, space_name)
+    store: Any = open_store(settings, space.name, space.dim, space.metric)
+    with _progress(not as_json and err_console.is_terminal) as bar:
+        update = _updater(bar, f"building {spec}", 1.0)
+        result = store.reindex(
+            spec, progress=lambda stage, fraction: update(fraction, description=stage)
+        )
+    described = store.describe()
+    store.close()
+    result["memory_bytes_per_vector"] = described.get("memory_bytes_per_vector")
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(
+        f"{space.name}: {result['index_type']} over {result['count']} vectors "
+        f"in {result['build_seconds']:.1f} s"
+        + (f" (not in use yet: {result['fallback']})" if result.get("fallback") else "")
+    )
+
+
+@cli.command("migrate-store")
+@click.option("--to", "target", type=click.Choice(["faiss", "qdrant"]), required=True)
+@click.option("--space", "space_names", multiple=True, help="Only these spaces.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def migrate_store_cmd(
+    obj: Context, target: str, space_names: tuple[str, ...], as_json: bool
+) -> None:
+    """Copy every stored vector to another backend, without re-embedding (resumable)."""
+    import numpy as np
+
+    from vitdex.db import repo
+    from vitdex.errors import ConfigError
+    from vitdex.search.factory import open_store
+    from vitdex.search.migrate import migrate_store
+
+    settings = obj.settings()
+    source_backend = settings.vectors.vector_backend
+    if source_backend == target:
+        raise ConfigError(
+            f"the vectors are already on {target} (VITDEX_VECTOR_BACKEND={source_backend}); "
+            "set VITDEX_VECTOR_BACKEND to the backend that holds them now"
+        )
+    sessions = _open_catalog(settings)
+    results = []
+    with sessions() as session:
+        spaces = [repo.get_space(session, n) for n in space_names] or repo.list_spaces(session)
+
+        def payloads(ids: np.ndarray) -> list[dict[str, Any]]:
+            return repo.payloads(session, [int(i) for i in ids])
+
+        for space in spaces:
+            src = open_store(settings, space.name, space.dim, space.metric)
+            dst = open_store(settings, space.name, space.dim, space.metric, backend=target)
+            with _progress(not as_json and err_console.is_terminal) as bar:
+                update = _updater(bar, space.name, None)
+                copied = migrate_store(src, dst, payloads=payloads, progress=update)
+            dst.flush()
+            results.append({"space": space.name, "copied": copied, "vectors": dst.count()})
+            src.close()
+            dst.close()
+    if as_json:
+        _print_json({"from": source_backend, "to": target, "spaces": results})
+        return
+    for row in results:
+        click.echo(f"{row['space']}: {row['vectors']} vectors on {target} ({row['copied']} copied)")
+    click.echo(f"now set VITDEX_VECTOR_BACKEND={target}")
 
 
 @cli.group()
