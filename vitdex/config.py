@@ -131,6 +131,35 @@ class VectorSettings(BaseSettings):
     qdrant_quantization: Literal["int8"] | None = None
 
 
+class ApiSettings(BaseSettings):
+    """The HTTP API and its job queue."""
+
+    model_config = _config()
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=1, le=65535)
+    #: Folders libraries may be registered under (comma-separated); empty allows none.
+    allowed_roots: Annotated[list[Path], NoDecode] = Field(default_factory=list)
+    #: Keys accepted as `Authorization: Bearer KEY` or `X-API-Key: KEY`; empty: no auth.
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    max_upload_mb: float = Field(default=50.0, gt=0)
+    #: rq's Redis; unset runs jobs in a background thread of the API process.
+    redis_url: str | None = None
+    queue_name: str = "vitdex"
+
+    @field_validator("allowed_roots", "api_keys", mode="before")
+    @classmethod
+    def _split_list(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("allowed_roots", mode="after")
+    @classmethod
+    def _resolve_roots(cls, value: list[Path]) -> list[Path]:
+        return [p.expanduser().resolve() for p in value]
+
+
 class Settings:
     """All settings, grouped by concern."""
 
@@ -140,11 +169,13 @@ class Settings:
         model: ModelSettings,
         index: IndexSettings,
         vectors: VectorSettings,
+        api: ApiSettings,
     ) -> None:
         self.storage = storage
         self.model = model
         self.index = index
         self.vectors = vectors
+        self.api = api
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -161,6 +192,7 @@ def load_settings(**overrides: Any) -> Settings:
         "model": ModelSettings,
         "index": IndexSettings,
         "vectors": VectorSettings,
+        "api": ApiSettings,
     }
     built: dict[str, Any] = {}
     for name, cls in groups.items():
