@@ -39,8 +39,10 @@ e2e: setup
 test: lint typecheck
 	$(VENV)/bin/pytest tests -q
 
+# Each benchmark prints its figures and the ratios its targets apply to.
 bench: setup
 	$(PY) -m bench.index_throughput
+	$(PY) -m bench.search
 
 clean:
 	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache
