@@ -577,6 +577,16 @@ def demo(obj: Context, photos: int) -> None:
     run_demo(obj.overrides, generated=photos, console=out_console)
 
 
+def _register_commands() -> None:
+    # These live beside the code they run; importing them pulls in neither torch nor FAISS.
+    from vitdex.worker import worker_command
+
+    cli.add_command(worker_command)
+
+
+_register_commands()
+
+
 def main() -> None:
     """Entry point of the ``vitdex`` console script."""
     cli(prog_name="vitdex")

@@ -26,7 +26,7 @@ def test_migrations_create_every_table(database_url: str) -> None:
     engine = make_engine(database_url)
     assert current_revision(engine) is None
     ensure_schema(engine)
-    assert current_revision(engine) == head_revision() == "0001"
+    assert current_revision(engine) == head_revision() == "0002"
     tables = set(inspect(engine).get_table_names())
     assert {
         "libraries",
@@ -35,6 +35,9 @@ def test_migrations_create_every_table(database_url: str) -> None:
         "image_vectors",
         "image_labels",
         "jobs",
+        "cluster_runs",
+        "clusters",
+        "cluster_members",
         "alembic_version",
     } <= tables
     ensure_schema(engine)  # idempotent

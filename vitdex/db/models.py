@@ -185,3 +185,58 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class ClusterRun(Base):
+    """One clustering of a space's vectors (k-means or HDBSCAN), with how well it fit."""
+
+    __tablename__ = "cluster_runs"
+    __table_args__ = (Index("ix_cluster_runs_space_id", "space_id"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    space_id: Mapped[int] = mapped_column(ForeignKey("spaces.id", ondelete="CASCADE"))
+    method: Mapped[str] = mapped_column(String(16))
+    k: Mapped[int]
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    n_images: Mapped[int]
+    #: Sum over members of (1 - cosine similarity to their centroid).
+    inertia: Mapped[float | None] = mapped_column(Float)
+    #: Mean silhouette (cosine) on a sample; higher is better separated.
+    score: Mapped[float | None] = mapped_column(Float)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Cluster(Base):
+    """One cluster of a run; ``label`` is its rank by size (0 = largest, -1 = noise)."""
+
+    __tablename__ = "clusters"
+    __table_args__ = (UniqueConstraint("run_id", "label"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    run_id: Mapped[int] = mapped_column(ForeignKey("cluster_runs.id", ondelete="CASCADE"))
+    label: Mapped[int]
+    size: Mapped[int]
+    #: The member closest to the centroid.
+    medoid_image_id: Mapped[int | None] = mapped_column(
+        ForeignKey("images.id", ondelete="SET NULL")
+    )
+
+
+class ClusterMember(Base):
+    """An image's cluster in one run and its cosine distance to the cluster's centroid."""
+
+    __tablename__ = "cluster_members"
+    __table_args__ = (
+        # Covers "members of cluster C of run R, closest first" (paging).
+        Index("ix_cluster_members_run_cluster", "run_id", "cluster_id", "distance"),
+    )
+
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("cluster_runs.id", ondelete="CASCADE"), primary_key=True
+    )
+    image_id: Mapped[int] = mapped_column(
+        ForeignKey("images.id", ondelete="CASCADE"), primary_key=True
+    )
+    cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"))
+    distance: Mapped[float] = mapped_column(Float)

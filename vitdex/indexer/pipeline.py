@@ -230,9 +230,18 @@ class Indexer:
     # ------------------------------------------------------------------ run
 
     def run(
-        self, paths: Sequence[Path], *, reembed: bool = False, retry_failed: bool = False
+        self,
+        paths: Sequence[Path],
+        *,
+        reembed: bool = False,
+        retry_failed: bool = False,
+        job_id: int | None = None,
     ) -> IndexReport:
-        """Index ``paths`` (folders); returns what was done. Safe to interrupt at any time."""
+        """Index ``paths`` (folders); returns what was done. Safe to interrupt at any time.
+
+        Progress and the outcome go to a job row: ``job_id``'s (a queued job, set running
+        here) or a new one.
+        """
         started = time.perf_counter()
         report = IndexReport()
         self._timings = defaultdict(float)
@@ -245,8 +254,13 @@ class Indexer:
         report.libraries = [str(r) for r in roots]
 
         with self.sessions() as session:
-            job = repo.create_job(session, "index", {"paths": report.libraries, "reembed": reembed})
-            report.job_id = job.id
+            if job_id is None:
+                job_id = repo.create_job(
+                    session, "index", {"paths": report.libraries, "reembed": reembed}
+                ).id
+            else:
+                repo.update_job(session, job_id, state=JobState.RUNNING, started_at=utcnow())
+            report.job_id = job_id
             session.commit()
             try:
                 self._run(session, roots, report, reembed=reembed, retry_failed=retry_failed)
@@ -267,8 +281,8 @@ class Indexer:
                 work = report.embedded + report.reused
                 report.images_per_s = work / report.elapsed if report.elapsed > 0 else 0.0
                 report.timings = {k: round(v, 4) for k, v in sorted(self._timings.items())}
-                repo.update_job(session, job.id, counts=_job_counts(report))
-                repo.finish_job(session, job.id, state, error)
+                repo.update_job(session, job_id, counts=_job_counts(report))
+                repo.finish_job(session, job_id, state, error)
                 session.commit()
         return report
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from datetime import datetime
@@ -93,7 +94,9 @@ class SearchService:
         self.settings = settings
         self.sessions = sessions
         self._embedder_factory = embedder_factory or self._default_embedder
-        self._embedders: dict[tuple[str, ...], Embedder] = {}
+        self._embedder: Embedder | None = None
+        self._lock = threading.Lock()
+        self._store_lock = threading.Lock()
         self._stores: dict[str, VectorStore] = {}
 
     def _default_embedder(self, layers: Sequence[str]) -> Embedder:
@@ -108,11 +111,21 @@ class SearchService:
         )
 
     def embedder(self, layers: Sequence[str]) -> Embedder:
-        """A (cached) embedder producing the given layer specs."""
-        key = tuple(layers)
-        if key not in self._embedders:
-            self._embedders[key] = self._embedder_factory(layers)
-        return self._embedders[key]
+        """The one embedder of this service, producing at least the given layer specs.
+
+        Every layer comes out of the same forward pass, so one model serves all spaces;
+        asking for a layer it lacks replaces it by one producing the union.
+        """
+        with self._lock:
+            current = self._embedder
+            if current is not None and set(layers) <= set(current.spaces):
+                return current
+            wanted = list(self.settings.model.spaces)
+            for layer in [*(current.spaces if current else []), *layers]:
+                if layer not in wanted:
+                    wanted.append(layer)
+            self._embedder = self._embedder_factory(wanted)
+            return self._embedder
 
     def _space(self, session: Session, name: str | None) -> Space:
         if name is None:
@@ -124,14 +137,15 @@ class SearchService:
         return repo.get_space(session, name)
 
     def _store(self, session: Session, space: Space) -> VectorStore:
-        store = self._stores.get(space.name)
-        if store is None:
-            store = open_store(self.settings, space.name, space.dim, space.metric)
-            # The start-up check: repair any disagreement before answering from it.
-            reconcile_space(session, space, store)
-            session.commit()
-            self._stores[space.name] = store
-        return store
+        with self._store_lock:
+            store = self._stores.get(space.name)
+            if store is None:
+                store = open_store(self.settings, space.name, space.dim, space.metric)
+                # The start-up check: repair any disagreement before answering from it.
+                reconcile_space(session, space, store)
+                session.commit()
+                self._stores[space.name] = store
+            return store
 
     def _embed_file(self, space: Space, data: bytes) -> np.ndarray:
         embedder = self.embedder([space.layer])

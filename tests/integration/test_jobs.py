@@ -1,0 +1,231 @@
+"""Jobs on the tiny ViT: the in-process thread queue and real rq workers on real Redis.
+
+Job state lives in SQL; each test reads it back from there, on SQLite and PostgreSQL.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+from sqlalchemy.orm import Session, sessionmaker
+
+from tests.photos import make_photo
+from vitdex.config import load_settings
+from vitdex.db import Image, ImageStatus, JobState, repo
+from vitdex.db import jobs as job_sql
+from vitdex.queue import RqQueue, ThreadQueue, make_queue, rq_job_id
+from vitdex.search.cluster import get_cluster_run
+from vitdex.search.factory import open_store
+
+REDIS_URL = os.environ.get("VITDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+def _sessions() -> sessionmaker[Session]:
+    return job_sql.catalog_sessions(load_settings().storage.resolved_database_url)
+
+
+def _photos(folder: Path, n: int, size: tuple[int, int] = (64, 48)) -> list[Path]:
+    return [make_photo(folder / f"p{i:03d}.jpg", size=size, seed=i) for i in range(n)]
+
+
+def _enqueue(kind: str, params: dict[str, Any], key: str | None = None) -> tuple[int, bool]:
+    with _sessions()() as session:
+        job, created = job_sql.enqueue_job_row(session, kind, params, dedupe_key=key)
+        session.commit()
+        return job.id, created
+
+
+def _job(job_id: int) -> dict[str, Any]:
+    with _sessions()() as session:
+        return job_sql.job_to_dict(job_sql.get_job(session, job_id))
+
+
+def _consistent() -> set[int]:
+    """Every indexed image has a vector in every space and the stores hold nothing else."""
+    settings = load_settings()
+    with _sessions()() as session:
+        indexed = set(session.scalars(select(Image.id).where(Image.status == ImageStatus.INDEXED)))
+        for space in repo.list_spaces(session):
+            rows = set(repo.vector_image_ids(session, space.id))
+            store = open_store(settings, space.name, space.dim)
+            assert set(store.ids().tolist()) == rows == indexed, space.name
+            store.close()
+    return indexed
+
+
+@pytest.fixture
+def thread_queue(vitdex_env: dict[str, str]) -> Iterator[ThreadQueue]:
+    queue = make_queue(load_settings())
+    assert isinstance(queue, ThreadQueue) and queue.ping()
+    yield queue
+    queue.close()
+
+
+def test_index_job_runs_to_success(thread_queue: ThreadQueue, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    _photos(lib, 6)
+    job_id, created = _enqueue("index", {"paths": [str(lib)], "reembed": False})
+    assert created and _job(job_id)["state"] == JobState.QUEUED
+    thread_queue.submit(job_id)
+    thread_queue.submit(job_id)  # a second submit of the same row is a no-op
+    assert thread_queue.join(120)
+    job = _job(job_id)
+    assert job["state"] == JobState.SUCCEEDED, job["error"]
+    assert (job["done"], job["total"], job["progress"]) == (6, 6, 1.0)
+    assert job["counts"]["embedded"] == 6 and job["counts"]["new"] == 6
+    assert job["started_at"] and job["finished_at"] and job["eta_seconds"] is None
+    assert job["created_at"] <= job["started_at"] <= job["finished_at"]
+    assert len(_consistent()) == 6
+    with _sessions()() as session:
+        jobs, total = job_sql.list_jobs(session, state="succeeded", kind="index")
+        assert total == 1 and jobs[0].id == job_id
+
+
+def test_cancel_mid_job_leaves_a_consistent_catalog(
+    thread_queue: ThreadQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import vitdex.indexer.jobs
+
+    monkeypatch.setenv("VITDEX_BATCH_SIZE", "1")
+    monkeypatch.setattr(vitdex.indexer.jobs, "CANCEL_POLL_S", 0.0)  # check every batch
+    lib = tmp_path / "lib"
+    n = 40
+    _photos(lib, n, size=(40, 30))
+    job_id, _ = _enqueue("index", {"paths": [str(lib)]})
+    thread_queue.submit(job_id)
+    deadline = time.monotonic() + 60
+    while _job(job_id)["done"] < 2:
+        assert time.monotonic() < deadline, _job(job_id)
+        time.sleep(0.005)
+    with _sessions()() as session:
+        assert job_sql.request_cancel(session, job_id).cancel_requested
+        session.commit()
+    assert thread_queue.join(60)
+    job = _job(job_id)
+    assert job["state"] == JobState.CANCELLED, job
+    assert 2 <= job["done"] < n and job["total"] == n
+    first = _consistent()
+    assert 2 <= len(first) < n
+
+    again, _ = _enqueue("index", {"paths": [str(lib)]})
+    thread_queue.submit(again)
+    assert thread_queue.join(120)
+    assert _job(again)["state"] == JobState.SUCCEEDED
+    assert _job(again)["counts"]["unchanged"] == len(first)
+    assert len(_consistent()) == n
+
+
+def test_dedupe_and_cancel_while_queued(thread_queue: ThreadQueue, tmp_path: Path) -> None:
+    lib = tmp_path / "lib"
+    _photos(lib, 2)
+    params = {"paths": [str(lib)]}
+    first, created = _enqueue("index", params, key=f"scan:{lib}")
+    second, created_again = _enqueue("index", params, key=f"scan:{lib}")
+    assert created and not created_again and first == second
+    assert _job(first)["params"]["dedupe_key"] == f"scan:{lib}"
+    other, _ = _enqueue("index", params, key="another")
+    assert other != first
+
+    with _sessions()() as session:
+        cancelled = job_sql.request_cancel(session, other)
+        session.commit()
+        assert cancelled.state == JobState.CANCELLED  # queued: cancelled at once
+    thread_queue.submit(other)  # skipped: the row is finished
+    thread_queue.submit(first)
+    assert thread_queue.join(60)
+    assert _job(other)["state"] == JobState.CANCELLED and _job(other)["done"] == 0
+    assert _job(first)["state"] == JobState.SUCCEEDED
+    with _sessions()() as session:
+        # Finished jobs are returned unchanged by a cancel request.
+        assert job_sql.request_cancel(session, first).state == JobState.SUCCEEDED
+        session.commit()
+    # A finished job no longer dedupes: the same scan can run again.
+    third, created_third = _enqueue("index", params, key=f"scan:{lib}")
+    assert created_third and third != first
+
+
+def test_failing_job_records_its_error(thread_queue: ThreadQueue, tmp_path: Path) -> None:
+    lib = tmp_path / "gone"
+    _photos(lib, 1)
+    job_id, _ = _enqueue("index", {"paths": [str(lib)]})
+    for photo in lib.iterdir():
+        photo.unlink()
+    lib.rmdir()
+    thread_queue.submit(job_id)
+    assert thread_queue.join(60)
+    job = _job(job_id)
+    assert job["state"] == JobState.FAILED
+    assert "not a folder" in job["error"] and job["finished_at"]
+
+
+def _clean_redis(conn: Any, queue_name: str, job_ids: list[int]) -> None:
+    keys = list(conn.scan_iter(match=f"rq:*{queue_name}*"))
+    keys += [f"rq:job:{rq_job_id(i)}" for i in job_ids]
+    keys += [f"rq:results:{rq_job_id(i)}" for i in job_ids]
+    if keys:
+        conn.delete(*keys)
+
+
+def test_rq_worker_runs_index_and_cluster_jobs(
+    vitdex_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from redis import Redis
+
+    conn = Redis.from_url(REDIS_URL)
+    try:
+        conn.ping()
+    except Exception as exc:
+        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
+    queue_name = f"vitdex-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("VITDEX_REDIS_URL", REDIS_URL)
+    monkeypatch.setenv("VITDEX_QUEUE_NAME", queue_name)
+    lib = tmp_path / "lib"
+    _photos(lib, 8)
+    index_id, _ = _enqueue("index", {"paths": [str(lib)]})
+    cluster_id, _ = _enqueue("cluster", {"space": "cls", "k": 2, "method": "kmeans"})
+    _clean_redis(conn, queue_name, [index_id, cluster_id])  # ids restart in every database
+    queue = make_queue(load_settings())
+    try:
+        assert isinstance(queue, RqQueue) and queue.ping()
+        queue.submit(index_id)
+        queue.submit(index_id)  # same row, same rq id: not enqueued twice
+        queue.submit(cluster_id)
+        assert queue.depth() == 2
+        started = time.monotonic()
+        proc = subprocess.run(
+            [sys.executable, "-m", "vitdex.worker", "--burst"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        worker_s = time.monotonic() - started
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        assert queue.depth() == 0
+        index_job, cluster_job = _job(index_id), _job(cluster_id)
+        assert index_job["state"] == JobState.SUCCEEDED, index_job["error"]
+        assert index_job["counts"]["embedded"] == 8
+        assert cluster_job["state"] == JobState.SUCCEEDED, (cluster_job, proc.stderr[-3000:])
+        run_id = cluster_job["counts"]["run_id"]
+        assert cluster_job["counts"]["n_images"] == 8
+        assert worker_s < 120
+    finally:
+        _clean_redis(conn, queue_name, [index_id, cluster_id])
+        queue.close()
+    # Redis forgot everything; the state is in SQL.
+    assert not list(conn.scan_iter(match=f"rq:*{queue_name}*"))
+    conn.close()
+    assert _job(index_id)["state"] == JobState.SUCCEEDED
+    with _sessions()() as session:
+        run = get_cluster_run(session, run_id)
+        assert run["job_id"] == cluster_id and run["k"] == 2
+        assert sum(c["size"] for c in run["clusters"]) == 8

@@ -1,0 +1,331 @@
+"""Every SQL statement about jobs: enqueueing, claiming, progress, cancelling, reading.
+
+A job's state, progress and error live in the ``jobs`` table, never only in the queue
+backend, so they survive a Redis restart and read the same whichever queue ran the job.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.db.models import Job, JobState, utcnow
+from vitdex.errors import ConfigError, NotFoundError, VitdexError
+
+#: States a job never leaves.
+FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
+#: States in which a job still holds (or will do) its work; dedupe looks only at these.
+ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
+
+_ERROR_MAX = 4000
+
+log = logging.getLogger(__name__)
+
+
+class JobCancelled(Exception):  # noqa: N818 - a signal, not an error
+    """Raised inside a job function when its row asks it to stop."""
+
+
+def enqueue_job_row(
+    session: Session,
+    kind: str,
+    params: Mapping[str, Any],
+    *,
+    dedupe_key: str | None = None,
+) -> tuple[Job, bool]:
+    """A new queued job row, or the active one with the same ``dedupe_key``.
+
+    Returns ``(job, created)``; ``created`` is False when a queued or running job with
+    the same key already exists (re-enqueueing the same scan does not duplicate work).
+    The key is stored as ``params["dedupe_key"]``. The caller commits, then submits.
+    """
+    if dedupe_key is not None:
+        active = session.scalars(
+            select(Job)
+            .where(Job.kind == kind, Job.state.in_([s.value for s in ACTIVE_STATES]))
+            .order_by(Job.id)
+        )
+        for job in active:
+            # JSON columns compare differently on each backend; filter in Python instead
+            # (there are only ever a handful of active jobs).
+            if (job.params or {}).get("dedupe_key") == dedupe_key:
+                return job, False
+    stored = dict(params)
+    if dedupe_key is not None:
+        stored["dedupe_key"] = dedupe_key
+    job = Job(kind=kind, params=stored, state=JobState.QUEUED, done=0, counts={})
+    session.add(job)
+    session.flush()
+    return job, True
+
+
+def get_job(session: Session, job_id: int) -> Job:
+    """One job, or :class:`NotFoundError`."""
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None:
+        raise NotFoundError(f"no job with id {job_id}")
+    return job
+
+
+def list_jobs(
+    session: Session,
+    *,
+    state: str | None = None,
+    kind: str | None = None,
+    limit: int = 50,
+    offset: int = 0,
+) -> tuple[list[Job], int]:
+    """Jobs newest first, optionally of one state and kind, with the total that match."""
+    if state is not None and state not in {s.value for s in JobState}:
+        known = ", ".join(s.value for s in JobState)
+        raise ConfigError(f"unknown job state {state!r} (one of: {known})")
+    stmt = select(Job)
+    count = select(func.count()).select_from(Job)
+    if state is not None:
+        stmt, count = stmt.where(Job.state == state), count.where(Job.state == state)
+    if kind is not None:
+        stmt, count = stmt.where(Job.kind == kind), count.where(Job.kind == kind)
+    total = int(session.scalar(count) or 0)
+    jobs = list(session.scalars(stmt.order_by(Job.id.desc()).limit(limit).offset(offset)))
+    return jobs, total
+
+
+def request_cancel(session: Session, job_id: int) -> Job:
+    """Ask a job to stop. A queued job is cancelled at once; a running one stops at its
+    next check (the next batch); a finished job is returned unchanged."""
+    job = get_job(session, job_id)
+    if job.state in FINISHED_STATES:
+        return job
+    job.cancel_requested = True
+    if job.state == JobState.QUEUED:
+        job.state = JobState.CANCELLED
+        job.finished_at = utcnow()
+    session.flush()
+    return job
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def job_to_dict(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
+    """A JSON-ready view of a job, with progress (0..1) and an ETA when they are known."""
+    total = job.total
+    done = job.done or 0
+    progress: float | None = None
+    if total:
+        progress = min(1.0, done / total)
+    elif job.state == JobState.SUCCEEDED:
+        progress = 1.0
+    eta: float | None = None
+    if job.state == JobState.RUNNING and job.started_at is not None and total and done > 0:
+        started = job.started_at
+        if started.tzinfo is None:
+            started = started.replace(tzinfo=UTC)
+        elapsed = ((now or utcnow()) - started).total_seconds()
+        # Rate since the start; it includes scanning and model loading, so it errs long.
+        eta = round(max(0.0, elapsed / done * (total - done)), 1)
+    return {
+        "id": job.id,
+        "kind": job.kind,
+        "state": job.state,
+        "params": dict(job.params or {}),
+        "total": total,
+        "done": done,
+        "progress": progress,
+        "counts": dict(job.counts or {}),
+        "error": job.error,
+        "cancel_requested": bool(job.cancel_requested),
+        "eta_seconds": eta,
+        "created_at": _iso(job.created_at),
+        "started_at": _iso(job.started_at),
+        "finished_at": _iso(job.finished_at),
+    }
+
+
+# --------------------------------------------------------------------------- runners
+
+
+def start_job(session: Session, job_id: int) -> Job | None:
+    """Claim a job row for running; ``None`` when it must be skipped.
+
+    Finished rows (cancelled while queued, or already run) are skipped; a row whose
+    cancel was requested before it started becomes cancelled. Commits.
+    """
+    job = session.get(Job, job_id, populate_existing=True)
+    if job is None or job.state in FINISHED_STATES:
+        return None
+    if job.cancel_requested:
+        job.state, job.finished_at = JobState.CANCELLED, utcnow()
+        session.commit()
+        return None
+    job.state, job.started_at, job.error = JobState.RUNNING, utcnow(), None
+    session.commit()
+    return job
+
+
+def set_progress(
+    session: Session,
+    job_id: int,
+    *,
+    done: int | None = None,
+    total: int | None = None,
+    counts: Mapping[str, Any] | None = None,
+) -> None:
+    """Record progress of a running job. Commits."""
+    job = session.get_one(Job, job_id)
+    if done is not None:
+        job.done = done
+    if total is not None:
+        job.total = total
+    if counts is not None:
+        job.counts = dict(counts)
+    session.commit()
+
+
+def end_job(
+    session: Session,
+    job_id: int,
+    state: JobState,
+    *,
+    error: str | None = None,
+    counts: Mapping[str, Any] | None = None,
+) -> None:
+    """Close a job with its final state (and error, counts). Commits."""
+    session.rollback()  # whatever the failed work left half-done must not commit here
+    job = session.get_one(Job, job_id, populate_existing=True)
+    job.state = state
+    job.error = error[:_ERROR_MAX] if error else None
+    job.finished_at = utcnow()
+    if counts is not None:
+        job.counts = dict(counts)
+    session.commit()
+
+
+def requeue_for_retry(session: Session, job_id: int, error: str) -> None:
+    """Put a job whose attempt failed back to queued, so the queue's retry runs it again."""
+    session.rollback()
+    job = session.get_one(Job, job_id, populate_existing=True)
+    job.state = JobState.QUEUED
+    job.error = f"attempt failed, retrying: {error}"[:_ERROR_MAX]
+    job.finished_at = None
+    session.commit()
+
+
+class CancelPoller:
+    """A ``should_stop`` callable that reads ``jobs.cancel_requested`` at most every
+    ``interval`` seconds (one tiny query, in its own session so it never disturbs the
+    caller's transaction)."""
+
+    def __init__(
+        self, sessions: sessionmaker[Session], job_id: int, *, interval: float = 0.5
+    ) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.interval = interval
+        self._last = float("-inf")
+        self._cancelled = False
+        self._lock = threading.Lock()
+
+    def __call__(self) -> bool:
+        """Whether somebody asked the job to stop."""
+        with self._lock:
+            if self._cancelled:
+                return True
+            now = time.monotonic()
+            if now - self._last < self.interval:
+                return False
+            self._last = now
+            with self.sessions() as session:
+                flag = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
+            self._cancelled = bool(flag)
+            return self._cancelled
+
+
+def _rq_will_retry() -> bool:
+    """Whether this runs inside an rq job that rq will retry after an exception."""
+    try:
+        from rq import get_current_job
+    except ImportError:  # pragma: no cover - rq is a dependency
+        return False
+    current = get_current_job()
+    return bool(current is not None and current.should_retry)
+
+
+def run_job_guarded(
+    job_id: int, work: Callable[[sessionmaker[Session]], None], *, what: str
+) -> None:
+    """Claim the job row, run ``work`` and record how it ended.
+
+    ``work`` closes the row itself on success or cancellation. A :class:`VitdexError`
+    (bad params, a missing folder) fails the job for good; any other error fails it
+    too, unless rq has retries left, in which case the row goes back to queued and the
+    error is re-raised so rq retries it.
+    """
+    from vitdex.config import load_settings
+
+    settings = load_settings()
+    sessions = catalog_sessions(settings.storage.resolved_database_url)
+    with sessions() as session:
+        if start_job(session, job_id) is None:
+            log.info("job %d: finished or cancelled before it started; skipped", job_id)
+            return
+    try:
+        work(sessions)
+    except JobCancelled:
+        with sessions() as session:
+            end_job(session, job_id, JobState.CANCELLED)
+    except VitdexError as exc:
+        log.warning("%s job %d failed: %s", what, job_id, exc.message)
+        with sessions() as session:
+            end_job(session, job_id, JobState.FAILED, error=exc.message)
+    except Exception as exc:
+        message = f"{type(exc).__name__}: {exc}"
+        with sessions() as session:
+            if _rq_will_retry():
+                requeue_for_retry(session, job_id, message)
+            else:
+                end_job(session, job_id, JobState.FAILED, error=message)
+        raise
+
+
+# --------------------------------------------------------------------------- catalog
+
+_catalogs: dict[str, sessionmaker[Session]] = {}
+_catalogs_lock = threading.Lock()
+
+
+def catalog_sessions(database_url: str) -> sessionmaker[Session]:
+    """Sessions on the catalog at ``database_url``, migrated; one engine per process and
+    URL, so a worker running many jobs keeps one connection pool."""
+    from vitdex.db.engine import ensure_schema, make_engine, session_factory
+
+    with _catalogs_lock:
+        sessions = _catalogs.get(database_url)
+        if sessions is None:
+            engine = make_engine(database_url)
+            ensure_schema(engine)
+            sessions = session_factory(engine)
+            _catalogs[database_url] = sessions
+        return sessions
+
+
+def progress_writer(sessions: sessionmaker[Session], job_id: int) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that writes to the job row."""
+
+    def write(done: int, total: int) -> None:
+        with sessions() as session:
+            set_progress(session, job_id, done=done, total=total)
+
+    return write
