@@ -579,8 +579,10 @@ def demo(obj: Context, photos: int) -> None:
 
 def _register_commands() -> None:
     # These live beside the code they run; importing them pulls in neither torch nor FAISS.
+    from vitdex.api.serve import serve_command
     from vitdex.worker import worker_command
 
+    cli.add_command(serve_command)
     cli.add_command(worker_command)
 
 

@@ -35,6 +35,20 @@ class NotFoundError(VitdexError):
     exit_code = 2
 
 
+class ForbiddenError(VitdexError):
+    """The request reaches outside what this server may touch (e.g. VITDEX_ALLOWED_ROOTS)."""
+
+    http_status = 403
+    exit_code = 2
+
+
+class ConflictError(VitdexError):
+    """The request clashes with work in progress."""
+
+    http_status = 409
+    exit_code = 2
+
+
 class ModelLoadError(VitdexError):
     """The ViT checkpoint could not be loaded (offline, wrong id, broken files)."""
 

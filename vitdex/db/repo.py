@@ -65,6 +65,33 @@ def library_for(session: Session, folder: str) -> Library:
     return new
 
 
+def get_library(session: Session, library_id: int) -> Library:
+    """One library, or :class:`NotFoundError`."""
+    lib = session.get(Library, library_id)
+    if lib is None:
+        raise NotFoundError(f"no library with id {library_id}")
+    return lib
+
+
+def library_counts(session: Session) -> dict[int, dict[str, int]]:
+    """Images per status, per library id."""
+    counts: dict[int, dict[str, int]] = {}
+    stmt = select(Image.library_id, Image.status, func.count()).group_by(
+        Image.library_id, Image.status
+    )
+    for library_id, status, n in session.execute(stmt):
+        counts.setdefault(library_id, {s.value: 0 for s in ImageStatus})[status] = int(n)
+    return counts
+
+
+def delete_library(session: Session, library_id: int) -> list[int]:
+    """Delete a library and its image rows (never the files); returns the image ids."""
+    ids = list(session.scalars(select(Image.id).where(Image.library_id == library_id)))
+    delete_images(session, ids)
+    session.execute(delete(Library).where(Library.id == library_id))
+    return ids
+
+
 def list_libraries(session: Session) -> list[Library]:
     """All libraries, oldest first."""
     return list(session.scalars(select(Library).order_by(Library.id)))

@@ -1,21 +1,32 @@
-"""Reading photo folders into the catalog and the vector stores."""
+"""Reading photo folders into the catalog and the vector stores.
 
-from vitdex.indexer.embedder import Embedder, EmbedResult, SpaceSpec
-from vitdex.indexer.images import SUPPORTED_EXTENSIONS, DecodedImage, ExifInfo, decode_image
-from vitdex.indexer.pipeline import Indexer, IndexReport, ProgressSink
-from vitdex.indexer.scan import ScannedFile, scan
+Names are imported on first use, so the decoder can be used without loading torch.
+"""
 
-__all__ = [
-    "SUPPORTED_EXTENSIONS",
-    "DecodedImage",
-    "EmbedResult",
-    "Embedder",
-    "ExifInfo",
-    "IndexReport",
-    "Indexer",
-    "ProgressSink",
-    "ScannedFile",
-    "SpaceSpec",
-    "decode_image",
-    "scan",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "SUPPORTED_EXTENSIONS": "vitdex.indexer.images",
+    "DecodedImage": "vitdex.indexer.images",
+    "ExifInfo": "vitdex.indexer.images",
+    "decode_image": "vitdex.indexer.images",
+    "EmbedResult": "vitdex.indexer.embedder",
+    "Embedder": "vitdex.indexer.embedder",
+    "SpaceSpec": "vitdex.indexer.embedder",
+    "IndexReport": "vitdex.indexer.pipeline",
+    "Indexer": "vitdex.indexer.pipeline",
+    "ProgressSink": "vitdex.indexer.pipeline",
+    "ScannedFile": "vitdex.indexer.scan",
+    "scan": "vitdex.indexer.scan",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

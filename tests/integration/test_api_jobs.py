@@ -1,0 +1,138 @@
+"""Libraries, jobs and clusters over HTTP, with jobs on the in-process queue."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from tests.photos import make_photo
+from vitdex.api import create_app
+
+Client = TestClient[Litestar]
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    root = tmp_path / "allowed"
+    for i in range(12):
+        make_photo(root / "lib" / ("x" if i < 6 else "y") / f"p{i:02d}.jpg", size=(96, 72), seed=i)
+    (tmp_path / "outside").mkdir()
+    make_photo(tmp_path / "outside" / "secret.jpg", seed=50)
+    (root / "escape").symlink_to(tmp_path / "outside", target_is_directory=True)
+    return root
+
+
+@pytest.fixture
+def client(
+    vitdex_env: dict[str, str], photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Client]:
+    monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(photos))
+    with TestClient(create_app(), raise_server_exceptions=False) as c:
+        yield c
+
+
+def wait_for(client: Client, job_id: int, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def test_library_lifecycle(client: Client, photos: Path) -> None:
+    created = client.post("/api/v1/libraries", json={"path": str(photos / "lib")})
+    assert created.status_code == 202, created.text
+    body = created.json()
+    lib_id, job_id = body["library"]["id"], body["job"]["id"]
+    job = wait_for(client, job_id)
+    assert job["state"] == "succeeded", job
+    assert (job["done"], job["total"], job["counts"]["embedded"]) == (12, 12, 12)
+    assert job["progress"] == 1.0
+
+    libs = client.get("/api/v1/libraries").json()["libraries"]
+    assert [(lib["id"], lib["images"]["indexed"]) for lib in libs] == [(lib_id, 12)]
+    assert client.get(f"/api/v1/libraries/{lib_id}").json()["root"] == str(photos / "lib")
+
+    make_photo(photos / "lib" / "x" / "new.jpg", size=(96, 72), seed=77)
+    rescan = client.post(f"/api/v1/libraries/{lib_id}/scan")
+    assert rescan.status_code == 202
+    job = wait_for(client, rescan.json()["job"]["id"])
+    assert (job["counts"]["embedded"], job["counts"]["unchanged"]) == (1, 12)
+
+    listed = client.get("/api/v1/jobs", params={"kind": "index"}).json()
+    assert listed["total"] == 2 and all(j["state"] == "succeeded" for j in listed["jobs"])
+    # cancelling a finished job changes nothing
+    assert client.delete(f"/api/v1/jobs/{job_id}").json()["state"] == "succeeded"
+
+    removed = client.delete(f"/api/v1/libraries/{lib_id}")
+    assert removed.status_code == 200 and removed.json()["images_removed"] == 13
+    assert client.get("/api/v1/images").json()["total"] == 0
+    assert (photos / "lib" / "x" / "p00.jpg").exists()  # the photos themselves stay
+    assert client.get(f"/api/v1/libraries/{lib_id}").status_code == 404
+    assert client.get("/api/v1/status").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("{outside}", 403),
+        ("{root}/lib/../../outside", 403),
+        ("{root}/escape", 403),
+        ("{root}/nope", 404),
+        ("relative/path", 400),
+        ("{root}/lib/x/p00.jpg", 400),
+    ],
+)
+def test_library_paths_are_confined(client: Client, photos: Path, path: str, status: int) -> None:
+    raw = path.format(root=photos, outside=photos.parent / "outside")
+    response = client.post("/api/v1/libraries", json={"path": raw})
+    assert response.status_code == status, response.text
+    assert response.json()["detail"]
+
+
+def test_no_allowed_roots_means_no_libraries(vitdex_env: dict[str, str], photos: Path) -> None:
+    with TestClient(create_app(), raise_server_exceptions=False) as c:
+        response = c.post("/api/v1/libraries", json={"path": str(photos / "lib")})
+    assert response.status_code == 403
+    assert "VITDEX_ALLOWED_ROOTS" in response.json()["detail"]
+
+
+def test_clusters(client: Client, photos: Path) -> None:
+    job = client.post("/api/v1/libraries", json={"path": str(photos / "lib")}).json()["job"]
+    assert wait_for(client, job["id"])["state"] == "succeeded"
+    started = client.post("/api/v1/clusters", json={"space": "cls", "k": 3})
+    assert started.status_code == 202, started.text
+    done = wait_for(client, started.json()["job"]["id"])
+    assert done["state"] == "succeeded", done
+    run_id = done["counts"]["run_id"]
+    run = client.get(f"/api/v1/clusters/{run_id}", params={"members_limit": 2}).json()
+    assert run["k"] == 3 and run["n_images"] == 12
+    assert sum(c["size"] for c in run["clusters"]) == 12
+    for cluster in run["clusters"]:
+        assert len(cluster["members"]) == min(2, cluster["size"])
+        assert cluster["medoid_image_id"] in [m["image_id"] for m in cluster["members"]]
+    runs = client.get("/api/v1/clusters").json()
+    assert runs["total"] == 1
+
+    filtered = client.post(
+        "/api/v1/clusters",
+        json={"space": "cls", "k": 2, "filter": {"folder": str(photos / "lib" / "x")}},
+    )
+    done = wait_for(client, filtered.json()["job"]["id"])
+    assert done["state"] == "succeeded", done
+    assert client.get(f"/api/v1/clusters/{done['counts']['run_id']}").json()["n_images"] == 6
+
+    assert client.post("/api/v1/clusters", json={"space": "nope"}).status_code == 404
+    assert client.post("/api/v1/clusters", json={"k": 1}).status_code == 400
+    assert client.post("/api/v1/clusters", json={"k": "many"}).status_code == 400
+    assert client.get("/api/v1/clusters/999").status_code == 404
+    assert client.get("/api/v1/jobs/999").status_code == 404
+    assert client.delete("/api/v1/jobs/999").status_code == 404

@@ -1,0 +1,71 @@
+"""The Litestar application: routes, dependencies, errors, auth, metrics, OpenAPI."""
+
+from __future__ import annotations
+
+from litestar import Litestar, Router
+from litestar.middleware import DefineMiddleware
+from litestar.openapi import OpenAPIConfig
+from litestar.types import Scope
+
+from vitdex import __version__
+from vitdex.api import deps
+from vitdex.api.auth import require_api_key
+from vitdex.api.controllers import (
+    ClustersController,
+    HealthController,
+    ImagesController,
+    JobsController,
+    LibrariesController,
+    SearchController,
+)
+from vitdex.api.errors import error_response
+from vitdex.api.metrics import Metrics, metrics_middleware
+from vitdex.config import Settings, load_settings
+
+#: Room for the multipart framing around an upload of exactly the allowed size.
+_MULTIPART_SLACK = 64 * 1024
+
+
+def _metrics_of(scope: Scope) -> Metrics:
+    found: Metrics = scope["litestar_app"].state["metrics"]
+    return found
+
+
+def create_app(settings: Settings | None = None) -> Litestar:
+    """Build the API app; ``settings`` default to the environment (``VITDEX_*``).
+
+    Nothing heavy happens here: the catalog opens on start-up, the model on the first
+    query that needs it.
+    """
+    settings = settings or load_settings()
+    max_body = int(settings.api.max_upload_mb * 1024 * 1024) + _MULTIPART_SLACK
+    api = Router(
+        path="/api/v1",
+        route_handlers=[
+            SearchController,
+            ImagesController,
+            LibrariesController,
+            JobsController,
+            ClustersController,
+        ],
+        guards=[require_api_key],
+    )
+
+    app = Litestar(
+        route_handlers=[HealthController, api],
+        dependencies=deps.dependencies,
+        exception_handlers={Exception: error_response},
+        middleware=[DefineMiddleware(metrics_middleware(_metrics_of))],
+        on_startup=[deps.on_startup],
+        on_shutdown=[deps.on_shutdown],
+        openapi_config=OpenAPIConfig(
+            title="vitdex",
+            version=__version__,
+            description="Similarity search and classification over an indexed photo library.",
+            path="/schema",
+        ),
+        request_max_body_size=max_body,
+    )
+    deps.install(app, settings)
+    app.state["metrics"] = Metrics(deps.services_of(app.state))
+    return app

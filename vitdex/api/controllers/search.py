@@ -1,0 +1,209 @@
+"""Similar and classify queries: parse the request, call the search service off the loop."""
+
+from __future__ import annotations
+
+import functools
+import json
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio.to_thread
+from litestar import Controller, Request, post
+from litestar.datastructures import UploadFile
+from litestar.di import NamedDependency, Provide
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import ClientException, ValidationException
+from litestar.params import Body, Parameter
+
+from vitdex.api.deps import Services
+from vitdex.api.schemas import ClassifyOut, HitOut, LabelScore, SimilarOut
+from vitdex.errors import ConfigError
+from vitdex.search.store import SearchFilter
+
+#: Largest k + offset one query may ask for.
+MAX_DEPTH = 10_000
+
+K = Annotated[int, Parameter(ge=1, le=1000, description="Number of neighbours to return")]
+Offset = Annotated[
+    int, Parameter(ge=0, le=MAX_DEPTH - 1000, description="Neighbours to skip (paging)")
+]
+Space = Annotated[str | None, Parameter(description="Vector space (default: the first configured)")]
+
+
+def provide_filter(
+    library_id: Annotated[
+        list[int] | None, Parameter(description="Library id (repeatable)")
+    ] = None,
+    folder: Annotated[str | None, Parameter(description="Only images under this folder")] = None,
+    taken_after: Annotated[
+        datetime | None, Parameter(description="Taken at or after (ISO datetime)")
+    ] = None,
+    taken_before: Annotated[
+        datetime | None, Parameter(description="Taken before (ISO datetime, exclusive)")
+    ] = None,
+    camera_make: Annotated[str | None, Parameter(description="Camera maker (exact)")] = None,
+    camera_model: Annotated[str | None, Parameter(description="Camera model (exact)")] = None,
+    label: Annotated[str | None, Parameter(description="A predicted label")] = None,
+) -> SearchFilter:
+    """Dependency: the metadata filter given as query parameters."""
+    # EXIF times are naive wall-clock times; compare like with like.
+    after = taken_after.replace(tzinfo=None) if taken_after else None
+    before = taken_before.replace(tzinfo=None) if taken_before else None
+    if after and before and after >= before:
+        raise ConfigError("taken_after must be earlier than taken_before")
+    return SearchFilter(
+        library_ids=tuple(library_id or ()),
+        path_prefix=folder or None,
+        taken_after=after,
+        taken_before=before,
+        camera_make=camera_make,
+        camera_model=camera_model,
+        label=label,
+    )
+
+
+filter_dependency = {"flt": Provide(provide_filter, sync_to_thread=False)}
+
+
+@dataclass
+class Upload:
+    """A multipart upload with the image in the field ``file``."""
+
+    file: UploadFile
+
+
+def _check_space(services: NamedDependency[Services], space: str | None) -> None:
+    """An unknown space is a bad parameter (400), not a missing resource."""
+    if space is None:
+        return
+    from vitdex.db import repo
+
+    with services.sessions() as session:
+        names = [s.name for s in repo.list_spaces(session)]
+    if space not in names:
+        known = ", ".join(names) or "none yet"
+        raise ConfigError(f"unknown space {space!r} (known spaces: {known})")
+
+
+def run_similar(
+    services: NamedDependency[Services],
+    *,
+    image_id: int | None = None,
+    upload: tuple[str, bytes] | None = None,
+    k: int,
+    offset: int,
+    space: str | None,
+    flt: NamedDependency[SearchFilter],
+) -> SimilarOut:
+    """Neighbours of an id or an uploaded image, one page of them (blocking: run in a thread)."""
+    _check_space(services, space)
+    search = services.search
+    depth = k + offset
+    if upload is not None:
+        name, data = upload
+        # The service reads query files from disk; the upload lives there only meanwhile.
+        with tempfile.TemporaryDirectory(prefix="vitdex-upload-") as tmp:
+            path = Path(tmp) / "upload"
+            path.write_bytes(data)
+            (result,) = search.similar(files=[path], k=depth, space=space, filter=flt)
+        query = name
+    else:
+        assert image_id is not None
+        (result,) = search.similar(ids=[image_id], k=depth, space=space, filter=flt)
+        query = result.query
+    hits = [HitOut.of(h) for h in result.hits[offset : offset + k]]
+    return SimilarOut(
+        query=query, image_id=result.image_id, space=result.space, k=k, offset=offset, hits=hits
+    )
+
+
+def run_classify(
+    services: NamedDependency[Services], name: str, data: bytes, k: int
+) -> ClassifyOut:
+    """Top-k labels of uploaded bytes (blocking: run in a thread)."""
+    with tempfile.TemporaryDirectory(prefix="vitdex-upload-") as tmp:
+        path = Path(tmp) / "upload"
+        path.write_bytes(data)
+        (result,) = services.search.classify([path], k=k)
+    return ClassifyOut(
+        query=name, labels=[LabelScore(lab, round(s, 6)) for lab, s in result.labels]
+    )
+
+
+async def _read_upload(upload: Any) -> tuple[str, bytes]:
+    if not isinstance(upload, UploadFile):
+        raise ValidationException("send the image as a multipart file in the field 'file'")
+    data = await upload.read()
+    await upload.close()
+    return upload.filename or "upload", data
+
+
+async def _similar_body(
+    request: Request[Any, Any, Any],
+) -> tuple[int | None, tuple[str, bytes] | None]:
+    """An uploaded file or ``{"image_id": N}``, by the request's content type."""
+    content_type, _ = request.content_type
+    if content_type == RequestEncodingType.MULTI_PART:
+        form = await request.form()
+        return None, await _read_upload(form.get("file"))
+    if content_type == RequestEncodingType.JSON or content_type.endswith("+json"):
+        try:
+            body = json.loads(await request.body())
+        except ValueError:
+            raise ValidationException("the JSON body is not valid JSON") from None
+        image_id = body.get("image_id") if isinstance(body, dict) else None
+        if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id < 1:
+            raise ValidationException('send {"image_id": N} with N a positive integer')
+        return image_id, None
+    raise ClientException(
+        "send the image as multipart/form-data (field 'file') or JSON {\"image_id\": N}",
+        status_code=415,
+    )
+
+
+class SearchController(Controller):
+    """``/api/v1/similar`` and ``/api/v1/classify``."""
+
+    path = "/"
+    tags: Sequence[str] = ["search"]
+    dependencies = filter_dependency
+
+    @post("/similar", status_code=200)
+    async def similar(
+        self,
+        request: Request[Any, Any, Any],
+        services: NamedDependency[Services],
+        flt: NamedDependency[SearchFilter],
+        k: K = 10,
+        offset: Offset = 0,
+        space: Space = None,
+    ) -> SimilarOut:
+        """Neighbours of an uploaded image (multipart ``file``) or of ``{"image_id": N}``."""
+        image_id, upload = await _similar_body(request)
+        call = functools.partial(
+            run_similar,
+            services,
+            image_id=image_id,
+            upload=upload,
+            k=k,
+            offset=offset,
+            space=space,
+            flt=flt,
+        )
+        return await anyio.to_thread.run_sync(call)
+
+    @post("/classify", status_code=200)
+    async def classify(
+        self,
+        data: Annotated[Upload, Body(media_type=RequestEncodingType.MULTI_PART)],
+        services: NamedDependency[Services],
+        k: Annotated[int, Parameter(ge=1, le=1000, description="Number of labels")] = 5,
+    ) -> ClassifyOut:
+        """Top-k labels of an uploaded image from the model's classifier."""
+        name, content = await _read_upload(data.file)
+        call = functools.partial(run_classify, services, name, content, k)
+        return await anyio.to_thread.run_sync(call)
