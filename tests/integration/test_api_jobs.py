@@ -136,3 +136,85 @@ def test_clusters(client: Client, photos: Path) -> None:
     assert client.get("/api/v1/clusters/999").status_code == 404
     assert client.get("/api/v1/jobs/999").status_code == 404
     assert client.delete("/api/v1/jobs/999").status_code == 404
+
+
+def test_jobs_left_over_resume_when_the_api_starts(
+    vitdex_env: dict[str, str], photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without Redis the API runs jobs itself; a restart picks up what was left."""
+    from vitdex.config import load_settings
+    from vitdex.db import ensure_schema, make_engine, session_factory
+    from vitdex.db import jobs as job_rows
+    from vitdex.db.models import JobState
+
+    monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(photos))
+    engine = make_engine(load_settings().storage.resolved_database_url)
+    ensure_schema(engine)
+    with session_factory(engine)() as session:
+        queued, _ = job_rows.enqueue_job_row(session, "index", {"paths": [str(photos / "lib")]})
+        interrupted, _ = job_rows.enqueue_job_row(
+            session, "index", {"paths": [str(photos / "lib" / "x")]}
+        )
+        interrupted.state = JobState.RUNNING  # its process died mid-run
+        session.commit()
+        ids = [queued.id, interrupted.id]
+    engine.dispose()
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        finished = [wait_for(client, job_id) for job_id in ids]
+    assert [job["state"] for job in finished] == ["succeeded", "succeeded"]
+    assert finished[0]["counts"]["embedded"] == 12
+
+
+def test_api_jobs_run_on_a_real_rq_worker(
+    vitdex_env: dict[str, str], photos: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import os
+    import subprocess
+    import sys
+    import uuid
+
+    from redis import Redis
+
+    redis_url = os.environ.get("VITDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    conn = Redis.from_url(redis_url)
+    try:
+        conn.ping()
+    except Exception as exc:
+        pytest.fail(f"Redis is not reachable at {redis_url}: {exc}")
+    queue_name = f"vitdex-api-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(photos))
+    monkeypatch.setenv("VITDEX_REDIS_URL", redis_url)
+    monkeypatch.setenv("VITDEX_QUEUE_NAME", queue_name)
+
+    def clean() -> None:
+        keys = list(conn.scan_iter(match=f"rq:*{queue_name}*"))
+        keys += list(conn.scan_iter(match="rq:job:vitdex-job-*"))
+        if keys:
+            conn.delete(*keys)
+
+    clean()
+    try:
+        with TestClient(create_app(), raise_server_exceptions=False) as client:
+            assert client.get("/ready").json()["ready"] is True
+            body = client.post("/api/v1/libraries", json={"path": str(photos / "lib")}).json()
+            job_id = body["job"]["id"]
+            assert client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "queued"
+            again = client.post(f"/api/v1/libraries/{body['library']['id']}/scan").json()
+            assert again["job"]["id"] == job_id  # the same scan is not queued twice
+            metrics = client.get("/metrics").text
+            assert "vitdex_queue_depth 1.0" in metrics
+            worker = subprocess.run(
+                [sys.executable, "-m", "vitdex.worker", "--burst"],
+                capture_output=True,
+                text=True,
+                timeout=180,
+                check=False,
+            )
+            assert worker.returncode == 0, worker.stderr[-3000:]
+            job = client.get(f"/api/v1/jobs/{job_id}").json()
+            assert job["state"] == "succeeded", job
+            assert job["counts"]["embedded"] == 12
+            assert client.get("/api/v1/images").json()["total"] == 12
+    finally:
+        clean()
+        conn.close()

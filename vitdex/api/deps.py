@@ -88,6 +88,28 @@ class Services:
                     self._search = SearchService(self.settings, sessions)
         return self._search
 
+    def resume_embedded_jobs(self) -> int:
+        """Without Redis, jobs run in this process only: whatever was queued or running
+        when the last process stopped is queued again here. Returns how many."""
+        from vitdex.db import jobs
+        from vitdex.db.models import JobState
+
+        with self.sessions() as session:
+            stale = [
+                job
+                for state in (JobState.RUNNING, JobState.QUEUED)
+                for job in jobs.list_jobs(session, state=state.value, limit=1000)[0]
+            ]
+            for job in stale:
+                job.state = JobState.QUEUED
+            session.commit()
+            kinds = [(job.id, job.kind) for job in sorted(stale, key=lambda j: j.id)]
+        for job_id, kind in kinds:
+            self.queue.submit(job_id, kind=kind)
+        if kinds:
+            log.info("resumed %d jobs left over by the previous process", len(kinds))
+        return len(kinds)
+
     @property
     def queue(self) -> JobQueue:
         """The job queue: rq on Redis when VITDEX_REDIS_URL is set, else a thread here."""
@@ -130,8 +152,11 @@ async def on_startup(app: Litestar) -> None:
     """Open the catalog off the event loop (schema migrations may take a moment)."""
     import anyio.to_thread
 
+    services = services_of(app.state)
     try:
-        await anyio.to_thread.run_sync(services_of(app.state).open)
+        await anyio.to_thread.run_sync(services.open)
+        if not services.settings.api.redis_url:
+            await anyio.to_thread.run_sync(services.resume_embedded_jobs)
     except Exception as exc:
         # Keep serving: /health answers, /ready says what is wrong, and the catalog is
         # opened again by the first request that needs it.
