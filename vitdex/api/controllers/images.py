@@ -15,7 +15,14 @@ from litestar.params import Parameter
 from litestar.response import File
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.api.controllers.search import K, Offset, Space, filter_dependency, run_similar
+from vitdex.api.controllers.search import (
+    INT64_MAX,
+    K,
+    Offset,
+    Space,
+    filter_dependency,
+    run_similar,
+)
 from vitdex.api.deps import Services
 from vitdex.api.schemas import ImageOut, ImagesPage, LabelCount, LabelsOut, SimilarOut
 from vitdex.config import Settings
@@ -25,7 +32,7 @@ from vitdex.errors import NotFoundError
 from vitdex.search.store import SearchFilter
 from vitdex.thumbnails import MAX_SIZE, MIN_SIZE, ensure_thumbnail
 
-ImageId = Annotated[int, Parameter(ge=1, le=2**63 - 1, description="Catalog image id")]
+ImageId = Annotated[int, Parameter(ge=1, le=INT64_MAX, description="Catalog image id")]
 Status = Annotated[
     ImageStatus | None, Parameter(description="Only images with this indexing status")
 ]
@@ -57,7 +64,7 @@ class ImagesController(Controller):
         flt: NamedDependency[SearchFilter],
         status: Status = None,
         limit: Annotated[int, Parameter(ge=1, le=1000)] = 50,
-        offset: Annotated[int, Parameter(ge=0)] = 0,
+        offset: Annotated[int, Parameter(ge=0, le=INT64_MAX)] = 0,
     ) -> ImagesPage:
         """Catalog images matching the filters, newest photo first, with the total."""
         with sessions() as session:
@@ -82,7 +89,7 @@ class ImagesController(Controller):
             labels = repo.labels_of(session, [image_id]).get(image_id, [])
         return ImageOut.of(img, labels)
 
-    @get("/images/{image_id:int}/thumbnail", sync_to_thread=True)
+    @get("/images/{image_id:int}/thumbnail", sync_to_thread=True, media_type="image/jpeg")
     def thumbnail(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -110,7 +117,8 @@ class ImagesController(Controller):
             filename=f"{image_id}-{size}.jpg",
         )
 
-    @get("/images/{image_id:int}/file", sync_to_thread=True)
+    # The media type follows the file's format; the document says so with a range.
+    @get("/images/{image_id:int}/file", sync_to_thread=True, media_type="*/*")
     def file(self, sessions: NamedDependency[sessionmaker[Session]], image_id: ImageId) -> File:
         """The original file, streamed, with its content type."""
         with sessions() as session:

@@ -12,12 +12,14 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sqlalchemy.orm import Session, sessionmaker
 
+from vitdex.api.controllers.search import INT64_MAX
 from vitdex.api.deps import Services
 from vitdex.config import Settings
 from vitdex.db import jobs
 from vitdex.errors import ConfigError
 
-Id = Annotated[int, PathParameter(ge=1, le=2**63 - 1)]
+Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
+Offset = Annotated[int, QueryParameter(ge=0, le=INT64_MAX)]
 
 
 @dataclass
@@ -74,6 +76,8 @@ def _filter_params(flt: ClusterFilterIn | None) -> dict[str, Any] | None:
                     f"{name} must be an ISO date or datetime, got {value!r}"
                 ) from None
     if flt.library_id:
+        if any(not 1 <= i <= INT64_MAX for i in flt.library_id):
+            raise ConfigError(f"filter.library_id must be between 1 and {INT64_MAX}")
         out["library_ids"] = list(flt.library_id)
     if flt.folder:
         out["path_prefix"] = flt.folder.rstrip("/") or "/"
@@ -162,7 +166,7 @@ class JobsController(Controller):
         ] = None,
         kind: Annotated[str | None, QueryParameter(description="index or cluster")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Jobs, newest first."""
         with sessions() as session:
@@ -214,6 +218,8 @@ class ClustersController(Controller):
 
         if isinstance(data.k, int) and not 2 <= data.k <= 1000:
             raise ConfigError('k must be between 2 and 1000, or "auto"')
+        if not 0 <= data.seed < 2**32:
+            raise ConfigError("seed must be between 0 and 2**32 - 1")
         space = data.space or settings.model.spaces[0]
         with sessions() as session:
             repo.get_space(session, space)  # unknown space: 404 now, not a failed job later
@@ -238,7 +244,7 @@ class ClustersController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         space: Annotated[str | None, QueryParameter()] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0)] = 0,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Finished clustering runs, newest first."""
         from vitdex.search.cluster import list_cluster_runs
@@ -253,8 +259,8 @@ class ClustersController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         run_id: Id,
         members_limit: Annotated[int, QueryParameter(ge=0, le=1000)] = 20,
-        members_offset: Annotated[int, QueryParameter(ge=0)] = 0,
-        cluster: Annotated[int | None, QueryParameter(ge=-1)] = None,
+        members_offset: Offset = 0,
+        cluster: Annotated[int | None, QueryParameter(ge=-1, le=INT64_MAX)] = None,
     ) -> dict[str, Any]:
         """Clusters of a run with size, medoid images and a page of members."""
         from vitdex.search.cluster import get_cluster_run

@@ -24,6 +24,8 @@ from vitdex.api.schemas import ClassifyOut, HitOut, LabelScore, SimilarOut
 from vitdex.errors import ConfigError
 from vitdex.search.store import SearchFilter
 
+#: Largest value a catalog integer column (SQL BIGINT) holds.
+INT64_MAX = 2**63 - 1
 #: Largest k + offset one query may ask for.
 MAX_DEPTH = 10_000
 
@@ -50,13 +52,21 @@ def provide_filter(
     label: Annotated[str | None, Parameter(description="A predicted label")] = None,
 ) -> SearchFilter:
     """Dependency: the metadata filter given as query parameters."""
+    ids = tuple(library_id or ())
+    if any(not 1 <= i <= INT64_MAX for i in ids):
+        raise ConfigError(f"library_id must be between 1 and {INT64_MAX}")
+    texts = {"folder": folder, "camera_make": camera_make, "camera_model": camera_model}
+    texts["label"] = label
+    for name, value in texts.items():
+        if value is not None and "\x00" in value:
+            raise ConfigError(f"{name} must not contain NUL characters")
     # EXIF times are naive wall-clock times; compare like with like.
     after = taken_after.replace(tzinfo=None) if taken_after else None
     before = taken_before.replace(tzinfo=None) if taken_before else None
     if after and before and after >= before:
         raise ConfigError("taken_after must be earlier than taken_before")
     return SearchFilter(
-        library_ids=tuple(library_id or ()),
+        library_ids=ids,
         path_prefix=folder or None,
         taken_after=after,
         taken_before=before,
