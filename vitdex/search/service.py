@@ -20,6 +20,7 @@ from vitdex.errors import ConfigError, ImageError, NoClassifierError, NotFoundEr
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import decode_image
 from vitdex.indexer.pipeline import reconcile_space
+from vitdex.search.batching import MicroBatcher, OneResult
 from vitdex.search.factory import open_store
 from vitdex.search.store import SearchFilter, VectorStore
 
@@ -95,6 +96,7 @@ class SearchService:
         self.sessions = sessions
         self._embedder_factory = embedder_factory or self._default_embedder
         self._embedder: Embedder | None = None
+        self._batcher: MicroBatcher | None = None
         self._lock = threading.Lock()
         self._store_lock = threading.Lock()
         self._stores: dict[str, VectorStore] = {}
@@ -125,7 +127,21 @@ class SearchService:
                 if layer not in wanted:
                     wanted.append(layer)
             self._embedder = self._embedder_factory(wanted)
+            self._batcher = MicroBatcher(self._embedder)
             return self._embedder
+
+    def _embed_one(self, layers: Sequence[str], data: bytes) -> OneResult:
+        """Decode and embed one image, sharing a forward pass with concurrent callers."""
+        embedder = self.embedder(layers)
+        decoded = decode_image(
+            data,
+            max_megapixels=self.settings.index.max_megapixels,
+            min_size=_decode_size(embedder),
+        )
+        with self._lock:
+            batcher = self._batcher
+        assert batcher is not None
+        return batcher.embed_one(decoded.image)
 
     def _space(self, session: Session, name: str | None) -> Space:
         if name is None:
@@ -151,13 +167,7 @@ class SearchService:
         embedder = self.embedder([space.layer])
         spec = next(s for s in embedder.space_specs() if s.name == space.layer)
         repo.check_space_matches(space, {**asdict(spec), "name": space.name})
-        decoded = decode_image(
-            data,
-            max_megapixels=self.settings.index.max_megapixels,
-            min_size=_decode_size(embedder),
-        )
-        result = embedder.embed([decoded.image])
-        vector: np.ndarray = result.vectors[space.layer][0]
+        vector: np.ndarray = self._embed_one([space.layer], data).vectors[space.layer]
         return vector
 
     def similar(
@@ -254,12 +264,7 @@ class SearchService:
             )
         out = []
         for file in files:
-            decoded = decode_image(
-                _read(file),
-                max_megapixels=self.settings.index.max_megapixels,
-                min_size=_decode_size(embedder),
-            )
-            result = embedder.embed([decoded.image])
+            result = self._embed_one(self.settings.model.spaces, _read(file))
             assert result.logits is not None
             out.append(Classification(str(file), embedder.top_labels(result.logits, k)[0]))
         return out
