@@ -43,6 +43,7 @@ test: lint typecheck
 bench: setup
 	$(PY) -m bench.index_throughput
 	$(PY) -m bench.search
+	$(PY) -m bench.http
 
 clean:
 	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache

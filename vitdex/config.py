@@ -129,6 +129,9 @@ class VectorSettings(BaseSettings):
     qdrant_hnsw_ef_construct: int | None = Field(default=None, ge=4)
     qdrant_search_ef: int | None = Field(default=None, ge=1)
     qdrant_quantization: Literal["int8"] | None = None
+    #: OpenMP threads per FAISS search; unset lets FAISS use every core. The API sets 1:
+    #: its requests already run side by side, and nested threads fight over the cores.
+    search_threads: int | None = Field(default=None, ge=1, le=256)
 
 
 class ApiSettings(BaseSettings):

@@ -46,7 +46,13 @@ def open_store(
         )
     from vitdex.search.faiss_store import FaissStore
 
-    return FaissStore(store_folder(settings, space), space, dim, metric=metric)
+    return FaissStore(
+        store_folder(settings, space),
+        space,
+        dim,
+        metric=metric,
+        search_threads=settings.vectors.search_threads,
+    )
 
 
 def drop_store(settings: Settings, space: str, *, backend: str | None = None) -> None:
