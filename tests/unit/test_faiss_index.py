@@ -322,3 +322,72 @@ def test_reindex_flat_drops_the_index(folder: Path) -> None:
             p.name for p in folder.glob("index.*.faiss")
         }
         assert json.loads((folder / "meta.json").read_text())["format"] == 1
+
+
+# ----------------------------------------------------------------------------- scores
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+@pytest.mark.parametrize("spec", ["ivf:nlist=32,code=sq8", "ivf:nlist=32,code=pq,pq_m=16,rerank=3"])
+@pytest.mark.parametrize("stride", [1, 7])  # dense ids (position table) or sparse ones
+def test_rescored_scores_are_exact(folder: Path, metric: str, spec: str, stride: int) -> None:
+    ids = IDS[:2000] * stride
+    with FaissStore(folder, "cls", DIM, metric=metric, durable=False) as store:
+        store.upsert(ids, VECS[:2000])
+        store.reindex(spec)
+        store.search(QUERIES[:2], 10)
+        # Removals shift the raw vectors' positions: the scores must follow.
+        store.delete(ids[:30])
+        store.upsert(ids[40:45], VECS[1000:1005])
+        batched = store.search(QUERIES[:20], 10)
+        for r, row in enumerate(batched):
+            assert len(row) == 10
+            vecs = store.get([h.id for h in row])
+            q = QUERIES[r]
+            want = vecs @ q if metric == "ip" else -((vecs - q) ** 2).sum(1)
+            assert [h.score for h in row] == pytest.approx(want.tolist(), abs=1e-5)
+            assert all(row[i].score >= row[i + 1].score for i in range(9))
+            # One query at a time: the same hits as in the batch.
+            single = store.search(q, 10)[0]
+            assert [h.id for h in single] == [h.id for h in row]
+            assert [h.score for h in single] == pytest.approx([h.score for h in row], abs=1e-5)
+
+
+def test_rerank_zero_keeps_the_codes_scores(folder: Path) -> None:
+    spec = parse_index_spec("ivf:nlist=32,code=sq8,rerank=0")
+    assert spec.rerank == 0 and not spec.rescored and spec.approximate_scores
+    assert parse_index_spec(spec.canonical()) == spec
+    with pytest.raises(IndexSpecError, match="at least 0"):
+        parse_index_spec("ivf:code=sq8,rerank=-1")
+    with open_store(folder) as store:
+        store.upsert(IDS[:2000], VECS[:2000])
+        store.reindex(spec.canonical())
+        assert recall(store, QUERIES, truth(IDS[:2000], VECS[:2000], QUERIES, 10)) >= 0.9
+        row = store.search(QUERIES[0], 10)[0]
+        exact = store.get([h.id for h in row]) @ QUERIES[0]
+        # SQ8 scores approximate the inner products closely, without being them.
+        assert [h.score for h in row] == pytest.approx(exact.tolist(), abs=0.05)
+
+
+def test_many_changed_ids_merge_like_exact_search(folder: Path) -> None:
+    # nprobe = nlist: the index itself is exact, so any difference is the merge's.
+    with open_store(folder) as store:
+        store.upsert(IDS[:3000], VECS[:3000])
+        store.reindex("ivf:nlist=16,nprobe=16")
+        rng = np.random.default_rng(3)
+        changed = rng.choice(IDS[:3000], size=300, replace=False)
+        store.upsert(changed, clustered(300, seed=9))
+        store.delete(changed[:50])
+        store.upsert(IDS[3000:3100], VECS[3000:3100])
+        assert store.describe()["changed_since_build"] == 400
+        ids = store.ids()
+        want = truth(ids, store.get(ids), QUERIES, 10)
+        for q in (QUERIES, QUERIES[:1]):
+            got = store.search(q, 10)
+            assert [{h.id for h in row} for row in got] == want[: len(q)]
+            assert all(row[i].score >= row[i + 1].score for row in got for i in range(9))
+        subset = np.union1d(ids[::2], changed[50:])
+        got = store.search(QUERIES, 10, allowed_ids=subset)
+        keep = np.isin(ids, subset)
+        want_sub = truth(ids[keep], store.get(ids[keep]), QUERIES, 10)
+        assert [{h.id for h in row} for row in got] == want_sub

@@ -375,7 +375,7 @@ def crash_with_temp_snapshot(store: FaissStore) -> None:
         faiss.write_index(store._loaded(), str(store.folder / f"{name}.tmp"))
         raise SimulatedCrashError("snapshot rename")
 
-    store._write_snapshot_file = crashing  # type: ignore[method-assign]
+    store._write_snapshot_file = crashing
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,9 @@ A spec is a short string a user can put in a config file or on a command line::
     hnsw | hnsw:M=32,efConstruction=200,efSearch=128
     ivf  | ivf:nlist=1024,nprobe=32,code=flat|sq8|pq,pq_m=64,rerank=1
 
+``rerank`` (sq8/pq only) re-scores ``k * rerank`` candidates exactly on the raw vectors,
+so that scores are exact similarities; ``rerank=0`` keeps the codes' approximate scores.
+
 The approximate index is always *derived*: it is built from the raw vectors the store
 keeps exactly, so it can be dropped, rebuilt or switched without re-embedding a photo.
 """
@@ -76,7 +79,8 @@ class IndexSpec:
     code: str = "flat"
     pq_m: int | None = None
     #: For sq8/pq: fetch ``k * rerank`` candidates and re-score them exactly on the raw
-    #: vectors (1: only re-score and re-sort the ``k`` hits).
+    #: vectors (1: only re-score and re-sort the ``k`` hits; 0: no re-scoring, the
+    #: scores are the codes' approximations of the similarity).
     rerank: int = 1
 
     @property
@@ -93,6 +97,11 @@ class IndexSpec:
     def approximate_scores(self) -> bool:
         """Whether the index's own scores are approximations (compressed codes)."""
         return self.kind == "ivf" and self.code != "flat"
+
+    @property
+    def rescored(self) -> bool:
+        """Whether searches re-score the index's candidates exactly on the raw vectors."""
+        return self.approximate_scores and self.rerank > 0
 
     def canonical(self) -> str:
         """The spec written out in full; parsing it gives back an equal spec."""
@@ -164,8 +173,9 @@ def _value(field: str, key: str, raw: str, text: str) -> Any:
         number = int(raw)
     except ValueError:
         raise IndexSpecError(f"{key} must be a whole number, got {raw!r} in {text!r}") from None
-    if number < 1:
-        raise IndexSpecError(f"{key} must be at least 1, got {number} in {text!r}")
+    least = 0 if field == "rerank" else 1  # rerank=0: no exact re-scoring
+    if number < least:
+        raise IndexSpecError(f"{key} must be at least {least}, got {number} in {text!r}")
     if field == "m" and number > 256:
         raise IndexSpecError(f"M above 256 only costs memory (got {number} in {text!r})")
     return number

@@ -113,6 +113,7 @@ class _Delta(NamedTuple):
     vectors: npt.NDArray[np.float32]  # their current raw vectors
     exclude: Any  # IDSelectorNot over ``changed``, or None when nothing changed
     keep_alive: Any  # the IDSelectorBatch the Not refers to (FAISS holds a raw pointer)
+    params: dict[int, Any]  # search parameters with ``exclude``, per candidate count
 
 
 class _Bad(NamedTuple):
@@ -155,6 +156,7 @@ class FaissStore:
         if search_threads is not None and search_threads < 1:
             raise ValueError(f"search_threads must be at least 1, got {search_threads}")
         self.folder = Path(folder)
+        self._meta_path = str(self.folder / _META)  # stat at every call: no Path work
         self.space = space
         self.dim = int(dim)
         self.metric = metric
@@ -191,6 +193,12 @@ class FaissStore:
         # (present changed ids, their raw vectors, selector excluding every changed id),
         # rebuilt on the first search after a write.
         self._delta: _Delta | None = None
+        # Bumped by every change to the raw index; keys the id -> position table below.
+        self._raw_version = 0
+        # (raw version, smallest id, position of each id - smallest or -1), or a None
+        # table when the ids are too sparse for one. Built by the first re-scoring search.
+        self._positions: tuple[int, int, npt.NDArray[np.int64] | None] | None = None
+        self._raw_flat: Any = None  # the IndexFlat inside the raw IDMap2, as of that table
 
     # ------------------------------------------------------------------ public API
 
@@ -264,17 +272,17 @@ class FaissStore:
         allowed = None if allowed_ids is None else np.unique(self._id_array(allowed_ids))
         with self._lock:
             self._ready_for_read()
-            index = self._loaded()
+            ntotal = int(self._loaded().ntotal)
             if allowed is not None:
                 allowed = self._present(allowed)
-            limit = index.ntotal if allowed is None else int(allowed.size)
+            limit = ntotal if allowed is None else int(allowed.size)
             k_eff = min(int(k), limit)
             if k_eff == 0 or q.shape[0] == 0:
                 return [[] for _ in range(q.shape[0])]
             if self._ann is not None and (
-                allowed is None or allowed.size > self.exact_filter_fraction * index.ntotal
+                allowed is None or allowed.size > self.exact_filter_fraction * ntotal
             ):
-                return self._search_ann(q, k_eff, allowed)
+                return self._search_ann(q, k_eff, allowed, ntotal)
             return self._search_exact(q, k_eff, allowed)
 
     #: Filters allowing at most this fraction of the store are searched exactly.
@@ -288,33 +296,44 @@ class FaissStore:
             params = faiss.SearchParameters()
             params.sel = faiss.IDSelectorBatch(allowed)
         distances, labels = self._faiss_search(self._loaded(), q, k, params)
-        return self._hits(labels, distances)
+        if self.metric == "l2":
+            distances = -distances  # squared distance: negate so higher is closer
+        return _hit_lists(labels, distances, k)
 
     def _search_ann(
-        self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64] | None
+        self,
+        q: npt.NDArray[np.float32],
+        k: int,
+        allowed: npt.NDArray[np.int64] | None,
+        ntotal: int,
     ) -> list[list[SearchHit]]:
-        assert self._ann is not None and self._ann_meta is not None
-        if self._ann_spec is None:  # parsed once per load, not per query
-            self._ann_spec = parse_index_spec(str(self._ann_meta["spec"]))
+        ann = self._ann
+        assert ann is not None
         spec = self._ann_spec
+        if spec is None:  # parsed once per load, not per query
+            assert self._ann_meta is not None
+            spec = self._ann_spec = parse_index_spec(str(self._ann_meta["spec"]))
         delta = self._delta_now()
+        rescore = spec.rescored
+        fetch = k * spec.rerank if rescore else k
         # What the index may answer for: not the changed ids, and only allowed ones.
         if allowed is None:
-            selector = delta.exclude
             delta_ids, delta_vecs = delta.ids, delta.vectors
-            eligible = self._loaded().ntotal - delta.ids.size
+            fetch = min(fetch, ntotal - int(delta_ids.size))
+            # Built once per changed-set version and fetch size, not per call.
+            params = delta.params.get(fetch)
+            if params is None and fetch > 0:
+                params = delta.params[fetch] = search_parameters(spec, fetch, delta.exclude)
         else:
             ann_ids = np.setdiff1d(allowed, delta.changed, assume_unique=True)
-            selector = faiss.IDSelectorBatch(ann_ids)
+            selector = faiss.IDSelectorBatch(ann_ids)  # referenced until the search ends
             mask = np.isin(delta.ids, allowed, assume_unique=True)
             delta_ids, delta_vecs = delta.ids[mask], delta.vectors[mask]
-            eligible = int(ann_ids.size)
-        fetch = k * (spec.rerank if spec.approximate_scores else 1)
-        fetch = min(fetch, eligible)
+            fetch = min(fetch, int(ann_ids.size))
+            params = search_parameters(spec, fetch, selector) if fetch > 0 else None
         if fetch > 0:
-            params = search_parameters(spec, fetch, selector)
-            distances, labels = self._faiss_search(self._ann, q, fetch, params)
-            if spec.approximate_scores:
+            distances, labels = self._faiss_search(ann, q, fetch, params)
+            if rescore:
                 labels, distances = self._rescore(q, labels, k)
             elif self.metric == "l2":
                 distances = -distances
@@ -322,18 +341,8 @@ class FaissStore:
             labels = np.full((q.shape[0], 0), -1, dtype=np.int64)
             distances = np.zeros((q.shape[0], 0), dtype=np.float32)
         if delta_ids.size:
-            # The changed ids still present, searched exactly, merged in by score.
-            exact = self._scores(q, delta_vecs)
-            labels = np.concatenate([labels, np.broadcast_to(delta_ids, exact.shape)], axis=1)
-            distances = np.concatenate([distances, exact], axis=1)
-            distances = np.where(labels == -1, -np.inf, distances)
-            order = np.argsort(-distances, axis=1, kind="stable")[:, :k]
-            labels = np.take_along_axis(labels, order, axis=1)
-            distances = np.take_along_axis(distances, order, axis=1)
-        hits = [
-            [SearchHit(int(i), float(d)) for i, d in zip(row_i, row_d, strict=True) if i != -1][:k]
-            for row_i, row_d in zip(labels.tolist(), distances.tolist(), strict=True)
-        ]
+            labels, distances = self._merge_exact(q, labels, distances, delta_ids, delta_vecs, k)
+        hits = _hit_lists(labels, distances, k)
         # A walk cut short by the selector can return fewer hits than exist: answer those
         # queries exactly rather than return a short list.
         short = [r for r, row in enumerate(hits) if len(row) < k]
@@ -343,15 +352,87 @@ class FaissStore:
                 hits[r] = row
         return hits
 
+    def _merge_exact(
+        self,
+        q: npt.NDArray[np.float32],
+        labels: npt.NDArray[np.int64],
+        distances: npt.NDArray[np.float32],
+        delta_ids: npt.NDArray[np.int64],
+        delta_vecs: npt.NDArray[np.float32],
+        k: int,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+        """Merge the index's hits with the changed ids still present, scored exactly."""
+        exact = self._scores(q, delta_vecs)
+        if delta_ids.size > 4 * k:
+            # Many changed ids: only each query's best k of them can make its top k.
+            best = np.sort(np.argpartition(-exact, k - 1, axis=1)[:, :k], axis=1)
+            exact = np.take_along_axis(exact, best, axis=1)
+            exact_ids = delta_ids[best]
+        else:
+            exact_ids = np.broadcast_to(delta_ids, exact.shape)
+        labels = np.concatenate([labels, exact_ids], axis=1)
+        distances = np.concatenate([distances, exact], axis=1)
+        distances[labels == -1] = -np.inf
+        order = np.argsort(-distances, axis=1, kind="stable")[:, :k]
+        rows = np.arange(q.shape[0])[:, None]
+        return labels[rows, order], distances[rows, order]
+
     def _rescore(
         self, q: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], k: int
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
-        """Exact scores for compressed-code hits, from the raw vectors; best ``k`` kept."""
+        """Exact scores for compressed-code hits, from the raw vectors; best ``k`` kept.
+
+        The same refinement as FAISS's ``IndexRefineFlat``, done here because that
+        class wants the candidates' positions in a flat index of its own (a second copy
+        of the raw vectors), while the store's raw vectors are keyed by id.
+        """
+        nq, fetch = labels.shape
+        flat_ids = labels.reshape(-1)
+        if flat_ids.min() < 0:  # fewer candidates than asked somewhere: mask them
+            return self._rescore_masked(q, labels, k)
+        positions = self._positions_of(flat_ids)
+        if positions is not None:
+            # What IndexRefineFlat does: exact distances read in place, no vector copied.
+            raw = self._raw_flat
+            exact = np.empty((nq, fetch), dtype=np.float32)
+            ptr = faiss.swig_ptr
+            raw.compute_distance_subset(nq, ptr(q), fetch, ptr(exact), ptr(positions))
+            if self.metric == "l2":
+                exact = -exact
+            if nq == 1:
+                order1 = np.argsort(-exact[0], kind="stable")[:k]
+                return flat_ids[order1][None, :], exact[0, order1][None, :]
+            order0 = np.argsort(-exact, axis=1, kind="stable")[:, :k]
+            rows0 = np.arange(nq)[:, None]
+            return labels[rows0, order0], exact[rows0, order0]
+        vecs = self._reconstruct(flat_ids)
+        if nq == 1:
+            row = q[0]
+            if self.metric == "ip":
+                scores = vecs @ row
+            else:
+                diff1 = vecs - row
+                scores = -np.einsum("ij,ij->i", diff1, diff1)
+            order = np.argsort(-scores, kind="stable")[:k]
+            return flat_ids[order][None, :], scores[order][None, :]
+        stacked = vecs.reshape(nq, fetch, self.dim)
+        if self.metric == "ip":
+            scores2 = np.matmul(stacked, q[:, :, None])[:, :, 0]
+        else:
+            diff = stacked - q[:, None, :]
+            scores2 = -np.einsum("ijk,ijk->ij", diff, diff)
+        order2 = np.argsort(-scores2, axis=1, kind="stable")[:, :k]
+        rows = np.arange(nq)[:, None]
+        return labels[rows, order2], scores2[rows, order2]
+
+    def _rescore_masked(
+        self, q: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], k: int
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
         found = labels != -1
         flat_ids = labels[found]
         scores = np.full(labels.shape, -np.inf, dtype=np.float32)
         if flat_ids.size:
-            vecs = np.asarray(self._loaded().reconstruct_batch(flat_ids), dtype=np.float32)
+            vecs = self._reconstruct(flat_ids)
             rows = np.nonzero(found)[0]
             if self.metric == "ip":
                 exact = np.einsum("ij,ij->i", q[rows], vecs)
@@ -359,10 +440,44 @@ class FaissStore:
                 exact = -np.sum((q[rows] - vecs) ** 2, axis=1)
             scores[found] = exact
         order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
-        return (
-            np.take_along_axis(labels, order, axis=1),
-            np.take_along_axis(scores, order, axis=1),
-        )
+        rows2 = np.arange(labels.shape[0])[:, None]
+        return labels[rows2, order], scores[rows2, order]
+
+    def _positions_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | None:
+        """Where stored ``ids`` sit in the raw flat index, or None (sparse ids: no table).
+
+        A dense table over the id range, rebuilt (O(n), vectorised) on the first call
+        after the raw index changed: removals shift positions. Ids spread over more than
+        four times their count (not SQL row ids) get no table; callers then reconstruct.
+        """
+        cached = self._positions
+        if cached is None or cached[0] != self._raw_version:
+            id_map = faiss.vector_to_array(self._loaded().id_map).astype(np.int64, copy=False)
+            table: npt.NDArray[np.int64] | None = None
+            lo = 0
+            if id_map.size:
+                lo, hi = int(id_map.min()), int(id_map.max())
+                if hi - lo < 4 * id_map.size + 1024:
+                    table = np.full(hi - lo + 1, -1, dtype=np.int64)
+                    table[id_map - lo] = np.arange(id_map.size, dtype=np.int64)
+            cached = self._positions = (self._raw_version, lo, table)
+            self._raw_flat = faiss.downcast_index(self._loaded().index)
+        _, lo, table = cached
+        if table is None:
+            return None
+        offsets = ids - lo
+        if offsets.min() < 0 or offsets.max() >= table.size:
+            return None
+        positions = table[offsets]
+        return positions if positions.min() >= 0 else None
+
+    def _reconstruct(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
+        """The raw vectors of stored ``ids``, in one FAISS call (no Python wrapper)."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        out = np.empty((ids.size, self.dim), dtype=np.float32)
+        raw: Any = self._loaded()  # the SWIG method under FAISS's Python wrapper
+        raw.reconstruct_batch_c(ids.size, faiss.swig_ptr(ids), faiss.swig_ptr(out))
+        return out
 
     def _scores(
         self, q: npt.NDArray[np.float32], vecs: npt.NDArray[np.float32]
@@ -380,46 +495,45 @@ class FaissStore:
         k: int,
         params: faiss.SearchParameters | None,
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        # ``q`` is C-contiguous float32 (see _vector_array): straight to the C++ search,
+        # without the checks and conversions of FAISS's Python wrapper.
+        n = q.shape[0]
+        searcher: Any = index
+        distances = np.empty((n, k), dtype=np.float32)
+        labels = np.empty((n, k), dtype=np.int64)
+        args = (n, faiss.swig_ptr(q), k, faiss.swig_ptr(distances), faiss.swig_ptr(labels))
         if self._search_threads is None:
-            distances, labels = index.search(q, k, params=params)
+            searcher.search_c(*args, params)
         else:
             # OpenMP keeps this setting per calling thread: set it, then put it back.
             before = faiss.omp_get_max_threads()
             faiss.omp_set_num_threads(self._search_threads)
             try:
-                distances, labels = index.search(q, k, params=params)
+                searcher.search_c(*args, params)
             finally:
                 faiss.omp_set_num_threads(before)
         return distances, labels
 
-    def _hits(
-        self, labels: npt.NDArray[np.int64], distances: npt.NDArray[np.float32]
-    ) -> list[list[SearchHit]]:
-        if self.metric == "l2":
-            distances = -distances  # squared distance: negate so higher is closer
-        return [
-            [SearchHit(int(i), float(d)) for i, d in zip(row_i, row_d, strict=True) if i != -1]
-            for row_i, row_d in zip(labels.tolist(), distances.tolist(), strict=True)
-        ]
-
     def _delta_now(self) -> _Delta:
         """The changed ids still present with their vectors, and a selector for all."""
-        if self._delta is None:
-            changed = np.fromiter(self._changed, dtype=np.int64, count=len(self._changed))
-            changed.sort()
-            present = self._present(changed)
-            vectors = (
-                np.asarray(self._loaded().reconstruct_batch(present), dtype=np.float32)
-                if present.size
-                else np.empty((0, self.dim), dtype=np.float32)
-            )
-            exclude: faiss.IDSelector | None = None
-            inner = None
-            if changed.size:
+        delta = self._delta
+        if delta is None:
+            if not self._changed:  # nothing changed since the build: nothing to exclude
+                empty = np.empty(0, dtype=np.int64)
+                delta = _Delta(empty, empty, np.empty((0, self.dim), np.float32), None, None, {})
+            else:
+                changed = np.fromiter(self._changed, dtype=np.int64, count=len(self._changed))
+                changed.sort()
+                present = self._present(changed)
+                vectors = (
+                    self._reconstruct(present)
+                    if present.size
+                    else np.empty((0, self.dim), dtype=np.float32)
+                )
                 inner = faiss.IDSelectorBatch(changed)
-                exclude = faiss.IDSelectorNot(inner)
-            self._delta = _Delta(changed, present, vectors, exclude, inner)
-        return self._delta
+                delta = _Delta(changed, present, vectors, faiss.IDSelectorNot(inner), inner, {})
+            self._delta = delta
+        return delta
 
     def get(self, ids: npt.ArrayLike) -> npt.NDArray[np.float32]:
         """The stored vectors of ``ids`` [n, dim], bit-identical, in the order asked.
@@ -678,6 +792,8 @@ class FaissStore:
         self._changed = set()
         self._changed_file = None
         self._delta = None
+        self._positions = None
+        self._raw_flat = None
 
     def _load(self, *, repair: bool) -> None:
         """Read meta, snapshot and log from scratch; with ``repair``, tidy the folder too."""
@@ -691,6 +807,7 @@ class FaissStore:
         else:
             index, snapshot_bytes = self._read_snapshot(str(snapshot))
         self._index = index
+        self._raw_version += 1
         self._members = set(faiss.vector_to_array(index.id_map).tolist())
         self._generation = generation
         self._snapshot_name = None if snapshot is None else str(snapshot)
@@ -1117,7 +1234,7 @@ class FaissStore:
 
     def _stat_meta(self) -> tuple[int, int, int] | None:
         try:
-            st = (self.folder / _META).stat()
+            st = os.stat(self._meta_path)  # noqa: PTH116 - a str path: no Path objects per call
         except FileNotFoundError:
             return None
         # meta.json is only ever replaced by a new file, so its inode changes each time.
@@ -1157,6 +1274,7 @@ class FaissStore:
             index.remove_ids(faiss.IDSelectorBatch(present))
         index.add_with_ids(vectors, ids)
         self._members.update(ids.tolist())
+        self._raw_version += 1
         self._note_changed(ids)
 
     def _note_changed(self, ids: npt.NDArray[np.int64]) -> None:
@@ -1179,6 +1297,7 @@ class FaissStore:
         if present.size:
             self._loaded().remove_ids(faiss.IDSelectorBatch(present))
             self._members.difference_update(present.tolist())
+            self._raw_version += 1
             self._note_changed(present)
         return int(present.size)
 
@@ -1212,6 +1331,19 @@ class FaissStore:
         if arr.size and not np.isfinite(arr).all():
             raise ValueError(f"{what} contain NaN or infinite values")
         return np.ascontiguousarray(arr)
+
+
+def _hit_lists(
+    labels: npt.NDArray[np.int64], distances: npt.NDArray[np.float32], k: int
+) -> list[list[SearchHit]]:
+    """One list of at most ``k`` hits per query row, without FAISS's -1 fillers."""
+    out: list[list[SearchHit]] = []
+    for li, di in zip(labels.tolist(), distances.tolist(), strict=True):
+        if -1 in li or len(li) > k:
+            out.append([SearchHit(i, d) for i, d in zip(li, di, strict=True) if i != -1][:k])
+        else:
+            out.append(list(map(SearchHit, li, di)))
+    return out
 
 
 def _pread(fd: int, length: int, offset: int) -> bytes:
