@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
+from vitdex.db import repo
 from vitdex.db.models import Image, ImageLabel, ImageStatus
 from vitdex.search.store import SearchFilter
 
@@ -22,30 +22,11 @@ class ImagePage:
 
 
 def _where(stmt: Select[Any], flt: SearchFilter, status: str | None) -> Select[Any]:
-    # The same conditions as repo.filter_image_ids, without the join on a space, so every
+    # The same conditions as similar search, without the join on a space, so every
     # catalog row (pending and failed ones too) can be browsed.
     if status is not None:
         stmt = stmt.where(Image.status == status)
-    if flt.library_ids:
-        stmt = stmt.where(Image.library_id.in_(flt.library_ids))
-    if flt.path_prefix:
-        prefix = flt.path_prefix.rstrip(os.sep) + os.sep
-        stmt = stmt.where(Image.path.startswith(prefix, autoescape=True))
-    if flt.taken_after is not None:
-        stmt = stmt.where(Image.taken_at >= flt.taken_after)
-    if flt.taken_before is not None:
-        stmt = stmt.where(Image.taken_at < flt.taken_before)
-    if flt.camera_make is not None:
-        stmt = stmt.where(Image.camera_make == flt.camera_make)
-    if flt.camera_model is not None:
-        stmt = stmt.where(Image.camera_model == flt.camera_model)
-    if flt.label is not None:
-        stmt = stmt.where(
-            select(ImageLabel.id)
-            .where(ImageLabel.image_id == Image.id, ImageLabel.label == flt.label)
-            .exists()
-        )
-    return stmt
+    return repo.where_filter(stmt, flt)
 
 
 def list_images(

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import delete, func, insert, select, update
+from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import (
@@ -280,17 +280,8 @@ def reusable_by_sha(session: Session, space_ids: Sequence[int]) -> dict[str, int
     return found
 
 
-def filter_image_ids(session: Session, flt: SearchFilter, space_id: int) -> list[int]:
-    """Ids of the images with a vector in the space that satisfy every condition of ``flt``.
-
-    This is how FAISS filters: the id list becomes an ``IDSelector``, so the search is
-    exact over the matching images instead of over-fetching and hoping.
-    """
-    stmt = (
-        select(Image.id)
-        .join(ImageVector, ImageVector.image_id == Image.id)
-        .where(ImageVector.space_id == space_id)
-    )
+def where_filter(stmt: Select[Any], flt: SearchFilter) -> Select[Any]:
+    """Add the conditions of ``flt`` to a statement over :class:`Image`."""
     if flt.library_ids:
         stmt = stmt.where(Image.library_id.in_(flt.library_ids))
     if flt.path_prefix:
@@ -310,7 +301,21 @@ def filter_image_ids(session: Session, flt: SearchFilter, space_id: int) -> list
             .where(ImageLabel.image_id == Image.id, ImageLabel.label == flt.label)
             .exists()
         )
-    return list(session.scalars(stmt.order_by(Image.id)))
+    return stmt
+
+
+def filter_image_ids(session: Session, flt: SearchFilter, space_id: int) -> list[int]:
+    """Ids of the images with a vector in the space that satisfy every condition of ``flt``.
+
+    This is how FAISS filters: the id list becomes an ``IDSelector``, so the search is
+    exact over the matching images instead of over-fetching and hoping.
+    """
+    stmt = (
+        select(Image.id)
+        .join(ImageVector, ImageVector.image_id == Image.id)
+        .where(ImageVector.space_id == space_id)
+    )
+    return list(session.scalars(where_filter(stmt, flt).order_by(Image.id)))
 
 
 def payloads(session: Session, ids: Sequence[int]) -> list[dict[str, Any]]:

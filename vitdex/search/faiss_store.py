@@ -71,7 +71,7 @@ from vitdex.search.faiss_index import (
     training_shortfall,
     with_nlist,
 )
-from vitdex.search.store import SearchHit, VectorNotFoundError
+from vitdex.search.store import SearchHit, VectorNotFoundError, check_vectors
 
 __all__ = ["FaissStore"]
 
@@ -1319,18 +1319,7 @@ class FaissStore:
         return out
 
     def _vector_array(self, values: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
-        arr = np.asarray(values, dtype=np.float32)
-        if arr.ndim == 1:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2:
-            raise ValueError(f"{what} must be [n, {self.dim}], got shape {arr.shape}")
-        if arr.shape[1] != self.dim:
-            raise SpaceMismatchError(
-                f"{what} have dim {arr.shape[1]} but space {self.space!r} holds dim {self.dim}"
-            )
-        if arr.size and not np.isfinite(arr).all():
-            raise ValueError(f"{what} contain NaN or infinite values")
-        return np.ascontiguousarray(arr)
+        return check_vectors(values, self.dim, self.space, what)
 
 
 def _hit_lists(

@@ -38,6 +38,7 @@ from vitdex.search.store import (
     SearchFilter,
     SearchHit,
     VectorNotFoundError,
+    check_vectors,
     sanitize_space_name,
 )
 
@@ -817,15 +818,4 @@ class QdrantStore:
         return out
 
     def _vector_array(self, values: npt.ArrayLike, what: str) -> npt.NDArray[np.float32]:
-        arr = np.asarray(values, dtype=np.float32)
-        if arr.ndim == 1:
-            arr = arr.reshape(1, -1)
-        if arr.ndim != 2:
-            raise ValueError(f"{what} must be [n, {self.dim}], got shape {arr.shape}")
-        if arr.shape[1] != self.dim:
-            raise SpaceMismatchError(
-                f"{what} have dim {arr.shape[1]} but space {self.space!r} holds dim {self.dim}"
-            )
-        if arr.size and not np.isfinite(arr).all():
-            raise ValueError(f"{what} contain NaN or infinite values")
-        return np.ascontiguousarray(arr)
+        return check_vectors(values, self.dim, self.space, what)

@@ -16,7 +16,7 @@ from typing import Any, NamedTuple, Protocol, runtime_checkable
 import numpy as np
 import numpy.typing as npt
 
-from vitdex.errors import NotFoundError
+from vitdex.errors import NotFoundError, SpaceMismatchError
 
 __all__ = [
     "SearchFilter",
@@ -168,6 +168,28 @@ class VectorStore(Protocol):
     def describe(self) -> dict[str, Any]:
         """Backend, space, dim, metric, index type, count and storage figures."""
         ...
+
+
+def check_vectors(
+    values: npt.ArrayLike, dim: int, space: str, what: str
+) -> npt.NDArray[np.float32]:
+    """``values`` as a C-contiguous float32 [n, dim] array, or a clear error.
+
+    A single [dim] vector is accepted as one row. A wrong width is a
+    :class:`SpaceMismatchError` (vectors of another model); NaN or inf is refused.
+    """
+    arr = np.asarray(values, dtype=np.float32)
+    if arr.ndim == 1:
+        arr = arr.reshape(1, -1)
+    if arr.ndim != 2:
+        raise ValueError(f"{what} must be [n, {dim}], got shape {arr.shape}")
+    if arr.shape[1] != dim:
+        raise SpaceMismatchError(
+            f"{what} have dim {arr.shape[1]} but space {space!r} holds dim {dim}"
+        )
+    if arr.size and not np.isfinite(arr).all():
+        raise ValueError(f"{what} contain NaN or infinite values")
+    return np.ascontiguousarray(arr)
 
 
 def reconcile(
