@@ -70,10 +70,11 @@ def run_demo(overrides: dict[str, Any], *, generated: int, console: Console) -> 
     _print_report(report.to_dict(), embedder)
 
     service = SearchService(settings, sessions)
-    queries = (
-        sorted((photos / "shipped").glob("*-original.jpg"))[:2]
-        or sorted((photos / "generated").glob("*.jpg"))[:2]
-    )
+    # A cat and a cup of coffee: what a reader recognises at once, ImageNet classes too.
+    preferred = [photos / "shipped" / f"{n}-original.jpg" for n in ("chelsea", "coffee")]
+    queries = [p for p in preferred if p.is_file()] or sorted((photos / "generated").glob("*.jpg"))[
+        :2
+    ]
     console.rule("vitdex similar")
     for result in service.similar(queries, k=5):
         console.print(f"[bold]{result.query}[/] (space {result.space})", highlight=False)
