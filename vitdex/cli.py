@@ -580,10 +580,16 @@ def demo(obj: Context, photos: int) -> None:
 def _register_commands() -> None:
     # These live beside the code they run; importing them pulls in neither torch nor FAISS.
     from vitdex.api.serve import serve_command
+    from vitdex.training.cli_checkpoints import checkpoints_group
+    from vitdex.training.cli_dataset import dataset_group
+    from vitdex.training.cli_train import train_group
     from vitdex.worker import worker_command
 
     cli.add_command(serve_command)
     cli.add_command(worker_command)
+    cli.add_command(dataset_group)
+    cli.add_command(train_group)
+    cli.add_command(checkpoints_group)
 
 
 _register_commands()

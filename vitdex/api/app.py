@@ -11,12 +11,15 @@ from vitdex import __version__
 from vitdex.api import deps
 from vitdex.api.auth import require_api_key
 from vitdex.api.controllers import (
+    CheckpointsController,
     ClustersController,
+    DatasetsController,
     HealthController,
     ImagesController,
     JobsController,
     LibrariesController,
     SearchController,
+    TrainingController,
 )
 from vitdex.api.errors import error_response
 from vitdex.api.metrics import Metrics, metrics_middleware
@@ -51,6 +54,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             LibrariesController,
             JobsController,
             ClustersController,
+            DatasetsController,
+            TrainingController,
+            CheckpointsController,
         ],
         guards=[require_api_key],
     )

@@ -240,3 +240,108 @@ class ClusterMember(Base):
     )
     cluster_id: Mapped[int] = mapped_column(ForeignKey("clusters.id", ondelete="CASCADE"))
     distance: Mapped[float] = mapped_column(Float)
+
+
+class Dataset(Base):
+    """A DreamBooth instance set curated from search results, with how it was made.
+
+    ``params`` holds the curation parameters (seeds, k, min_score, dedup, max, mmr, space)
+    so a set can be rebuilt and audited; ``items`` says why each candidate is in or out.
+    """
+
+    __tablename__ = "datasets"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    class_prompt: Mapped[str | None] = mapped_column(Text)
+    space_id: Mapped[int | None] = mapped_column(ForeignKey("spaces.id", ondelete="SET NULL"))
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    #: Folder the prepared set (crops, captions, kohya TOML) was last exported to.
+    export_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class DatasetItem(Base):
+    """One candidate of a dataset: an instance or a class (regularisation) image.
+
+    Every candidate is kept, included or not; ``reason`` says why (``seed``,
+    ``neighbour``, ``below_min_score``, ``near_duplicate``, ``over_max``,
+    ``excluded_by_hand``, ``included_by_hand``, ``class``).
+    """
+
+    __tablename__ = "dataset_items"
+    __table_args__ = (
+        UniqueConstraint("dataset_id", "role", "image_id"),
+        Index("ix_dataset_items_dataset_id_role_rank", "dataset_id", "role", "rank"),
+    )
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id", ondelete="CASCADE"))
+    image_id: Mapped[int] = mapped_column(ForeignKey("images.id", ondelete="CASCADE"))
+    #: ``instance`` or ``class``.
+    role: Mapped[str] = mapped_column(String(16))
+    rank: Mapped[int]
+    #: Similarity to the seeds (higher is closer); ``None`` for the seeds themselves.
+    score: Mapped[float | None] = mapped_column(Float)
+    included: Mapped[bool]
+    reason: Mapped[str] = mapped_column(String(32))
+    #: For ``near_duplicate``: the item it duplicates.
+    duplicate_of: Mapped[int | None] = mapped_column(ForeignKey("images.id", ondelete="SET NULL"))
+    caption: Mapped[str | None] = mapped_column(Text)
+    #: Crop box in original (orientation-corrected) pixels: [left, top, right, bottom].
+    crop: Mapped[dict[str, Any] | None] = mapped_column()
+
+
+class TrainingRun(Base):
+    """A DreamBooth training run; its output folder holds the resumable checkpoints."""
+
+    __tablename__ = "training_runs"
+    __table_args__ = (Index("ix_training_runs_state", "state"),)
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id", ondelete="SET NULL"))
+    base_model: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(16))
+    #: The full training config (the dataclass saved inside every checkpoint).
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    state: Mapped[str] = mapped_column(String(16), default=JobState.QUEUED)
+    step: Mapped[int] = mapped_column(default=0)
+    total_steps: Mapped[int]
+    loss: Mapped[float | None] = mapped_column(Float)
+    output_dir: Mapped[str] = mapped_column(Text)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+
+
+class Checkpoint(Base):
+    """A registered single-file Stable Diffusion checkpoint and how to reproduce it."""
+
+    __tablename__ = "checkpoints"
+
+    id: Mapped[int] = mapped_column(BigId, primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), unique=True)
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("training_runs.id", ondelete="SET NULL"))
+    base_model: Mapped[str] = mapped_column(Text)
+    version: Mapped[str] = mapped_column(String(16))
+    dataset_id: Mapped[int | None] = mapped_column(ForeignKey("datasets.id", ondelete="SET NULL"))
+    #: sha256 over the sorted sha256s of the dataset's included images.
+    dataset_hash: Mapped[str | None] = mapped_column(String(64))
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    steps: Mapped[int | None]
+    final_loss: Mapped[float | None] = mapped_column(Float)
+    path: Mapped[str] = mapped_column(Text)
+    sha256: Mapped[str] = mapped_column(String(64))
+    size_bytes: Mapped[int] = mapped_column(BigInteger)
+    #: ``safetensors`` or ``ckpt``.
+    format: Mapped[str] = mapped_column(String(16))
+    #: Half precision (fp16) weights.
+    half: Mapped[bool] = mapped_column(default=False)
+    yaml_path: Mapped[str | None] = mapped_column(Text)
+    sample_path: Mapped[str | None] = mapped_column(Text)
+    #: ``ready``, or ``invalid`` when validation failed (the file is kept for inspection).
+    status: Mapped[str] = mapped_column(String(16), default="ready")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

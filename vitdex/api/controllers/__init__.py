@@ -1,15 +1,21 @@
 """HTTP route handlers, grouped by what they serve."""
 
+from vitdex.api.controllers.checkpoints import CheckpointsController
+from vitdex.api.controllers.datasets import DatasetsController
 from vitdex.api.controllers.health import HealthController
 from vitdex.api.controllers.images import ImagesController
 from vitdex.api.controllers.jobs import ClustersController, JobsController, LibrariesController
 from vitdex.api.controllers.search import SearchController
+from vitdex.api.controllers.training import TrainingController
 
 __all__ = [
+    "CheckpointsController",
     "ClustersController",
+    "DatasetsController",
     "HealthController",
     "ImagesController",
     "JobsController",
     "LibrariesController",
     "SearchController",
+    "TrainingController",
 ]
