@@ -60,7 +60,8 @@ def write_tiny_tokenizer(folder: Path) -> Path:
     vocab = {token: i for i, token in enumerate(vocab_list)}
     (folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n", "utf-8")
-    pairs = [tuple(rule.split(" ")) for rule in merges]
+    # The fast tokenizer takes merges as pairs (its annotation says strings).
+    pairs: Any = [tuple(rule.split(" ")) for rule in merges]
     tokenizer = CLIPTokenizer(vocab=vocab, merges=pairs, model_max_length=77)
     tokenizer.save_pretrained(folder)
     return folder

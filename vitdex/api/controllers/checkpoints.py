@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
 
 from litestar import Controller
 
@@ -11,4 +11,4 @@ class CheckpointsController(Controller):
     """Registered single-file Stable Diffusion checkpoints."""
 
     path = "/checkpoints"
-    tags: ClassVar[list[str]] = ["training"]
+    tags: Sequence[str] = ["training"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
 
 from litestar import Controller
 
@@ -11,4 +11,4 @@ class DatasetsController(Controller):
     """DreamBooth datasets curated from search results."""
 
     path = "/datasets"
-    tags: ClassVar[list[str]] = ["training"]
+    tags: Sequence[str] = ["training"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import ClassVar
+from collections.abc import Sequence
 
 from litestar import Controller
 
@@ -11,4 +11,4 @@ class TrainingController(Controller):
     """DreamBooth training runs."""
 
     path = "/training-runs"
-    tags: ClassVar[list[str]] = ["training"]
+    tags: Sequence[str] = ["training"]
