@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -35,6 +35,32 @@ def tiny_vit_headless(tmp_path_factory: pytest.TempPathFactory) -> Path:
     from tests.models import build_tiny_vit
 
     return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit-headless", classifier=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_sd_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """Builds (once per version) a tiny random Stable Diffusion pipeline saved as a folder.
+
+    Versions: ``sd15``, ``sd21-base``, ``sd21`` (v-prediction), ``sdxl``. Callers must
+    not modify the folder; copy it first.
+    """
+    from vitdex.training.tiny import build_random_sd
+
+    built: dict[str, Path] = {}
+
+    def build(version: str = "sd15") -> Path:
+        if version not in built:
+            folder = tmp_path_factory.mktemp("sd") / f"tiny-{version}"
+            built[version] = build_random_sd(folder, version=version)
+        return built[version]
+
+    return build
+
+
+@pytest.fixture(scope="session")
+def tiny_sd(tiny_sd_factory: Callable[[str], Path]) -> Path:
+    """A tiny random SD 1.5-shaped pipeline (diffusers folder)."""
+    return tiny_sd_factory("sd15")
 
 
 def _postgres_database() -> Iterator[str]:
