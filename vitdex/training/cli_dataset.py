@@ -2,9 +2,406 @@
 
 from __future__ import annotations
 
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeVar
+
 import click
+from rich.table import Table
+
+if TYPE_CHECKING:
+    from vitdex.cli import Context
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+_ROLES = click.Choice(["instance", "class"])
+
+
+def _handle_errors(func: F) -> F:
+    """``vitdex.cli._handle_errors``, looked up at call time.
+
+    ``vitdex.cli`` imports this module while it registers its commands, so this module
+    must not need ``vitdex.cli`` to be complete when it is imported itself.
+    """
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        from vitdex.cli import _handle_errors as handle
+
+        return handle(func)(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _open_catalog(settings: Any) -> Any:
+    from vitdex.cli import _open_catalog as open_catalog
+
+    return open_catalog(settings)
+
+
+def _print_json(data: Any) -> None:
+    from vitdex.cli import _print_json as print_json
+
+    print_json(data)
+
+
+def _out() -> Any:
+    from vitdex.cli import out_console
+
+    return out_console
 
 
 @click.group("dataset")
 def dataset_group() -> None:
     """Curate, audit, edit and export DreamBooth datasets."""
+
+
+def _score(value: float | None) -> str:
+    return "seed" if value is None else f"{value:.4f}"
+
+
+def _print_items(items: list[dict[str, Any]], title: str) -> None:
+    table = Table(title=title, title_justify="left")
+    for col, justify in (
+        ("role", "left"),
+        ("#", "right"),
+        ("score", "right"),
+        ("id", "right"),
+        ("in", "center"),
+        ("reason", "left"),
+        ("path", "left"),
+    ):
+        table.add_column(col, justify=justify, overflow="fold" if col == "path" else None)  # type: ignore[arg-type]
+    for item in items:
+        reason = item["reason"]
+        if item["duplicate_of"] is not None:
+            reason += f" of {item['duplicate_of']}"
+        table.add_row(
+            item["role"],
+            str(item["rank"]),
+            _score(item["score"]),
+            str(item["image_id"]),
+            "yes" if item["included"] else "-",
+            reason,
+            item["path"],
+        )
+    _out().print(table)
+
+
+def _print_summary(dataset: dict[str, Any]) -> None:
+    counts = dataset["counts"]
+    _out().print(
+        f"dataset {dataset['id']} {dataset['name']!r}: {counts['instance']} instance, "
+        f"{counts['class']} class images ({counts['excluded']} candidates left out); "
+        f"space {dataset['space']}",
+        highlight=False,
+    )
+    click.echo(f"  prompt: {dataset['prompt']}")
+    if dataset["class_prompt"]:
+        click.echo(f"  class prompt: {dataset['class_prompt']}")
+    if dataset["export_path"]:
+        click.echo(f"  exported to: {dataset['export_path']}")
+
+
+@dataset_group.command("create")
+@click.argument("name")
+@click.argument("more_seeds", nargs=-1, metavar="[SEED]...")
+@click.option(
+    "--seed",
+    "seeds",
+    multiple=True,
+    metavar="IMAGE_OR_ID",
+    help="A seed photo of the subject: an image file or a catalog image id (repeatable; "
+    "further seeds may follow as arguments).",
+)
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=click.IntRange(1, 10_000),
+    default=40,
+    show_default=True,
+    help="Nearest neighbours considered as instance candidates.",
+)
+@click.option(
+    "--min-score",
+    type=click.FloatRange(-1.0, 1.0),
+    help="Leave out candidates less similar than this (cosine to the closest seed).",
+)
+@click.option(
+    "--dedup",
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    default=0.95,
+    show_default=True,
+    help="Cosine at or above which a candidate is a near-duplicate.",
+)
+@click.option("--no-dedup", is_flag=True, help="Keep near-duplicates.")
+@click.option(
+    "--max",
+    "max_items",
+    type=click.IntRange(min=1),
+    help="At most N instance images, seeds included.",
+)
+@click.option(
+    "--mmr",
+    type=click.FloatRange(0.0, 1.0),
+    metavar="LAMBDA",
+    help="Pick by maximal marginal relevance (1 = by score, lower = more diverse); "
+    "matters with --max.",
+)
+@click.option("--space", help="Space to search (default: the first configured one).")
+@click.option("--prompt", required=True, help='Instance caption, e.g. "a photo of sks dog".')
+@click.option(
+    "--class-prompt", help='Class caption, e.g. "a photo of a dog"; enables class images.'
+)
+@click.option(
+    "--class-count",
+    type=click.IntRange(0, 10_000),
+    help="Class images to draw from the index [default: 100 with --class-prompt].",
+)
+@click.option("--class-label", help="Only draw class images with this predicted label.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def create(
+    obj: Context,
+    name: str,
+    more_seeds: tuple[str, ...],
+    seeds: tuple[str, ...],
+    k: int,
+    min_score: float | None,
+    dedup: float,
+    no_dedup: bool,
+    max_items: int | None,
+    mmr: float | None,
+    space: str | None,
+    prompt: str,
+    class_prompt: str | None,
+    class_count: int | None,
+    class_label: str | None,
+    as_json: bool,
+) -> None:
+    """Curate dataset NAME from the neighbours of the seed photos.
+
+    Every candidate is kept with the reason it is in or out; see `vitdex dataset show`.
+    """
+    from vitdex.training.curate import CurateOptions, create_dataset, parse_seed
+
+    raw = [*seeds, *more_seeds]
+    if not raw:
+        raise click.UsageError("give at least one --seed (an image file or a catalog id)")
+    options = CurateOptions(
+        k=k,
+        min_score=min_score,
+        dedup=None if no_dedup else dedup,
+        max_items=max_items,
+        mmr=mmr,
+        space=space,
+        class_count=class_count,
+        class_label=class_label,
+    )
+    settings = obj.settings()
+    result = create_dataset(
+        settings,
+        _open_catalog(settings),
+        name,
+        [parse_seed(s) for s in raw],
+        prompt=prompt,
+        class_prompt=class_prompt,
+        options=options,
+    )
+    if as_json:
+        _print_json(result)
+        return
+    _print_items(result["items"], f"dataset {result['dataset']['name']}")
+    _print_summary(result["dataset"])
+
+
+@dataset_group.command("list")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def list_cmd(obj: Context, as_json: bool) -> None:
+    """List datasets, newest first."""
+    from vitdex.training.curate import list_datasets
+
+    settings = obj.settings()
+    result = list_datasets(_open_catalog(settings), limit=10_000)
+    if as_json:
+        _print_json(result)
+        return
+    if not result["datasets"]:
+        click.echo("no datasets yet (vitdex dataset create NAME --seed ... --prompt ...)")
+        return
+    table = Table(title="datasets", title_justify="left")
+    for col in ("id", "name", "instance", "class", "left out", "prompt", "exported to"):
+        table.add_column(col, overflow="fold")
+    for ds in result["datasets"]:
+        counts = ds["counts"]
+        table.add_row(
+            str(ds["id"]),
+            ds["name"],
+            str(counts["instance"]),
+            str(counts["class"]),
+            str(counts["excluded"]),
+            ds["prompt"],
+            ds["export_path"] or "",
+        )
+    _out().print(table)
+
+
+@dataset_group.command("show")
+@click.argument("dataset")
+@click.option("--role", type=_ROLES, help="Only instance or only class items.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def show(obj: Context, dataset: str, role: str | None, as_json: bool) -> None:
+    """Show DATASET (a name or an id): every candidate, in or out, and why."""
+    from vitdex.training.curate import show_dataset
+
+    settings = obj.settings()
+    result = show_dataset(_open_catalog(settings), dataset, role=role)
+    if as_json:
+        _print_json(result)
+        return
+    _print_items(result["items"], f"dataset {result['dataset']['name']}")
+    _print_summary(result["dataset"])
+
+
+def _print_changed(result: dict[str, Any], verb: str) -> None:
+    for item in result["changed"]:
+        click.echo(f"{verb} {item['role']} image {item['image_id']}: {item['path']}")
+    _print_summary(result["dataset"])
+
+
+@dataset_group.command("include")
+@click.argument("dataset")
+@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
+@click.option(
+    "--role",
+    type=_ROLES,
+    default="instance",
+    show_default=True,
+    help="Role of images that are not candidates yet.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def include(
+    obj: Context, dataset: str, image_ids: tuple[int, ...], role: str, as_json: bool
+) -> None:
+    """Include IMAGE_IDS in DATASET by hand (any catalog image may be added)."""
+    from vitdex.training.curate import include_images
+
+    settings = obj.settings()
+    result = include_images(_open_catalog(settings), dataset, list(image_ids), role=role)
+    if as_json:
+        _print_json(result)
+        return
+    _print_changed(result, "included")
+
+
+@dataset_group.command("exclude")
+@click.argument("dataset")
+@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def exclude(obj: Context, dataset: str, image_ids: tuple[int, ...], as_json: bool) -> None:
+    """Exclude candidates IMAGE_IDS from DATASET by hand."""
+    from vitdex.training.curate import exclude_images
+
+    settings = obj.settings()
+    result = exclude_images(_open_catalog(settings), dataset, list(image_ids))
+    if as_json:
+        _print_json(result)
+        return
+    _print_changed(result, "excluded")
+
+
+@dataset_group.command("export")
+@click.argument("dataset")
+@click.option(
+    "--out",
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Folder to write [default: VITDEX_HOME/datasets/ID-NAME].",
+)
+@click.option(
+    "--resolution",
+    type=click.IntRange(32, 4096),
+    default=512,
+    show_default=True,
+    help="Side of the square images (the base model's resolution).",
+)
+@click.option(
+    "--repeats",
+    type=click.IntRange(1, 10_000),
+    help="kohya num_repeats of the instance images [default: class/instance ratio].",
+)
+@click.option("--class-repeats", type=click.IntRange(1, 10_000), default=1, show_default=True)
+@click.option("--no-faces", is_flag=True, help="Do not look for faces (saliency or centre crops).")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def export(
+    obj: Context,
+    dataset: str,
+    out: Path | None,
+    resolution: int,
+    repeats: int | None,
+    class_repeats: int,
+    no_faces: bool,
+    no_progress: bool,
+    as_json: bool,
+) -> None:
+    """Write DATASET as square crops with caption files and a kohya dataset.toml."""
+    from vitdex.cli import _progress, _updater, err_console
+    from vitdex.training.export import export_dataset
+
+    settings = obj.settings()
+    sessions = _open_catalog(settings)
+    show = not no_progress and (err_console.is_terminal or not as_json)
+    with _progress(show) as bar:
+        update = _updater(bar, "exporting", None)
+        result = export_dataset(
+            settings,
+            sessions,
+            dataset,
+            out,
+            resolution=resolution,
+            num_repeats=repeats,
+            class_repeats=class_repeats,
+            detect_faces=not no_faces,
+            progress=lambda done, total: update(done, total=total),
+        )
+    if as_json:
+        _print_json(result.to_dict())
+        return
+    for skipped in result.skipped:
+        click.echo(f"  skipped image {skipped['image_id']}: {skipped['path']}: {skipped['error']}")
+    methods = ", ".join(f"{n} {method}" for method, n in sorted(result.methods.items()))
+    click.echo(
+        f"{result.instance} instance and {result.class_images} class images at "
+        f"{result.resolution} px in {result.path} (crops: {methods or 'none'})"
+    )
+    click.echo(f"kohya config: {result.toml}")
+
+
+@dataset_group.command("delete")
+@click.argument("dataset")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def delete(obj: Context, dataset: str, as_json: bool) -> None:
+    """Delete DATASET and its items (the photos and any exported files stay)."""
+    from vitdex.training.curate import delete_dataset
+
+    settings = obj.settings()
+    result = delete_dataset(_open_catalog(settings), dataset)
+    if as_json:
+        _print_json(result)
+        return
+    click.echo(f"deleted dataset {result['id']} {result['name']!r}")

@@ -3,12 +3,195 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from litestar import Controller
+from litestar import Controller, delete, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.api.controllers.search import INT64_MAX
+from vitdex.config import Settings
+from vitdex.errors import ConfigError
+
+Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX, description="Dataset id")]
+Offset = Annotated[int, QueryParameter(ge=0, le=INT64_MAX)]
+
+
+@dataclass
+class DatasetIn:
+    """A dataset to curate from the neighbours of seed images (catalog ids)."""
+
+    name: str
+    #: Instance caption, e.g. "a photo of sks dog".
+    prompt: str
+    seeds: list[int]
+    #: Class caption, e.g. "a photo of a dog"; enables class images.
+    class_prompt: str | None = None
+    k: int = 40
+    min_score: float | None = None
+    #: Cosine at or above which a candidate is a near-duplicate; null keeps them.
+    dedup: float | None = 0.95
+    max: int | None = None
+    #: Maximal marginal relevance lambda in [0, 1]; null ranks by score.
+    mmr: float | None = None
+    space: str | None = None
+    class_count: int | None = None
+    class_label: str | None = None
+
+
+@dataclass
+class ImageIdsIn:
+    """Images to include or exclude by hand."""
+
+    image_ids: list[int] = field(default_factory=list)
+    #: Role of an included image that is no candidate yet.
+    role: Literal["instance", "class"] = "instance"
+
+
+@dataclass
+class ExportIn:
+    """Where and how to export; the folder must lie inside VITDEX_ALLOWED_ROOTS."""
+
+    #: Absolute folder; default VITDEX_HOME/datasets/ID-NAME.
+    path: str | None = None
+    resolution: int = 512
+    num_repeats: int | None = None
+    class_repeats: int = 1
+    detect_faces: bool = True
+
+
+def _check_ids(ids: Sequence[int], what: str) -> list[int]:
+    if not ids:
+        raise ConfigError(f"{what} must list at least one image id")
+    if any(not 1 <= i <= INT64_MAX for i in ids):
+        raise ConfigError(f"{what} must be image ids between 1 and {INT64_MAX}")
+    return list(ids)
 
 
 class DatasetsController(Controller):
-    """DreamBooth datasets curated from search results."""
+    """``/api/v1/datasets``: curate, audit, edit and export DreamBooth datasets."""
 
     path = "/datasets"
     tags: Sequence[str] = ["training"]
+
+    @post("/", status_code=HTTP_201_CREATED, sync_to_thread=True)
+    def create(
+        self,
+        data: JSONBody[DatasetIn],
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+    ) -> dict[str, Any]:
+        """Curate a dataset: every candidate with the reason it is in or out."""
+        from vitdex.training.curate import CurateOptions, create_dataset
+
+        options = CurateOptions(
+            k=data.k,
+            min_score=data.min_score,
+            dedup=data.dedup,
+            max_items=data.max,
+            mmr=data.mmr,
+            space=data.space,
+            class_count=data.class_count,
+            class_label=data.class_label,
+        )
+        return create_dataset(
+            settings,
+            sessions,
+            data.name,
+            _check_ids(data.seeds, "seeds"),
+            prompt=data.prompt,
+            class_prompt=data.class_prompt,
+            options=options,
+        )
+
+    @get("/", sync_to_thread=True)
+    def list_all(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Offset = 0,
+    ) -> dict[str, Any]:
+        """Datasets, newest first, with their item counts."""
+        from vitdex.training.curate import list_datasets
+
+        return {
+            "limit": limit,
+            "offset": offset,
+            **list_datasets(sessions, limit=limit, offset=offset),
+        }
+
+    @get("/{dataset_id:int}", sync_to_thread=True)
+    def get_one(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        role: Annotated[
+            Literal["instance", "class"] | None, QueryParameter(description="Only this role")
+        ] = None,
+    ) -> dict[str, Any]:
+        """One dataset with every candidate, in or out, and why."""
+        from vitdex.training.curate import show_dataset
+
+        return show_dataset(sessions, dataset_id, role=role)
+
+    @post("/{dataset_id:int}/include", status_code=HTTP_200_OK, sync_to_thread=True)
+    def include(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        data: JSONBody[ImageIdsIn],
+    ) -> dict[str, Any]:
+        """Include images by hand (any catalog image; a new one joins as ``role``)."""
+        from vitdex.training.curate import include_images
+
+        ids = _check_ids(data.image_ids, "image_ids")
+        return include_images(sessions, dataset_id, ids, role=data.role)
+
+    @post("/{dataset_id:int}/exclude", status_code=HTTP_200_OK, sync_to_thread=True)
+    def exclude(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        data: JSONBody[ImageIdsIn],
+    ) -> dict[str, Any]:
+        """Exclude candidates by hand."""
+        from vitdex.training.curate import exclude_images
+
+        return exclude_images(sessions, dataset_id, _check_ids(data.image_ids, "image_ids"))
+
+    @post("/{dataset_id:int}/export", status_code=HTTP_200_OK, sync_to_thread=True)
+    def export(
+        self,
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        data: JSONBody[ExportIn | None] = None,
+    ) -> dict[str, Any]:
+        """Write square crops, captions and a kohya ``dataset.toml`` (blocking)."""
+        from vitdex.training.export import allowed_export_dir, export_dataset
+
+        body = data or ExportIn()
+        out = allowed_export_dir(settings, body.path) if body.path is not None else None
+        result = export_dataset(
+            settings,
+            sessions,
+            dataset_id,
+            out,
+            resolution=body.resolution,
+            num_repeats=body.num_repeats,
+            class_repeats=body.class_repeats,
+            detect_faces=body.detect_faces,
+        )
+        return result.to_dict()
+
+    @delete("/{dataset_id:int}", status_code=HTTP_200_OK, sync_to_thread=True)
+    def remove(
+        self, sessions: NamedDependency[sessionmaker[Session]], dataset_id: Id
+    ) -> dict[str, Any]:
+        """Delete a dataset and its items (photos and exported files stay)."""
+        from vitdex.training.curate import delete_dataset
+
+        return delete_dataset(sessions, dataset_id)

@@ -1,0 +1,367 @@
+"""Exporting a dataset for training: square crops, caption sidecars, a kohya dataset TOML.
+
+The folder layout is what the DreamBooth trainer reads (and what kohya-ss sd-scripts reads
+through ``dataset.toml``)::
+
+    OUT/instance/0000.png  OUT/instance/0000.txt   the included instance images, by rank
+    OUT/class/0000.png     OUT/class/0000.txt      the class images (only if there are any)
+    OUT/dataset.toml                               kohya-ss dataset config
+
+Each PNG is the subject's square (see :mod:`vitdex.training.crop`) at the base model's
+resolution; each ``.txt`` holds one line, the dataset's prompt (instance) or class prompt
+(class). The crop box and caption are stored on the dataset's items, the folder on the
+dataset.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import re
+import shutil
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.config import Settings
+from vitdex.db import datasets
+from vitdex.errors import ConfigError, ConflictError, ForbiddenError, ImageError
+from vitdex.training.crop import check_resolution, face_detector, prepare_image, write_caption
+
+__all__ = [
+    "CAPTION_EXTENSION",
+    "CLASS_DIR",
+    "INSTANCE_DIR",
+    "TOML_NAME",
+    "ExportResult",
+    "allowed_export_dir",
+    "dataset_toml",
+    "default_export_dir",
+    "export_dataset",
+]
+
+log = logging.getLogger(__name__)
+
+INSTANCE_DIR = "instance"
+CLASS_DIR = "class"
+TOML_NAME = "dataset.toml"
+CAPTION_EXTENSION = ".txt"
+#: Files an export writes into its image folders: 0000.png, 0000.txt, ...
+_OWN_FILE = re.compile(r"^\d{4,}\.(png|txt)$")
+
+Progress = Callable[[int, int], None]
+
+
+@dataclass
+class ExportResult:
+    """What an export wrote."""
+
+    dataset_id: int
+    name: str
+    path: Path
+    toml: Path
+    resolution: int
+    instance: int
+    class_images: int
+    num_repeats: int
+    class_repeats: int
+    #: Items whose file could not be read: image id, path, why.
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+    #: Crop methods used: {"face": n, "saliency": n, "centre": n}.
+    methods: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {
+            "dataset_id": self.dataset_id,
+            "name": self.name,
+            "path": str(self.path),
+            "toml": str(self.toml),
+            "resolution": self.resolution,
+            "instance": self.instance,
+            "class": self.class_images,
+            "num_repeats": self.num_repeats,
+            "class_repeats": self.class_repeats,
+            "skipped": self.skipped,
+            "methods": self.methods,
+        }
+
+
+def default_export_dir(settings: Settings, dataset_id: int, name: str) -> Path:
+    """``VITDEX_HOME/datasets/<id>-<name as a safe folder name>``."""
+    safe = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip("-.")[:64] or "dataset"
+    return settings.storage.home / "datasets" / f"{dataset_id}-{safe}"
+
+
+def allowed_export_dir(settings: Settings, raw: str) -> Path:
+    """``raw`` resolved, if it is an absolute folder path inside VITDEX_ALLOWED_ROOTS.
+
+    For exports asked for over HTTP. The folder need not exist; the check runs on the
+    resolved path, so neither ``..`` nor a symlink can climb out of an allowed root.
+    """
+    if not raw or "\x00" in raw or not Path(raw).is_absolute():
+        raise ConfigError(f"path must be an absolute folder path, got {raw!r}")
+    roots = settings.api.allowed_roots
+    if not roots:
+        raise ForbiddenError(
+            "no folder may be written over HTTP: set VITDEX_ALLOWED_ROOTS, or leave the path "
+            "out to export under VITDEX_HOME/datasets"
+        )
+    try:
+        resolved = Path(raw).resolve()
+    except (OSError, RuntimeError, ValueError) as exc:  # permission, symlink loop
+        raise ForbiddenError(f"cannot use {raw}: {exc}") from None
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise ForbiddenError(f"{raw} is outside the allowed roots (VITDEX_ALLOWED_ROOTS)")
+    return resolved
+
+
+def _toml_string(value: str) -> str:
+    # A JSON string is a valid TOML basic string (same escapes, \\uXXXX included).
+    return json.dumps(value, ensure_ascii=False)
+
+
+def dataset_toml(
+    *,
+    instance_dir: Path,
+    prompt: str,
+    resolution: int,
+    num_repeats: int,
+    class_dir: Path | None = None,
+    class_prompt: str | None = None,
+    class_repeats: int = 1,
+    comment: str | None = None,
+) -> str:
+    """A kohya-ss sd-scripts dataset config for the exported folders (absolute paths).
+
+    ``class_tokens`` is what kohya falls back on for an image without a caption file;
+    every exported image has one, so it only matters if a caption is deleted.
+    """
+    lines = [f"# {line}" for line in (comment or "").splitlines()]
+    lines += [
+        "[general]",
+        "enable_bucket = false",
+        "shuffle_caption = false",
+        "keep_tokens = 0",
+        f"caption_extension = {_toml_string(CAPTION_EXTENSION)}",
+        "",
+        "[[datasets]]",
+        f"resolution = {int(resolution)}",
+        "batch_size = 1",
+        "",
+        "  [[datasets.subsets]]",
+        f"  image_dir = {_toml_string(str(instance_dir))}",
+        f"  class_tokens = {_toml_string(prompt)}",
+        f"  caption_extension = {_toml_string(CAPTION_EXTENSION)}",
+        f"  num_repeats = {int(num_repeats)}",
+    ]
+    if class_dir is not None:
+        lines += [
+            "",
+            "  [[datasets.subsets]]",
+            "  is_reg = true",
+            f"  image_dir = {_toml_string(str(class_dir))}",
+            f"  class_tokens = {_toml_string(class_prompt or '')}",
+            f"  caption_extension = {_toml_string(CAPTION_EXTENSION)}",
+            f"  num_repeats = {int(class_repeats)}",
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def _clear(out: Path) -> None:
+    """Empty ``out`` of a previous export; refuse a folder holding anything else.
+
+    Anything else in the image folders would be trained on, and anything else at the
+    top is somebody's files: neither is deleted, the export is refused instead.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} exists and is not a folder")
+    if not out.exists():
+        return
+    foreign: list[Path] = []
+    for entry in out.iterdir():
+        if entry.name == TOML_NAME and entry.is_file():
+            continue
+        if entry.name in (INSTANCE_DIR, CLASS_DIR) and entry.is_dir() and not entry.is_symlink():
+            foreign += [f for f in entry.iterdir() if not (_OWN_FILE.match(f.name) and f.is_file())]
+            continue
+        foreign.append(entry)
+    if foreign:
+        shown = ", ".join(str(f) for f in foreign[:5])
+        raise ConflictError(
+            f"{out} holds files that are not a vitdex export ({shown}"
+            f"{' ...' if len(foreign) > 5 else ''}); export into an empty or new folder"
+        )
+    for sub in (INSTANCE_DIR, CLASS_DIR):
+        if (out / sub).is_dir():
+            shutil.rmtree(out / sub)
+    (out / TOML_NAME).unlink(missing_ok=True)
+
+
+_Written = tuple[
+    dict[int, tuple[str, dict[str, Any]]], list[dict[str, Any]], dict[str, int], dict[str, int]
+]
+
+
+def _write(
+    out: Path,
+    jobs: list[tuple[int, int, str, str]],
+    *,
+    prompt: str,
+    class_prompt: str,
+    resolution: int,
+    max_megapixels: float,
+    detect_faces: bool,
+    progress: Progress | None,
+) -> _Written:
+    """Crop, resize and caption each ``(item id, image id, path, folder)`` into ``out``.
+
+    Returns (caption and crop per item id, skipped files, crop methods, images per folder).
+    """
+    found = face_detector() if detect_faces else None
+    detector = found[1] if found else None
+    prepared: dict[int, tuple[str, dict[str, Any]]] = {}
+    skipped: list[dict[str, Any]] = []
+    methods: dict[str, int] = {}
+    counters = {INSTANCE_DIR: 0, CLASS_DIR: 0}
+    report = progress or (lambda _done, _total: None)
+    report(0, len(jobs))
+    for done, (item_id, image_id, path, role_dir) in enumerate(jobs, start=1):
+        caption = prompt if role_dir == INSTANCE_DIR else class_prompt
+        try:
+            square, crop = prepare_image(
+                Path(path),
+                resolution,
+                max_megapixels=max_megapixels,
+                detect_faces=detect_faces,
+                detector=detector,
+            )
+        except ImageError as exc:
+            log.warning("skipping image %d (%s): %s", image_id, path, exc.message)
+            skipped.append({"image_id": image_id, "path": path, "error": exc.message})
+            report(done, len(jobs))
+            continue
+        folder = out / role_dir
+        folder.mkdir(parents=True, exist_ok=True)
+        target = folder / f"{counters[role_dir]:04d}.png"
+        counters[role_dir] += 1
+        square.save(target, format="PNG", compress_level=3)
+        write_caption(target, caption, CAPTION_EXTENSION)
+        info = crop.to_dict()
+        info.update(file=f"{role_dir}/{target.name}", resolution=resolution)
+        prepared[item_id] = (caption, info)
+        methods[crop.method] = methods.get(crop.method, 0) + 1
+        report(done, len(jobs))
+    return prepared, skipped, methods, counters
+
+
+def export_dataset(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    dataset: str | int,
+    out: Path | None = None,
+    *,
+    resolution: int = 512,
+    num_repeats: int | None = None,
+    class_repeats: int = 1,
+    detect_faces: bool = True,
+    progress: Progress | None = None,
+) -> ExportResult:
+    """Write a dataset's included images as training folders plus ``dataset.toml``.
+
+    ``dataset`` is a name or an id; ``out`` defaults to :func:`default_export_dir`. A
+    previous export in ``out`` is replaced; a folder holding other files is refused
+    (:class:`ConflictError`). ``num_repeats`` (instance) defaults to the class/instance
+    ratio rounded up when there are class images (so each epoch sees both about equally),
+    else 1. ``progress(done, total)`` is called after each image. Unreadable files are
+    skipped and listed in the result; no readable instance image at all is an error.
+    """
+    check_resolution(resolution)
+    if num_repeats is not None and not 1 <= num_repeats <= 10_000:
+        raise ConfigError(f"num_repeats must lie between 1 and 10000, not {num_repeats}")
+    if not 1 <= class_repeats <= 10_000:
+        raise ConfigError(f"class_repeats must lie between 1 and 10000, not {class_repeats}")
+    with sessions() as session:
+        row = datasets.find_dataset(session, dataset)
+        dataset_id, name = row.id, row.name
+        prompt, class_prompt = row.prompt, row.class_prompt
+        plan = [
+            (item.id, image.id, image.path, INSTANCE_DIR)
+            for item, image in datasets.included_items(session, dataset_id, "instance")
+        ]
+        classes = [
+            (item.id, image.id, image.path, CLASS_DIR)
+            for item, image in datasets.included_items(session, dataset_id, "class")
+        ]
+    if not plan:
+        raise ConfigError(
+            f"dataset {name!r} has no included instance images "
+            "(include some with `vitdex dataset include`)"
+        )
+    if classes and not class_prompt:
+        # Hand-added class images without a class prompt: nothing to caption them with.
+        raise ConfigError(f"dataset {name!r} has class images but no class prompt")
+    target = out or default_export_dir(settings, dataset_id, name)
+    try:
+        out = target.expanduser().resolve()
+        _clear(out)
+        result = _write(
+            out,
+            plan + classes,
+            prompt=prompt,
+            class_prompt=class_prompt or "",
+            resolution=resolution,
+            max_megapixels=settings.index.max_megapixels,
+            detect_faces=detect_faces,
+            progress=progress,
+        )
+    except PermissionError as exc:
+        raise ForbiddenError(f"cannot write the export to {target}: {exc.strerror}") from None
+    except (OSError, ValueError) as exc:  # name too long, disk full, NUL in a path...
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
+        raise ConfigError(f"cannot write the export to {target}: {reason}") from None
+    prepared, skipped, methods, counters = result
+
+    n_instance, n_class = counters[INSTANCE_DIR], counters[CLASS_DIR]
+    if n_instance == 0:
+        raise ImageError(
+            f"none of the {len(plan)} instance images of dataset {name!r} could be read "
+            f"(first: {skipped[0]['path']}: {skipped[0]['error']})"
+        )
+    if num_repeats is None:
+        num_repeats = max(1, math.ceil(n_class * class_repeats / n_instance)) if n_class else 1
+    toml_path = out / TOML_NAME
+    config = dataset_toml(
+        instance_dir=out / INSTANCE_DIR,
+        prompt=prompt,
+        resolution=resolution,
+        num_repeats=num_repeats,
+        class_dir=(out / CLASS_DIR) if n_class else None,
+        class_prompt=class_prompt,
+        class_repeats=class_repeats,
+        comment=f"vitdex dataset {name!r} (id {dataset_id}), kohya-ss sd-scripts config",
+    )
+    try:
+        toml_path.write_text(config, encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {toml_path}: {exc.strerror or exc}") from None
+    with sessions() as session:
+        datasets.record_export(session, dataset_id, str(out), prepared)
+        session.commit()
+    return ExportResult(
+        dataset_id=dataset_id,
+        name=name,
+        path=out,
+        toml=toml_path,
+        resolution=resolution,
+        instance=n_instance,
+        class_images=n_class,
+        num_repeats=num_repeats,
+        class_repeats=class_repeats,
+        skipped=skipped,
+        methods=methods,
+    )
