@@ -580,7 +580,7 @@ def demo(obj: Context, photos: int) -> None:
 def _register_commands() -> None:
     # These live beside the code they run; importing them pulls in neither torch nor FAISS.
     from vitdex.api.serve import serve_command
-    from vitdex.training.cli_checkpoints import checkpoints_group
+    from vitdex.training.cli_checkpoints import checkpoints_group, convert_command
     from vitdex.training.cli_dataset import dataset_group
     from vitdex.training.cli_train import train_group
     from vitdex.worker import worker_command
@@ -590,6 +590,7 @@ def _register_commands() -> None:
     cli.add_command(dataset_group)
     cli.add_command(train_group)
     cli.add_command(checkpoints_group)
+    cli.add_command(convert_command)
 
 
 _register_commands()

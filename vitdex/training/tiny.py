@@ -168,13 +168,14 @@ def build_random_sd(
         if sd2:
             unet_kwargs["use_linear_projection"] = True
         if version == "sdxl":
-            # Two text encoders concatenated: 32 + 32 = 64 wide; pooled text + 6 size ids.
+            # Two text encoders concatenated (32 + 64 wide; single-file readers tell them
+            # apart by width, as with the real 768 + 1280); pooled text + 6 size ids.
             unet_kwargs.update(
-                cross_attention_dim=2 * hidden,
+                cross_attention_dim=hidden + 2 * hidden,
                 use_linear_projection=True,
                 addition_embed_type="text_time",
                 addition_time_embed_dim=8,
-                projection_class_embeddings_input_dim=hidden + 6 * 8,
+                projection_class_embeddings_input_dim=2 * hidden + 6 * 8,
                 transformer_layers_per_block=(1, 2),
                 attention_head_dim=(2, 4),
             )
@@ -205,7 +206,15 @@ def build_random_sd(
     pipe: Any
     if version == "sdxl":
         text_encoder_2 = CLIPTextModelWithProjection(
-            CLIPTextConfig(**{**text_cfg, "hidden_act": "gelu"})
+            CLIPTextConfig(
+                **{
+                    **text_cfg,
+                    "hidden_act": "gelu",
+                    "hidden_size": 2 * hidden,
+                    "intermediate_size": 4 * hidden,
+                    "projection_dim": 2 * hidden,
+                }
+            )
         )
         pipe = StableDiffusionXLPipeline(
             vae=vae,

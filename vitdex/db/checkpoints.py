@@ -1,0 +1,216 @@
+"""Every SQL statement about registered checkpoints, and the dataset hash they record.
+
+Functions take a :class:`~sqlalchemy.orm.Session` and leave committing to the caller.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
+
+from vitdex.db.models import Checkpoint, Dataset, DatasetItem, Image
+from vitdex.errors import ConfigError, ConflictError, NotFoundError
+
+#: What a checkpoint's ``status`` can be.
+STATUSES = ("ready", "invalid")
+
+
+def create_checkpoint(
+    session: Session,
+    *,
+    name: str,
+    base_model: str,
+    version: str,
+    path: str,
+    sha256: str,
+    size_bytes: int,
+    file_format: str,
+    half: bool = False,
+    run_id: int | None = None,
+    dataset_id: int | None = None,
+    dataset_hash: str | None = None,
+    config: Mapping[str, Any] | None = None,
+    steps: int | None = None,
+    final_loss: float | None = None,
+    yaml_path: str | None = None,
+    sample_path: str | None = None,
+    status: str = "ready",
+) -> Checkpoint:
+    """A new checkpoint row (flushed, not committed); a taken name is a :class:`ConflictError`."""
+    if status not in STATUSES:
+        raise ConfigError(f"unknown checkpoint status {status!r} (one of: {', '.join(STATUSES)})")
+    if name_taken(session, name):
+        raise ConflictError(f"a checkpoint named {name!r} is already registered")
+    checkpoint = Checkpoint(
+        name=name,
+        run_id=run_id,
+        base_model=base_model,
+        version=version,
+        dataset_id=dataset_id,
+        dataset_hash=dataset_hash,
+        config=dict(config or {}),
+        steps=steps,
+        final_loss=final_loss,
+        path=path,
+        sha256=sha256,
+        size_bytes=size_bytes,
+        format=file_format,
+        half=half,
+        yaml_path=yaml_path,
+        sample_path=sample_path,
+        status=status,
+    )
+    session.add(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def name_taken(session: Session, name: str) -> bool:
+    """Whether a checkpoint with ``name`` is registered."""
+    return session.scalar(select(Checkpoint.id).where(Checkpoint.name == name)) is not None
+
+
+def get_checkpoint(session: Session, checkpoint_id: int) -> Checkpoint:
+    """The checkpoint ``checkpoint_id``; :class:`NotFoundError` when there is none."""
+    checkpoint = session.get(Checkpoint, checkpoint_id, populate_existing=True)
+    if checkpoint is None:
+        raise NotFoundError(f"no checkpoint with id {checkpoint_id}")
+    return checkpoint
+
+
+def get_checkpoint_by_name(session: Session, name: str) -> Checkpoint:
+    """The checkpoint called ``name``; :class:`NotFoundError` when there is none."""
+    checkpoint = session.scalar(select(Checkpoint).where(Checkpoint.name == name))
+    if checkpoint is None:
+        raise NotFoundError(f"no checkpoint named {name!r}")
+    return checkpoint
+
+
+def find_checkpoint(session: Session, ref: str | int) -> Checkpoint:
+    """A checkpoint by id (an int, or a string of digits that is no checkpoint's name) or name."""
+    if isinstance(ref, int):
+        return get_checkpoint(session, ref)
+    text = ref.strip()
+    named = session.scalar(select(Checkpoint).where(Checkpoint.name == text))
+    if named is not None:
+        return named
+    if text.isdigit():
+        return get_checkpoint(session, int(text))
+    raise NotFoundError(f"no checkpoint named {text!r}")
+
+
+def list_checkpoints(
+    session: Session,
+    *,
+    status: str | None = None,
+    run_id: int | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> tuple[list[Checkpoint], int]:
+    """Checkpoints newest first, optionally of one status or run, with the total that match."""
+    if status is not None and status not in STATUSES:
+        raise ConfigError(f"unknown checkpoint status {status!r} (one of: {', '.join(STATUSES)})")
+    stmt = select(Checkpoint)
+    count = select(func.count()).select_from(Checkpoint)
+    if status is not None:
+        stmt, count = (
+            stmt.where(Checkpoint.status == status),
+            count.where(Checkpoint.status == status),
+        )
+    if run_id is not None:
+        stmt, count = (
+            stmt.where(Checkpoint.run_id == run_id),
+            count.where(Checkpoint.run_id == run_id),
+        )
+    total = int(session.scalar(count) or 0)
+    rows = list(session.scalars(stmt.order_by(Checkpoint.id.desc()).limit(limit).offset(offset)))
+    return rows, total
+
+
+def paths_in_use(session: Session, paths: list[str], *, except_id: int) -> set[str]:
+    """Which of ``paths`` another checkpoint row still names (file, YAML or sample)."""
+    if not paths:
+        return set()
+    used: set[str] = set()
+    for column in (Checkpoint.path, Checkpoint.yaml_path, Checkpoint.sample_path):
+        used.update(
+            p
+            for p in session.scalars(
+                select(column).where(column.in_(paths), Checkpoint.id != except_id)
+            )
+            if p is not None
+        )
+    return used
+
+
+def delete_checkpoint(session: Session, checkpoint_id: int) -> Checkpoint:
+    """Remove the row (not its files) and return it as it was."""
+    checkpoint = get_checkpoint(session, checkpoint_id)
+    session.delete(checkpoint)
+    session.flush()
+    return checkpoint
+
+
+def dataset_image_hash(session: Session, dataset_id: int) -> str:
+    """sha256 over the sorted sha256s of the dataset's included instance images.
+
+    The hex digests are sorted and joined with newlines, so the hash names the exact set
+    of image contents (duplicates counted) whatever their paths or order in the set.
+    """
+    if session.get(Dataset, dataset_id) is None:
+        raise NotFoundError(f"no dataset with id {dataset_id}")
+    rows = session.execute(
+        select(Image.id, Image.sha256)
+        .join(DatasetItem, DatasetItem.image_id == Image.id)
+        .where(
+            DatasetItem.dataset_id == dataset_id,
+            DatasetItem.role == "instance",
+            DatasetItem.included.is_(True),
+        )
+    ).all()
+    missing = [image_id for image_id, digest in rows if not digest]
+    if missing:
+        raise ConfigError(
+            f"dataset {dataset_id} includes images without a sha256 ({missing[:5]}); "
+            "index them again"
+        )
+    digests = sorted(str(digest) for _, digest in rows)
+    return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
+
+
+def _iso(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
+        value = value.replace(tzinfo=UTC)
+    return value.isoformat()
+
+
+def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
+    """The JSON form of a checkpoint row."""
+    return {
+        "id": checkpoint.id,
+        "name": checkpoint.name,
+        "status": checkpoint.status,
+        "base_model": checkpoint.base_model,
+        "version": checkpoint.version,
+        "run_id": checkpoint.run_id,
+        "dataset_id": checkpoint.dataset_id,
+        "dataset_hash": checkpoint.dataset_hash,
+        "steps": checkpoint.steps,
+        "final_loss": checkpoint.final_loss,
+        "path": checkpoint.path,
+        "sha256": checkpoint.sha256,
+        "size_bytes": checkpoint.size_bytes,
+        "format": checkpoint.format,
+        "half": checkpoint.half,
+        "yaml_path": checkpoint.yaml_path,
+        "sample_path": checkpoint.sample_path,
+        "config": checkpoint.config,
+        "created_at": _iso(checkpoint.created_at),
+    }
