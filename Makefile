@@ -44,6 +44,7 @@ bench: setup
 	$(PY) -m bench.index_throughput
 	$(PY) -m bench.search
 	$(PY) -m bench.http
+	$(PY) -m bench.train_step
 
 clean:
 	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache

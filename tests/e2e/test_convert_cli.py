@@ -16,6 +16,7 @@ import yaml
 
 pytestmark = pytest.mark.slow
 
+
 def vitdex(*args: str, env: dict[str, str], code: int = 0) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(
         [sys.executable, "-m", "vitdex", *args],

@@ -1,10 +1,324 @@
-"""``vitdex train ...``: DreamBooth training runs."""
+"""``vitdex train ...``: DreamBooth training runs.
+
+``vitdex train DATASET --base MODEL ...`` starts a run (``start`` is implied), ``vitdex
+train resume RUN_ID`` continues one from its last checkpoint, ``vitdex train list`` shows
+runs with their state, step and loss.
+"""
 
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
+# vitdex.cli imports this module at its end (command registration), so these names exist.
+from vitdex.cli import Context, _handle_errors, _open_catalog, _print_json, err_console, out_console
 
-@click.group("train")
+
+class _TrainGroup(click.Group):
+    """A group whose first argument is a dataset unless it names a subcommand."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        if args and args[0] not in self.commands and not args[0].startswith("-"):
+            args = ["start", *args]
+        return super().parse_args(ctx, args)
+
+
+@click.group("train", cls=_TrainGroup)
 def train_group() -> None:
-    """Train Stable Diffusion on a dataset; resume and list runs."""
+    """Train Stable Diffusion on a dataset (``vitdex train DATASET --base MODEL``); resume
+    and list runs."""
+
+
+def _run_job(job_id: int, *, progress: bool) -> None:
+    """Run a train job here, drawing its progress on stderr."""
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        SpinnerColumn,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    from vitdex.training.jobs import run_train_job
+
+    if not progress:
+        run_train_job(job_id)
+        return
+    bar = Progress(
+        SpinnerColumn(),
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[loss]}"),
+        TextColumn("{task.fields[rate]}"),
+        TextColumn("eta"),
+        TimeRemainingColumn(),
+        TimeElapsedColumn(),
+        console=err_console,
+    )
+    with bar:
+        task = bar.add_task("loading", total=None, loss="", rate="")
+
+        def show(event: dict[str, Any]) -> None:
+            phase = event.get("phase") or ""
+            stage = event.get("stage")
+            loss = event.get("loss")
+            rate = event.get("it_per_s")
+            bar.update(
+                task,
+                description=f"{phase} ({stage})" if stage else phase,
+                completed=event.get("step") or 0,
+                total=event.get("total_steps") or None,
+                loss=f"loss {loss:.4f}" if loss is not None else "",
+                rate=f"{rate:.2f} it/s" if rate else "",
+            )
+
+        run_train_job(job_id, on_progress=show)
+
+
+def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background: bool) -> None:
+    from vitdex.db import jobs as job_sql
+    from vitdex.training.runs import show_run
+
+    sessions = _open_catalog(obj.settings())
+    run = show_run(sessions, run_id)
+    if background:
+        result: dict[str, Any] = {"run_id": run_id, "job_id": job_id, "state": run["state"]}
+        if as_json:
+            _print_json(result)
+        else:
+            out_console.print(f"run {run_id} queued as job {job_id}; `vitdex train list` shows it")
+        return
+    with sessions() as session:
+        job = job_sql.get_job(session, job_id)
+        job_state, job_error = job.state, job.error
+    result = {
+        "run_id": run_id,
+        "state": run["state"],
+        "steps": run["step"],
+        "loss": run["loss"],
+        "checkpoint": run["checkpoint"],
+        "output_dir": run["output_dir"],
+    }
+    if as_json:
+        _print_json(result)
+    elif run["checkpoint"]:
+        ckpt = run["checkpoint"]
+        out_console.print(
+            f"run {run_id}: {run['step']} steps, loss {run['loss']:.4f}\n"
+            f"checkpoint {ckpt['id']}: {ckpt['path']}\nsha256 {ckpt['sha256']}"
+        )
+    else:
+        out_console.print(f"run {run_id}: {run['state']} at step {run['step']}")
+    if job_state == "failed":
+        from vitdex.errors import VitdexError
+
+        raise VitdexError(f"training run {run_id} failed: {job_error}")
+    if job_state == "cancelled":
+        err_console.print(f"stopped; `vitdex train resume {run_id}` continues from the last save")
+
+
+def _submit(obj: Context, job_id: int) -> None:
+    from vitdex.errors import ConfigError
+    from vitdex.queue import make_queue
+
+    settings = obj.settings()
+    if not settings.api.redis_url:
+        raise ConfigError(
+            "--background needs a queue: set VITDEX_REDIS_URL and run `vitdex worker`"
+        )
+    queue = make_queue(settings)
+    try:
+        queue.submit(job_id, kind="train")
+    finally:
+        queue.close()
+
+
+@train_group.command("start")
+@click.argument("dataset")
+@click.option(
+    "--base", "base_model", required=True, help="Hub id, diffusers folder or .safetensors/.ckpt."
+)
+@click.option(
+    "--version",
+    type=click.Choice(["sd15", "sd21-base", "sd21", "sdxl"]),
+    help="Base version (detected when omitted).",
+)
+@click.option(
+    "--base-config", help="Diffusers folder with the configs of a single-file base (offline)."
+)
+@click.option("--resolution", type=int, help="Training resolution (default: the version's).")
+@click.option("--steps", type=click.IntRange(min=0), help="UNet steps.")
+@click.option("--text-encoder-steps", type=click.IntRange(min=0), help="Text encoder steps.")
+@click.option(
+    "--mode",
+    type=click.Choice(["two-stage", "joint"]),
+    help="Text encoder first, or both together.",
+)
+@click.option("--lr", "learning_rate", type=float, help="UNet learning rate.")
+@click.option(
+    "--text-encoder-lr",
+    "text_encoder_learning_rate",
+    type=float,
+    help="Text encoder learning rate.",
+)
+@click.option("--lr-scheduler", help="constant, constant_with_warmup, linear, cosine, ...")
+@click.option("--lr-warmup-steps", type=click.IntRange(min=0))
+@click.option("--batch-size", type=click.IntRange(min=1))
+@click.option("--gradient-accumulation", "gradient_accumulation_steps", type=click.IntRange(min=1))
+@click.option(
+    "--prior-preservation/--no-prior-preservation",
+    default=None,
+    help="Default: on when the dataset has class images.",
+)
+@click.option("--prior-loss-weight", type=float)
+@click.option("--mixed-precision", type=click.Choice(["auto", "no", "fp16", "bf16"]))
+@click.option("--gradient-checkpointing/--no-gradient-checkpointing", default=None)
+@click.option("--cache-latents/--no-cache-latents", default=None)
+@click.option(
+    "--8bit-adam",
+    "use_8bit_adam",
+    is_flag=True,
+    default=None,
+    help="bitsandbytes AdamW8bit (CUDA only).",
+)
+@click.option(
+    "--lora-rank",
+    type=click.IntRange(min=0),
+    help="LoRA rank (0: full fine-tune; SDXL default LoRA).",
+)
+@click.option("--seed", type=click.IntRange(min=0))
+@click.option("--save-every", type=click.IntRange(min=0), help="Checkpoint every N steps.")
+@click.option("--device", help="auto, cpu, cuda, cuda:N or mps.")
+@click.option(
+    "--force", is_flag=True, default=None, help="Accept combinations the base registry refuses."
+)
+@click.option(
+    "--background", is_flag=True, help="Queue the run for `vitdex worker` instead of training here."
+)
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def start_command(
+    obj: Context,
+    /,
+    dataset: str,
+    base_model: str,
+    background: bool,
+    no_progress: bool,
+    as_json: bool,
+    **options: Any,
+) -> None:
+    """Train a DreamBooth checkpoint on DATASET (name or id), convert and register it."""
+    from vitdex.training.runs import create_run
+
+    settings = obj.settings()
+    chosen = {key: value for key, value in options.items() if value is not None}
+    run, job_id = create_run(settings, _open_catalog(settings), dataset, base_model, chosen)
+    if background:
+        _submit(obj, job_id)
+    else:
+        _run_job(job_id, progress=not no_progress and not as_json)
+    _finish(obj, run.id, job_id, as_json=as_json, background=background)
+
+
+@train_group.command("resume")
+@click.argument("run_id", type=click.IntRange(min=1))
+@click.option(
+    "--force",
+    is_flag=True,
+    help="Resume although its job reads running (its worker on another host is gone).",
+)
+@click.option("--background", is_flag=True, help="Queue it for `vitdex worker`.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def resume_command(
+    obj: Context, run_id: int, force: bool, background: bool, no_progress: bool, as_json: bool
+) -> None:
+    """Continue run RUN_ID from its last checkpoint (same final weights as an unbroken run)."""
+    from vitdex.training.runs import resume_run
+
+    run, job_id = resume_run(_open_catalog(obj.settings()), run_id, force=force)
+    if background:
+        _submit(obj, job_id)
+    else:
+        _run_job(job_id, progress=not no_progress and not as_json)
+    _finish(obj, run.id, job_id, as_json=as_json, background=background)
+
+
+@train_group.command("list")
+@click.option(
+    "--state", type=click.Choice(["queued", "running", "succeeded", "failed", "cancelled"])
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def list_command(obj: Context, state: str | None, as_json: bool) -> None:
+    """Training runs, newest first, with state, step and loss."""
+    from rich.table import Table
+
+    from vitdex.training.runs import list_runs
+
+    runs = list_runs(_open_catalog(obj.settings()), state=state)
+    if as_json:
+        _print_json(runs)
+        return
+    if not runs:
+        out_console.print("no training runs")
+        return
+    table = Table("id", "state", "step", "loss", "base", "dataset", "checkpoint")
+    for run in runs:
+        loss = run["loss"]
+        table.add_row(
+            str(run["id"]),
+            run["state"],
+            f"{run['step']}/{run['total_steps']}",
+            f"{loss:.4f}" if loss is not None else "-",
+            f"{run['base_model']} ({run['version']})",
+            str(run["dataset_id"] or "-"),
+            run["checkpoint"]["path"] if run["checkpoint"] else "-",
+        )
+    out_console.print(table)
+
+
+@train_group.command("show")
+@click.argument("run_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def show_command(obj: Context, run_id: int, as_json: bool) -> None:
+    """One run with its full training config."""
+    from vitdex.training.runs import show_run
+
+    run = show_run(_open_catalog(obj.settings()), run_id)
+    if as_json:
+        _print_json(run)
+        return
+    for key, value in run.items():
+        if key != "config":
+            out_console.print(f"[bold]{key}[/bold]: {value}")
+    out_console.print("[bold]config[/bold]:")
+    for key, value in sorted(run["config"].items()):
+        out_console.print(f"  {key} = {value}")
+
+
+@train_group.command("cancel")
+@click.argument("run_id", type=click.IntRange(min=1))
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@_handle_errors
+def cancel_command(obj: Context, run_id: int, as_json: bool) -> None:
+    """Ask a queued or running run to stop (it saves a checkpoint first)."""
+    from vitdex.training.runs import cancel_run
+
+    run = cancel_run(_open_catalog(obj.settings()), run_id)
+    if as_json:
+        _print_json(run)
+    else:
+        out_console.print(f"run {run_id}: cancel requested")

@@ -253,9 +253,13 @@ def _run_source(sessions: sessionmaker[Session], run_id: int) -> tuple[Path, dic
 
     with sessions() as session:
         run = training.get_run(session, run_id)
-        if run.state != JobState.SUCCEEDED:
+        folder = Path(run.output_dir) / "final"
+        # final/ appears (atomically) only when training completed; the run's own job
+        # converts it while the run still reads "running".
+        if run.state != JobState.SUCCEEDED and not (folder / "model_index.json").is_file():
             raise ConflictError(
-                f"training run {run_id} is {run.state}; convert it once it has succeeded"
+                f"training run {run_id} is {run.state} and has not finished training; "
+                "convert it once it has"
             )
         facts: dict[str, Any] = {
             "base_model": run.base_model,

@@ -1,14 +1,133 @@
-"""DreamBooth training runs."""
+"""DreamBooth training runs: start one from a dataset, follow it, cancel it, resume it."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Annotated, Any, Literal
 
-from litestar import Controller
+from litestar import Controller, get, post
+from litestar.di import NamedDependency
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.api.controllers.search import INT64_MAX
+from vitdex.api.deps import Services
+from vitdex.config import Settings
+
+Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
+
+
+@dataclass
+class TrainRunIn:
+    """A run: the dataset (name or id), the base model and training settings.
+
+    ``options`` takes any other training setting by name (see ``vitdex train --help``).
+    """
+
+    dataset: str
+    base_model: str
+    version: Literal["sd15", "sd21-base", "sd21", "sdxl"] | None = None
+    resolution: int | None = None
+    steps: int | None = None
+    text_encoder_steps: int | None = None
+    mode: Literal["two-stage", "joint"] | None = None
+    learning_rate: float | None = None
+    text_encoder_learning_rate: float | None = None
+    save_every: int | None = None
+    seed: int | None = None
+    force: bool | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+def _options(data: TrainRunIn) -> dict[str, Any]:
+    chosen = {
+        name: getattr(data, name)
+        for name in (
+            "version",
+            "resolution",
+            "steps",
+            "text_encoder_steps",
+            "mode",
+            "learning_rate",
+            "text_encoder_learning_rate",
+            "save_every",
+            "seed",
+            "force",
+        )
+        if getattr(data, name) is not None
+    }
+    return {**data.options, **chosen}
 
 
 class TrainingController(Controller):
-    """DreamBooth training runs."""
+    """``/api/v1/training-runs``: DreamBooth runs as jobs (progress under ``/jobs``)."""
 
     path = "/training-runs"
     tags: Sequence[str] = ["training"]
+
+    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    def start(
+        self,
+        data: JSONBody[TrainRunIn],
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
+    ) -> dict[str, Any]:
+        """Create a run and queue its job; the checkpoint is registered when it ends."""
+        from vitdex.training.runs import check_base_location, create_run, show_run
+
+        check_base_location(settings, data.base_model)
+        run, job_id = create_run(settings, sessions, data.dataset, data.base_model, _options(data))
+        services.queue.submit(job_id, kind="train")
+        return show_run(sessions, run.id)
+
+    @get("/", sync_to_thread=True)
+    def list_all(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        # ``state`` is a reserved parameter name in Litestar; the query key stays "state".
+        state_filter: Annotated[
+            Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
+            QueryParameter(name="state"),
+        ] = None,
+        limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
+        offset: Annotated[int, QueryParameter(ge=0, le=INT64_MAX)] = 0,
+    ) -> dict[str, Any]:
+        """Runs, newest first, with state, step and loss."""
+        from vitdex.training.runs import list_runs
+
+        return {"runs": list_runs(sessions, state=state_filter, limit=limit, offset=offset)}
+
+    @get("/{run_id:int}", sync_to_thread=True)
+    def get_one(
+        self, sessions: NamedDependency[sessionmaker[Session]], run_id: Id
+    ) -> dict[str, Any]:
+        """One run with its config, job state and checkpoint."""
+        from vitdex.training.runs import show_run
+
+        return show_run(sessions, run_id)
+
+    @post("/{run_id:int}/resume", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    def resume(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
+        run_id: Id,
+    ) -> dict[str, Any]:
+        """Queue a job that continues the run from its last checkpoint."""
+        from vitdex.training.runs import resume_run, show_run
+
+        run, job_id = resume_run(sessions, run_id)
+        services.queue.submit(job_id, kind="train")
+        return show_run(sessions, run.id)
+
+    @post("/{run_id:int}/cancel", status_code=HTTP_200_OK, sync_to_thread=True)
+    def cancel(
+        self, sessions: NamedDependency[sessionmaker[Session]], run_id: Id
+    ) -> dict[str, Any]:
+        """Ask the run to stop; it saves a checkpoint first, so it can resume."""
+        from vitdex.training.runs import cancel_run
+
+        return cancel_run(sessions, run_id)

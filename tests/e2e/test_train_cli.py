@@ -1,0 +1,126 @@
+"""`vitdex train` end to end: photos → index → dataset → train → single file → registry.
+
+Real processes for training (the CLI as users run it), the tiny ViT and a tiny SD
+pipeline, 32 px, a handful of steps.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from safetensors.torch import load_file
+
+from tests.photos import make_photo
+
+pytestmark = pytest.mark.slow
+
+
+def vitdex(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
+    proc = subprocess.run(
+        [sys.executable, "-m", "vitdex", *args],
+        env=os.environ.copy(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == code, f"vitdex {args} exited {proc.returncode}:\n{proc.stderr}"
+    return proc
+
+
+def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture
+def dataset(vitdex_env: dict[str, str], tmp_path: Path) -> str:
+    lib = tmp_path / "Pictures"
+    for i in range(8):
+        make_photo(lib / f"dog{i:02d}.jpg", size=(96, 72), seed=i)
+    assert as_json(vitdex("index", str(lib), "--json", "--no-progress"))["embedded"] == 8
+    created = as_json(
+        vitdex(
+            "dataset", "create", "rex", "--seed", str(lib / "dog00.jpg"), "--k", "4",
+            "--prompt", "a photo of sks dog", "--class-prompt", "a photo of a dog",
+            "--class-count", "2", "--json",
+        )
+    )  # fmt: skip
+    assert created["dataset_id"] == 1
+    return "rex"
+
+
+TRAIN = ("--resolution", "32", "--force", "--mixed-precision", "no", "--device", "cpu")
+
+
+def test_train_convert_register(dataset: str, tiny_sd: Path) -> None:
+    out = as_json(
+        vitdex(
+            "train", dataset, "--base", str(tiny_sd), "--steps", "3",
+            "--text-encoder-steps", "2", "--save-every", "2", *TRAIN, "--json",
+        )
+    )  # fmt: skip
+    assert out["run_id"] == 1 and out["state"] == "succeeded" and out["steps"] == 5
+    ckpt = out["checkpoint"]
+    tensors = load_file(ckpt["path"])
+    assert any(k.startswith("model.diffusion_model.") for k in tensors)
+    assert any(k.startswith("cond_stage_model.transformer.") for k in tensors)
+
+    runs = as_json(vitdex("train", "list", "--json"))
+    assert [(r["id"], r["state"], r["step"]) for r in runs] == [(1, "succeeded", 5)]
+    assert runs[0]["config"]["prior_preservation"] is True
+    assert "succeeded" in vitdex("train", "list").stdout
+    shown = as_json(vitdex("checkpoints", "show", str(ckpt["id"]), "--json"))
+    assert shown["sha256"] == ckpt["sha256"] and shown["run_id"] == 1
+    assert shown["config"]["steps"] == 3 and shown["version"] == "sd15"
+    refused = vitdex("train", "resume", "1", code=2)
+    assert "already finished" in refused.stderr
+
+    bad = vitdex("train", dataset, "--base", str(tiny_sd), "--resolution", "768", code=2)
+    assert "768 px does not fit" in bad.stderr and "Traceback" not in bad.stderr
+    missing = vitdex("train", "nope", "--base", str(tiny_sd), code=2)
+    assert "no dataset" in missing.stderr
+
+
+def test_sigkilled_run_resumes(
+    dataset: str, tiny_sd: Path, tmp_path: Path, tiny_sd_factory: Callable[[str], Path]
+) -> None:
+    """kill -9 mid-run, `vitdex train resume`, same final weights as an unbroken run."""
+    args = ("--base", str(tiny_sd), "--steps", "30", "--text-encoder-steps", "0",
+            "--mode", "joint", "--save-every", "3", "--seed", "7", *TRAIN, "--json")  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "vitdex", "train", dataset, *args],
+        env=os.environ.copy(),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    home = Path(os.environ["VITDEX_HOME"])
+    checkpoints = home / "training" / "run-1" / "checkpoints"
+    deadline = time.monotonic() + 300
+    while not list(checkpoints.glob("step-*")):
+        assert proc.poll() is None, "training ended before its first checkpoint"
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    if (home / "training" / "run-1" / "final").exists():
+        pytest.skip("the run finished before it was killed")
+
+    listed = as_json(vitdex("train", "list", "--json"))
+    assert listed[0]["state"] == "running"  # what a killed process leaves behind
+    resumed = as_json(vitdex("train", "resume", "1", "--json"))
+    assert resumed["state"] == "succeeded" and resumed["steps"] == 30
+
+    unbroken = as_json(vitdex("train", dataset, *args))
+    assert unbroken["run_id"] == 2
+    a = load_file(resumed["checkpoint"]["path"])
+    b = load_file(unbroken["checkpoint"]["path"])
+    assert a.keys() == b.keys()
+    assert all(a[k].equal(b[k]) for k in a), "resumed weights differ from an unbroken run"

@@ -1,0 +1,166 @@
+"""``/api/v1/training-runs``: a DreamBooth run from a curated dataset, as a job, over HTTP.
+
+Real everything at toy size: a library indexed with the tiny ViT, a dataset curated from
+it, a tiny SD pipeline trained for a few steps at 32 px on the in-process queue, converted
+to a single file and registered.
+"""
+
+from __future__ import annotations
+
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from litestar import Litestar
+from litestar.testing import TestClient
+
+from tests.photos import make_photo
+from vitdex.api import create_app
+from vitdex.config import load_settings
+from vitdex.db import ensure_schema, make_engine, session_factory
+from vitdex.indexer.embedder import Embedder
+from vitdex.indexer.pipeline import Indexer
+
+Client = TestClient[Litestar]
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture
+def allowed(tmp_path: Path, tiny_sd_factory: Callable[[str], Path]) -> Path:
+    root = tmp_path / "allowed"
+    shutil.copytree(tiny_sd_factory("sd15"), root / "sd15")
+    return root
+
+
+@pytest.fixture
+def client(
+    vitdex_env: dict[str, str], tmp_path: Path, allowed: Path, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[Client]:
+    lib = tmp_path / "lib"
+    for i in range(8):
+        make_photo(lib / f"p{i:02d}.jpg", size=(96, 72), seed=i)
+    settings = load_settings()
+    engine = make_engine(settings.storage.resolved_database_url)
+    ensure_schema(engine)
+    Indexer(settings, session_factory(engine), Embedder.from_settings(settings.model)).run([lib])
+    engine.dispose()
+    monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(allowed))
+    with TestClient(create_app(), raise_server_exceptions=False) as c:
+        made = c.post(
+            "/api/v1/datasets",
+            json={
+                "name": "rex",
+                "prompt": "a photo of sks dog",
+                "class_prompt": "a photo of a dog",
+                "seeds": [1],
+                "k": 4,
+                "class_count": 2,
+            },
+        )
+        assert made.status_code == 201, made.text
+        yield c
+
+
+def wait_for(client: Client, job_id: int, timeout: float = 300) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
+def run_body(allowed: Path, **extra: Any) -> dict[str, Any]:
+    return {
+        "dataset": "rex",
+        "base_model": str(allowed / "sd15"),
+        "resolution": 32,
+        "steps": 3,
+        "text_encoder_steps": 2,
+        "force": True,
+        "options": {"mixed_precision": "no", "device": "cpu", "save_every": 2},
+        **extra,
+    }
+
+
+def test_training_run_to_registered_checkpoint(client: Client, allowed: Path) -> None:
+    started = client.post("/api/v1/training-runs", json=run_body(allowed))
+    assert started.status_code == 202, started.text
+    run = started.json()
+    assert run["total_steps"] == 5 and run["config"]["prior_preservation"] is True
+    job = wait_for(client, run["job_id"])
+    assert job["state"] == "succeeded", job
+    assert job["done"] == 5
+
+    done = client.get(f"/api/v1/training-runs/{run['id']}").json()
+    assert done["state"] == "succeeded" and done["step"] == 5 and done["version"] == "sd15"
+    assert done["loss"] is not None and done["loss"] > 0
+    ckpt = done["checkpoint"]
+    assert Path(ckpt["path"]).is_file() and len(ckpt["sha256"]) == 64
+    row = client.get(f"/api/v1/checkpoints/{ckpt['id']}").json()
+    assert row["run_id"] == run["id"] and row["dataset_id"] == done["dataset_id"]
+    assert row["config"]["instance_prompt"] == "a photo of sks dog"
+    assert row["status"] == "ready" and len(row["dataset_hash"]) == 64
+    # The exported data stays with the run: crops + captions + kohya TOML.
+    data = Path(done["output_dir"]) / "data"
+    assert (data / "dataset.toml").is_file()
+    assert (data / "instance" / "0000.txt").read_text().strip() == "a photo of sks dog"
+
+    listed = client.get("/api/v1/training-runs", params={"state": "succeeded"}).json()["runs"]
+    assert [r["id"] for r in listed] == [run["id"]]
+    again = client.post(f"/api/v1/training-runs/{run['id']}/resume")
+    assert again.status_code == 409 and "already finished" in again.json()["detail"]
+
+
+def test_cancelled_run_resumes_over_http(
+    client: Client, allowed: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Steps take milliseconds at this size: read the cancel flag at every step.
+    monkeypatch.setattr("vitdex.training.jobs.CANCEL_POLL_S", 0.0)
+    started = client.post("/api/v1/training-runs", json=run_body(allowed, steps=40))
+    run = started.json()
+    # Cancel once training has begun (the first checkpoint marks it).
+    deadline = time.monotonic() + 120
+    while not list((Path(run["output_dir"]) / "checkpoints").glob("step-*")):
+        assert time.monotonic() < deadline, client.get(f"/api/v1/jobs/{run['job_id']}").json()
+        time.sleep(0.05)
+    cancelled = client.post(f"/api/v1/training-runs/{run['id']}/cancel")
+    assert cancelled.status_code == 200
+    job = wait_for(client, run["job_id"])
+    if job["state"] == "succeeded":  # a very fast machine may finish 40 steps first
+        pytest.skip("the run finished before the cancel was seen")
+    assert job["state"] == "cancelled", job
+    stopped = client.get(f"/api/v1/training-runs/{run['id']}").json()
+    assert stopped["state"] == "cancelled" and 0 < stopped["step"] < 42
+
+    resumed = client.post(f"/api/v1/training-runs/{run['id']}/resume")
+    assert resumed.status_code == 202, resumed.text
+    job = wait_for(client, resumed.json()["job_id"])
+    assert job["state"] == "succeeded", job
+    final = client.get(f"/api/v1/training-runs/{run['id']}").json()
+    assert final["step"] == 42 and final["checkpoint"] is not None
+
+
+def test_bad_training_requests(client: Client, allowed: Path, tmp_path: Path) -> None:
+    outside = tmp_path / "elsewhere"
+    outside.mkdir()
+    cases = [
+        (run_body(allowed, dataset="nope"), 404, "no dataset"),
+        (run_body(allowed, base_model=str(outside)), 403, "outside the allowed roots"),
+        (run_body(allowed, base_model=str(allowed / "missing")), 404, "neither"),
+        (run_body(allowed, resolution=768, force=False), 400, "768 px does not fit"),
+        (run_body(allowed, options={"mode": "sideways"}), 400, "mode"),
+        (run_body(allowed, options={"instance_dir": "/etc"}), 400, "set by the run"),
+        (run_body(allowed, options={"no_such_setting": 1}), 400, "unknown training settings"),
+    ]
+    for body, status, words in cases:
+        response = client.post("/api/v1/training-runs", json=body)
+        assert response.status_code == status, (body, response.text)
+        assert words in response.json()["detail"], response.text
+    assert client.get("/api/v1/training-runs/999").status_code == 404
+    assert client.post("/api/v1/training-runs/999/resume").status_code == 404
+    assert client.get("/api/v1/training-runs").json()["runs"] == []

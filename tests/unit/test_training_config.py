@@ -1,0 +1,67 @@
+"""The training config: round trip, validation, stage plans; importable without torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from typing import Any
+
+import pytest
+
+from vitdex.errors import ConfigError
+from vitdex.training.config import TrainConfig, config_differences, plan_stages, stage_at
+
+
+def test_config_module_does_not_import_torch() -> None:
+    code = (
+        "import sys, vitdex.training.config; "
+        "print(sorted(m for m in ('torch', 'diffusers', 'transformers') if m in sys.modules))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_config_round_trip_and_validation() -> None:
+    config = TrainConfig(base_model="x/y", instance_dir="/data", steps=10, mode="joint")
+    assert TrainConfig.from_dict(json.loads(json.dumps(config.to_dict()))) == config
+    with pytest.raises(ConfigError, match="unknown training settings: colour"):
+        TrainConfig.from_dict({**config.to_dict(), "colour": "red"})
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"mode": "both"}, "mode must be one of"),
+        ({"prior_preservation": True}, "prior_preservation needs class_dir"),
+        ({"mixed_precision": "fp8"}, "mixed_precision"),
+        ({"steps": 0, "text_encoder_steps": 0}, "nothing to train"),
+        ({"batch_size": 0}, "batch_size must be >= 1"),
+        ({"lr_scheduler": "step"}, "lr_scheduler"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**{**config.to_dict(), **change}).validate()
+
+
+def test_stage_plans() -> None:
+    two = TrainConfig(base_model="a/b", instance_dir="/d", steps=5, text_encoder_steps=3)
+    assert [(s.name, s.start, s.end, s.optimizer) for s in plan_stages(two)] == [
+        ("text_encoder", 0, 3, "text_encoder"),
+        ("unet", 3, 8, "unet"),
+    ]
+    assert two.total_steps == 8
+    joint = TrainConfig(
+        base_model="a/b", instance_dir="/d", steps=5, text_encoder_steps=3, mode="joint"
+    )
+    assert [(s.name, s.start, s.end, s.optimizer) for s in plan_stages(joint)] == [
+        ("joint", 0, 3, "joint"),
+        ("unet", 3, 5, "joint"),
+    ]
+    assert joint.total_steps == 5
+    unet_only = TrainConfig(base_model="a/b", instance_dir="/d", steps=4, text_encoder_steps=0)
+    assert [s.name for s in plan_stages(unet_only)] == ["unet"]
+
+
+def test_stage_at_and_differences() -> None:
+    config = TrainConfig(base_model="a/b", instance_dir="/d", steps=5, text_encoder_steps=3)
+    stages = plan_stages(config)
+    assert [stage_at(stages, s).name for s in range(8)] == ["text_encoder"] * 3 + ["unet"] * 5
+    other = TrainConfig(**{**config.to_dict(), "save_every": 7, "seed": 1})
+    assert config_differences(config, other) == ["seed"]  # save_every may change on resume

@@ -1,0 +1,140 @@
+"""Every SQL statement about training runs: create, progress, finish, read."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from vitdex.db.models import Checkpoint, Job, JobState, TrainingRun, utcnow
+from vitdex.errors import NotFoundError
+
+_ERROR_MAX = 4000
+
+
+def create_run(
+    session: Session,
+    *,
+    dataset_id: int | None,
+    base_model: str,
+    version: str,
+    config: Mapping[str, Any],
+    total_steps: int,
+    output_dir: str,
+    job_id: int | None = None,
+) -> TrainingRun:
+    """A new queued run row (flushed, not committed)."""
+    run = TrainingRun(
+        dataset_id=dataset_id,
+        job_id=job_id,
+        base_model=base_model,
+        version=version,
+        config=dict(config),
+        state=JobState.QUEUED,
+        step=0,
+        total_steps=total_steps,
+        output_dir=output_dir,
+    )
+    session.add(run)
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: int) -> TrainingRun:
+    """The run ``run_id``; :class:`NotFoundError` when there is none."""
+    run = session.get(TrainingRun, run_id, populate_existing=True)
+    if run is None:
+        raise NotFoundError(f"no training run with id {run_id}")
+    return run
+
+
+def run_of_job(session: Session, job_id: int) -> TrainingRun:
+    """The run a ``train`` job row trains."""
+    run = session.scalars(select(TrainingRun).where(TrainingRun.job_id == job_id)).first()
+    if run is None:
+        raise NotFoundError(f"job {job_id} has no training run")
+    return run
+
+
+def list_runs(
+    session: Session, *, state: str | None = None, limit: int = 100, offset: int = 0
+) -> Sequence[TrainingRun]:
+    """Runs, newest first, optionally only those in ``state``."""
+    query = select(TrainingRun).order_by(TrainingRun.id.desc()).limit(limit).offset(offset)
+    if state is not None:
+        query = query.where(TrainingRun.state == state)
+    return session.scalars(query).all()
+
+
+def set_run_state(
+    session: Session,
+    run_id: int,
+    state: JobState,
+    *,
+    step: int | None = None,
+    loss: float | None = None,
+    error: str | None = None,
+    job_id: int | None = None,
+    version: str | None = None,
+) -> TrainingRun:
+    """Record a run's state (and step, loss, error, job, resolved version). Commits."""
+    run = session.get_one(TrainingRun, run_id, populate_existing=True)
+    run.state = state
+    if step is not None:
+        run.step = step
+    if loss is not None:
+        run.loss = loss
+    if job_id is not None:
+        run.job_id = job_id
+    if version is not None:
+        run.version = version
+    run.error = error[:_ERROR_MAX] if error else None
+    run.updated_at = utcnow()
+    session.commit()
+    return run
+
+
+def set_run_progress(session: Session, run_id: int, *, step: int, loss: float | None) -> None:
+    """Record the step reached and the latest (smoothed) loss. Commits."""
+    run = session.get_one(TrainingRun, run_id)
+    run.step = step
+    if loss is not None:
+        run.loss = loss
+    session.commit()
+
+
+def checkpoint_of_run(session: Session, run_id: int) -> Checkpoint | None:
+    """The newest registered checkpoint converted from run ``run_id``."""
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.run_id == run_id).order_by(Checkpoint.id.desc())
+    ).first()
+
+
+def run_to_dict(session: Session, run: TrainingRun) -> dict[str, Any]:
+    """The JSON form of a run, with its job's state and its checkpoint when there is one."""
+    job = session.get(Job, run.job_id) if run.job_id is not None else None
+    checkpoint = checkpoint_of_run(session, run.id)
+    return {
+        "id": run.id,
+        "state": run.state,
+        "step": run.step,
+        "total_steps": run.total_steps,
+        "loss": run.loss,
+        "base_model": run.base_model,
+        "version": run.version,
+        "dataset_id": run.dataset_id,
+        "job_id": run.job_id,
+        "job_state": job.state if job is not None else None,
+        "output_dir": run.output_dir,
+        "error": run.error,
+        "config": run.config,
+        "checkpoint": (
+            {"id": checkpoint.id, "path": checkpoint.path, "sha256": checkpoint.sha256}
+            if checkpoint is not None
+            else None
+        ),
+        "created_at": run.created_at.isoformat() if run.created_at else None,
+        "updated_at": run.updated_at.isoformat() if run.updated_at else None,
+    }

@@ -1,0 +1,127 @@
+"""DreamBooth training data: image folders with caption sidecars, and a resumable order.
+
+A dataset folder holds ``NNNN.png`` (or .jpg/.jpeg/.webp) files, each with an optional
+``NNNN.txt`` caption beside it; a missing or empty caption falls back to the run's prompt.
+Which example comes next and how it is augmented are pure functions of (seed, position),
+so a resumed run needs only its step to continue with exactly the same data.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from vitdex.errors import ConfigError, ImageError, NotFoundError
+
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "Augmentation",
+    "Example",
+    "augmentation",
+    "captions_of",
+    "example_index",
+    "load_examples",
+    "load_pixels",
+]
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+@dataclass(frozen=True)
+class Example:
+    """One training image and its caption."""
+
+    image: Path
+    caption: str
+
+
+def load_examples(folder: str | Path, default_prompt: str) -> list[Example]:
+    """The images in ``folder`` (sorted by name) with their captions.
+
+    The caption is the stripped text of the image's ``.txt`` sidecar; without one (or when
+    it is empty) ``default_prompt`` is used.
+    """
+    path = Path(folder).expanduser()
+    if not path.is_dir():
+        raise NotFoundError(f"dataset folder {path} does not exist")
+    examples = []
+    for image in sorted(path.iterdir()):
+        if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
+            continue
+        sidecar = image.with_suffix(".txt")
+        caption = ""
+        if sidecar.is_file():
+            caption = sidecar.read_text(encoding="utf-8").strip()
+        examples.append(Example(image=image, caption=caption or default_prompt))
+    if not examples:
+        raise ConfigError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+    return examples
+
+
+def example_index(seed: int, stream: int, position: int, count: int) -> int:
+    """Which of ``count`` examples the ``position``-th draw of a stream uses.
+
+    Each pass over the data (epoch) is a fresh permutation seeded by (seed, stream, epoch):
+    every example appears once per epoch, and any position is found without replaying
+    the ones before it.
+    """
+    epoch, offset = divmod(position, count)
+    order = np.random.default_rng([seed, stream, epoch]).permutation(count)
+    return int(order[offset])
+
+
+@dataclass(frozen=True)
+class Augmentation:
+    """How one draw is augmented: horizontal flip and crop offsets in [0, 1]."""
+
+    flip: bool
+    crop_x: float
+    crop_y: float
+
+
+def augmentation(
+    seed: int, stream: int, position: int, *, random_flip: bool, random_crop: bool
+) -> Augmentation:
+    """The augmentation of the ``position``-th draw (a pure function of its arguments)."""
+    rng = np.random.default_rng([seed, stream, position, 1])
+    flip_draw, x, y = rng.random(3)
+    return Augmentation(
+        flip=bool(random_flip and flip_draw < 0.5),
+        crop_x=float(x) if random_crop else 0.5,
+        crop_y=float(y) if random_crop else 0.5,
+    )
+
+
+def load_pixels(path: Path, resolution: int, aug: Augmentation) -> torch.Tensor:
+    """``path`` as a float tensor [3, resolution, resolution] in [-1, 1].
+
+    The shorter side is resized to ``resolution`` and the square is cut where ``aug``
+    says (centre by default); the curated sets are square already, so this is a resize.
+    """
+    try:
+        with Image.open(path) as opened:
+            image = ImageOps.exif_transpose(opened).convert("RGB")
+    except (OSError, ValueError) as exc:
+        raise ImageError(f"cannot read training image {path}: {exc}") from exc
+    width, height = image.size
+    scale = resolution / min(width, height)
+    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
+    if size != image.size:
+        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left = round((size[0] - resolution) * aug.crop_x)
+    top = round((size[1] - resolution) * aug.crop_y)
+    image = image.crop((left, top, left + resolution, top + resolution))
+    if aug.flip:
+        image = ImageOps.mirror(image)
+    array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
+    return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def captions_of(examples: Sequence[Example]) -> list[str]:
+    """The distinct captions of ``examples``, in first-seen order."""
+    return list(dict.fromkeys(e.caption for e in examples))

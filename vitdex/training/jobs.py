@@ -1,0 +1,209 @@
+"""Train jobs: the function a queue runs for a job row of kind ``train``.
+
+It takes only the job id (params ``{"run_id"}``) and reads its settings from the
+environment, so rq can enqueue it by dotted path from a process that never imports torch.
+One job exports the run's dataset (first time only), trains or resumes from the newest
+checkpoint, then converts the result to a single file and registers it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.config import load_settings
+from vitdex.db import jobs as job_sql
+from vitdex.db import training as run_sql
+from vitdex.db.models import JobState
+from vitdex.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+#: Seconds between two progress writes to SQL (phase changes are written at once).
+PROGRESS_EVERY_S = 1.0
+#: Seconds between two reads of ``cancel_requested``.
+CANCEL_POLL_S = 1.0
+
+#: ``on_progress(event)``: ``{"phase", "step", "total_steps", "loss", "it_per_s", ...}``.
+ProgressCallback = Callable[[dict[str, Any]], None]
+
+
+class _ProgressWriter:
+    """Writes training progress to the job and run rows, at most every PROGRESS_EVERY_S."""
+
+    def __init__(
+        self,
+        sessions: sessionmaker[Session],
+        job_id: int,
+        run_id: int,
+        forward: ProgressCallback | None,
+    ) -> None:
+        self.sessions = sessions
+        self.job_id = job_id
+        self.run_id = run_id
+        self.forward = forward
+        self._last_write = float("-inf")
+        self._last_phase: str | None = None
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if self.forward is not None:
+            self.forward(event)
+        now = time.monotonic()
+        phase = event.get("phase")
+        if phase == self._last_phase and now - self._last_write < PROGRESS_EVERY_S:
+            return
+        self._last_write, self._last_phase = now, phase
+        counts = {
+            key: event.get(key)
+            for key in ("phase", "stage", "loss", "it_per_s", "lr", "eta_s", "message")
+            if event.get(key) is not None
+        }
+        with self.sessions() as session:
+            job_sql.set_progress(
+                session,
+                self.job_id,
+                done=int(event.get("step") or 0),
+                total=int(event.get("total_steps") or 0) or None,
+                counts=counts,
+            )
+            if event.get("step") is not None:
+                run_sql.set_run_progress(
+                    session, self.run_id, step=int(event["step"]), loss=event.get("loss")
+                )
+
+
+def run_train_job(job_id: int, on_progress: ProgressCallback | None = None) -> None:
+    """Run the train job ``job_id``: export (once), train or resume, convert, register.
+
+    ``on_progress`` (used by the CLI's progress bar) receives every event the SQL rows
+    get, unthrottled. A cancel request stops training at its next step after saving a
+    checkpoint: the run is left ``cancelled`` and ``vitdex train resume`` continues it.
+    """
+
+    def work(sessions: sessionmaker[Session]) -> None:
+        with sessions() as session:
+            params = dict(job_sql.get_job(session, job_id).params or {})
+        run_id = params.get("run_id")
+        if not isinstance(run_id, int):
+            raise ConfigError(f"train job {job_id} names no run")
+        try:
+            _train_run(sessions, job_id, run_id, on_progress)
+        except job_sql.JobCancelled:
+            with sessions() as session:
+                run_sql.set_run_state(session, run_id, JobState.CANCELLED)
+            raise
+        except Exception as exc:
+            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
+            with sessions() as session:
+                session.rollback()
+                run_sql.set_run_state(session, run_id, JobState.FAILED, error=message)
+            raise
+
+    job_sql.run_job_guarded(job_id, work, what="train")
+
+
+def _train_run(
+    sessions: sessionmaker[Session],
+    job_id: int,
+    run_id: int,
+    on_progress: ProgressCallback | None,
+) -> None:
+    from vitdex.training.bases import base_kind, detect_version, get_version
+    from vitdex.training.config import TrainConfig
+    from vitdex.training.dreambooth import TrainProgress, train
+    from vitdex.training.export import export_dataset
+    from vitdex.training.registry import convert_and_register
+    from vitdex.training.runs import checkpoint_name, owner_tag
+
+    settings = load_settings()
+    with sessions() as session:
+        job = job_sql.get_job(session, job_id)
+        job.params = {**(job.params or {}), "owner": owner_tag()}
+        session.commit()
+        run = run_sql.set_run_state(session, run_id, JobState.RUNNING, job_id=job_id)
+        config = TrainConfig.from_dict(run.config)
+        out = Path(run.output_dir)
+        dataset_id = run.dataset_id
+        dataset_name: str | None = None
+        if dataset_id is not None:
+            from vitdex.db.datasets import get_dataset
+
+            dataset_name = get_dataset(session, dataset_id).name
+    progress = _ProgressWriter(sessions, job_id, run_id, on_progress)
+    stop = job_sql.CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
+
+    data = out / "data"
+    if not (data / "dataset.toml").is_file():
+        if dataset_id is None:
+            raise ConfigError(f"run {run_id} has no dataset (it was deleted) and no exported data")
+        version = config.version
+        if version is None and base_kind(config.base_model) == "folder":
+            version = detect_version(config.base_model)
+        resolution = config.resolution or (get_version(version).resolution if version else 512)
+
+        def exported(done: int, total: int) -> None:
+            progress(
+                {
+                    "phase": "exporting",
+                    "step": 0,
+                    "total_steps": config.total_steps,
+                    "message": f"{done}/{total} images",
+                }
+            )
+            if stop():
+                raise job_sql.JobCancelled()
+
+        export_dataset(
+            settings, sessions, dataset_id, data, resolution=resolution, progress=exported
+        )
+
+    def reported(event: TrainProgress) -> None:
+        progress(event.to_dict())
+
+    result = train(config, out, on_progress=reported, should_stop=stop)
+    if not result.completed:
+        raise job_sql.JobCancelled()
+    with sessions() as session:
+        run_sql.set_run_state(
+            session,
+            run_id,
+            JobState.RUNNING,
+            step=result.steps,
+            loss=result.final_loss,
+            version=result.config.version,
+        )
+        existing = run_sql.checkpoint_of_run(session, run_id)
+    if existing is None:
+        progress(
+            {
+                "phase": "converting",
+                "step": result.steps,
+                "total_steps": config.total_steps,
+                "loss": result.final_loss,
+            }
+        )
+        name = checkpoint_name(dataset_name, run_id)
+        convert_and_register(
+            sessions,
+            run_id=run_id,
+            name=name,
+            out=out / f"{name}.safetensors",
+            config=result.config.to_dict(),
+            steps=result.steps,
+            final_loss=result.final_loss,
+        )
+    with sessions() as session:
+        run_sql.set_run_state(
+            session, run_id, JobState.SUCCEEDED, step=result.steps, loss=result.final_loss
+        )
+        job_sql.end_job(
+            session,
+            job_id,
+            JobState.SUCCEEDED,
+            counts={"phase": "done", "loss": result.final_loss, "steps": result.steps},
+        )

@@ -1,0 +1,221 @@
+"""Training runs as jobs: create a run from a dataset, run or resume it, list and show runs.
+
+A run is a ``training_runs`` row plus a folder ``VITDEX_HOME/training/run-<id>``::
+
+    data/           the dataset exported for this run (crops, captions, dataset.toml);
+                    written once, so a resumed run trains on exactly the same images
+    checkpoints/    resumable checkpoints (see :mod:`vitdex.training.dreambooth`)
+    final/          the trained pipeline (diffusers folder)
+    <name>.safetensors  the converted single-file checkpoint, registered in ``checkpoints``
+
+Each start or resumption is a ``train`` job row (params ``{"run_id"}``), so progress,
+cancel and the queue work as for every other job. Nothing here imports torch: the API
+creates runs and the job function (:func:`vitdex.training.jobs.run_train_job`) trains.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy.orm import Session, sessionmaker
+
+from vitdex.config import Settings
+from vitdex.db import datasets as dataset_sql
+from vitdex.db import jobs as job_sql
+from vitdex.db import training as run_sql
+from vitdex.db.models import Job, JobState, TrainingRun, utcnow
+from vitdex.errors import ConfigError, ConflictError, ForbiddenError
+from vitdex.training.config import TrainConfig
+
+#: Config fields the run fills in itself: callers may not set them.
+_MANAGED = frozenset({"base_model", "instance_dir", "class_dir"})
+
+
+def run_dir(settings: Settings, run_id: int) -> Path:
+    """Where run ``run_id`` keeps its data, checkpoints and results."""
+    return settings.storage.home / "training" / f"run-{run_id}"
+
+
+def check_base_location(settings: Settings, base_model: str) -> None:
+    """Over HTTP a local base model must lie inside VITDEX_ALLOWED_ROOTS or VITDEX_HOME.
+
+    Hub ids pass; the check runs on the resolved path, so ``..`` and symlinks cannot
+    climb out.
+    """
+    from vitdex.training.bases import base_kind
+
+    if base_kind(base_model) == "hub":
+        return
+    resolved = Path(base_model).expanduser().resolve()
+    roots = [*settings.api.allowed_roots, settings.storage.home.resolve()]
+    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+        raise ForbiddenError(
+            f"{base_model} is outside the allowed roots (VITDEX_ALLOWED_ROOTS) and VITDEX_HOME"
+        )
+
+
+def _early_checks(config: TrainConfig) -> None:
+    """Refuse what can be refused without loading the base (version, resolution)."""
+    from vitdex.training.bases import base_kind, check_resolution, detect_version, get_version
+
+    config.validate()
+    version = config.version
+    if version is None and base_kind(config.base_model) == "folder":
+        version = detect_version(config.base_model)
+    if version is not None:
+        entry = get_version(version)
+        check_resolution(entry, config.resolution or entry.resolution, force=config.force)
+
+
+def create_run(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    dataset: str | int,
+    base_model: str,
+    options: Mapping[str, Any] | None = None,
+) -> tuple[TrainingRun, int]:
+    """Create a run of ``dataset`` on ``base_model`` and its first (queued) job row.
+
+    ``options`` are :class:`TrainConfig` fields. Returns the run and the job id; the
+    caller runs the job (in this process or through the queue).
+    """
+    options = dict(options or {})
+    managed = sorted(_MANAGED & set(options))
+    if managed:
+        raise ConfigError(f"these settings are set by the run itself: {', '.join(managed)}")
+    if not base_model:
+        raise ConfigError("a base model is required (hub id, diffusers folder or checkpoint)")
+    with sessions() as session:
+        row = dataset_sql.find_dataset(session, dataset)
+        counts = dataset_sql.item_counts(session, [row.id]).get(row.id, {})
+        if not counts.get("instance"):
+            raise ConfigError(f"dataset {row.name!r} has no included instance images")
+        has_class = bool(counts.get("class"))
+        defaults: dict[str, Any] = {"instance_prompt": row.prompt}
+        if row.class_prompt:
+            defaults["class_prompt"] = row.class_prompt
+        if has_class:
+            defaults["prior_preservation"] = True
+        # Paths are placeholders until the run has an id (and so a folder).
+        config = TrainConfig.from_dict(
+            {
+                **defaults,
+                **options,
+                "base_model": base_model,
+                "instance_dir": "data/instance",
+                "class_dir": "data/class" if has_class else None,
+            }
+        )
+        _early_checks(config)
+        run = run_sql.create_run(
+            session,
+            dataset_id=row.id,
+            base_model=base_model,
+            version=config.version or "auto",
+            config={},
+            total_steps=config.total_steps,
+            output_dir="",
+        )
+        folder = run_dir(settings, run.id)
+        config.instance_dir = str(folder / "data" / "instance")
+        config.class_dir = str(folder / "data" / "class") if has_class else None
+        run.config = config.to_dict()
+        run.output_dir = str(folder)
+        job, _ = job_sql.enqueue_job_row(session, "train", {"run_id": run.id})
+        run.job_id = job.id
+        session.commit()
+        return run, job.id
+
+
+def owner_tag() -> dict[str, Any]:
+    """Who runs a job: host and process id, so a dead owner can be recognised."""
+    return {"host": socket.gethostname(), "pid": os.getpid()}
+
+
+def _owner_gone(job: Job) -> bool:
+    """Whether ``job`` was claimed by a process on this host that no longer exists."""
+    owner = (job.params or {}).get("owner") or {}
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def resume_run(
+    sessions: sessionmaker[Session], run_id: int, *, force: bool = False
+) -> tuple[TrainingRun, int]:
+    """A new job row that continues run ``run_id`` from its last checkpoint.
+
+    A run whose job is still queued or running is refused, unless the process that ran
+    it is gone (killed on this host) or ``force`` says it is (another host's worker).
+    """
+    with sessions() as session:
+        run = run_sql.get_run(session, run_id)
+        if run.state == JobState.SUCCEEDED:
+            raise ConflictError(f"training run {run_id} has already finished")
+        if run.job_id is not None:
+            job = session.get(Job, run.job_id)
+            if job is not None and job.state in job_sql.ACTIVE_STATES:
+                if not (force or _owner_gone(job)):
+                    raise ConflictError(
+                        f"training run {run_id} is {job.state} as job {job.id}; cancel it "
+                        "first or wait (force the resume if its process is gone)"
+                    )
+                job.state, job.finished_at = JobState.FAILED, utcnow()
+                job.error = "its process stopped without finishing; resumed by a new job"
+        job, _ = job_sql.enqueue_job_row(session, "train", {"run_id": run.id})
+        run.job_id = job.id
+        run.state = JobState.QUEUED
+        run.error = None
+        session.commit()
+        return run, job.id
+
+
+def cancel_run(sessions: sessionmaker[Session], run_id: int) -> dict[str, Any]:
+    """Ask the run's job to stop; it saves a checkpoint first, so the run can resume."""
+    with sessions() as session:
+        run = run_sql.get_run(session, run_id)
+        if run.job_id is None:
+            raise ConflictError(f"training run {run_id} has no job to cancel")
+        job = job_sql.request_cancel(session, run.job_id)
+        if job.state == JobState.CANCELLED and run.state == JobState.QUEUED:
+            run.state = JobState.CANCELLED  # it never started: nothing will update it
+        session.commit()
+        return run_sql.run_to_dict(session, run_sql.get_run(session, run_id))
+
+
+def show_run(sessions: sessionmaker[Session], run_id: int) -> dict[str, Any]:
+    """A run as JSON, with its job state and checkpoint."""
+    with sessions() as session:
+        return run_sql.run_to_dict(session, run_sql.get_run(session, run_id))
+
+
+def list_runs(
+    sessions: sessionmaker[Session],
+    *,
+    state: str | None = None,
+    limit: int = 100,
+    offset: int = 0,
+) -> list[dict[str, Any]]:
+    """Runs, newest first."""
+    with sessions() as session:
+        return [
+            run_sql.run_to_dict(session, run)
+            for run in run_sql.list_runs(session, state=state, limit=limit, offset=offset)
+        ]
+
+
+def checkpoint_name(dataset_name: str | None, run_id: int) -> str:
+    """The registered name of a run's checkpoint: ``<dataset>-run<id>``, file-name safe."""
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name or "dreambooth").strip("-.")
+    return f"{stem or 'dreambooth'}-run{run_id}"
