@@ -186,7 +186,10 @@ def test_run_that_has_not_finished_is_refused(
         run = session.get_one(TrainingRun, rid)
         run.state = JobState.RUNNING
         session.commit()
-    with pytest.raises(ConflictError, match="running"):
+        final = Path(run.output_dir) / "final"
+    # A running run whose training completed (final/ written) is its own job converting.
+    final.rename(final.with_name("final-moved"))
+    with pytest.raises(ConflictError, match="running and has not finished training"):
         convert_and_register(settings, run_id=rid)
     with pytest.raises(NotFoundError, match="training run with id 999"):
         convert_and_register(settings, run_id=999)

@@ -9,16 +9,16 @@ concrete checkpoint, given as a hub id, a diffusers folder or a single ``.safete
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from vitdex.errors import ConfigError, ModelLoadError, NotFoundError
+from vitdex.training.quiet import quiet_hub
 
 __all__ = [
     "BASE_VERSIONS",
@@ -362,26 +362,6 @@ def _hub_error(spec: str, exc: Exception) -> ModelLoadError:
     return ModelLoadError(why)
 
 
-@contextlib.contextmanager
-def _quiet() -> Iterator[None]:
-    """No per-component progress bars or info chatter while a pipeline loads."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    saved = []
-    for lib in (diffusers_logging, transformers_logging):
-        saved.append((lib, lib.get_verbosity(), lib.is_progress_bar_enabled()))
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, verbosity, bars in saved:
-            lib.set_verbosity(verbosity)
-            if bars:
-                lib.enable_progress_bar()
-
-
 def _pipeline_class(name: str) -> Any:
     import diffusers
 
@@ -432,7 +412,7 @@ def load_base(
             kwargs.setdefault("safety_checker", None)
             kwargs.setdefault("requires_safety_checker", False)
         try:
-            with _quiet():
+            with quiet_hub():
                 pipe = cls.from_single_file(str(path), **kwargs)
         except Exception as exc:
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
@@ -460,7 +440,7 @@ def load_base(
                 kwargs.setdefault("safety_checker", None)
                 kwargs.setdefault("requires_safety_checker", False)
         try:
-            with _quiet():
+            with quiet_hub():
                 pipe = cls.from_pretrained(source, **kwargs)
         except Exception as exc:
             if kind == "hub":

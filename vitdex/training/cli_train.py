@@ -43,9 +43,11 @@ def _run_job(job_id: int, *, progress: bool) -> None:
     )
 
     from vitdex.training.jobs import run_train_job
+    from vitdex.training.quiet import quiet_hub
 
     if not progress:
-        run_train_job(job_id)
+        with quiet_hub():
+            run_train_job(job_id)
         return
     bar = Progress(
         SpinnerColumn(),
@@ -76,7 +78,8 @@ def _run_job(job_id: int, *, progress: bool) -> None:
                 rate=f"{rate:.2f} it/s" if rate else "",
             )
 
-        run_train_job(job_id, on_progress=show)
+        with quiet_hub():
+            run_train_job(job_id, on_progress=show)
 
 
 def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background: bool) -> None:

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vitdex.errors import ConfigError, VitdexError
+from vitdex.training.quiet import quiet_hub
 from vitdex.training.tiny import SD_VERSIONS
 
 if TYPE_CHECKING:
@@ -178,23 +179,21 @@ def detect_version(folder: Path) -> str:
     SDXL has a second text encoder; SD 2.x has an OpenCLIP text encoder (GELU, where
     OpenAI's CLIP uses quick-GELU); ``sd21`` predicts ``v``, ``sd21-base`` the noise.
     """
+    from vitdex.training.bases import detect_version as detect
+
     if not (folder / "model_index.json").is_file():
         raise ConversionError(f"{folder} is not a diffusers folder (no model_index.json)")
+    version = detect(folder)
     prediction = _read_json(folder / "scheduler" / "scheduler_config.json").get(
         "prediction_type", "epsilon"
     )
-    if (folder / "text_encoder_2").is_dir():
-        if prediction != "epsilon":
-            raise ConversionError(f"SDXL with {prediction} prediction is not supported")
-        return "sdxl"
-    act = _read_json(folder / "text_encoder" / "config.json").get("hidden_act", "quick_gelu")
-    if act == "gelu":
-        return "sd21" if prediction == "v_prediction" else "sd21-base"
-    if prediction != "epsilon":
+    if version == "sdxl" and prediction != "epsilon":
+        raise ConversionError(f"SDXL with {prediction} prediction is not supported")
+    if version == "sd15" and prediction != "epsilon":
         raise ConversionError(
             f"an SD 1.x model with {prediction} prediction has no standard single-file layout"
         )
-    return "sd15"
+    return version
 
 
 def native_resolution(folder: Path) -> int:
@@ -767,26 +766,6 @@ def convert(
 # --------------------------------------------------------------------------- validation
 
 
-@contextmanager
-def _quiet() -> Iterator[None]:
-    """No per-component progress bars or info chatter while pipelines load."""
-    from diffusers.utils import logging as diffusers_logging
-    from transformers.utils import logging as transformers_logging
-
-    saved = []
-    for lib in (diffusers_logging, transformers_logging):
-        saved.append((lib, lib.get_verbosity(), lib.is_progress_bar_enabled()))
-        lib.set_verbosity_error()
-        lib.disable_progress_bar()
-    try:
-        yield
-    finally:
-        for lib, verbosity, bars in saved:
-            lib.set_verbosity(verbosity)
-            if bars:
-                lib.enable_progress_bar()
-
-
 def _pipeline_class(version: str) -> Any:
     from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline
 
@@ -844,7 +823,7 @@ def load_single_file(path: Path, source: Path, version: str, *, device: str = "c
     import torch
 
     extra: dict[str, Any] = {}
-    with _quiet():
+    with quiet_hub():
         if version == "sdxl" and _encoders_equally_wide(source):
             extra["text_encoder_2"] = _sdxl_second_encoder(path, source)
         pipe = _pipeline_class(version).from_single_file(
@@ -866,7 +845,7 @@ def load_source(source: Path, version: str, *, half: bool = False, device: str =
     kwargs: dict[str, Any] = {"dtype": torch.float32, "local_files_only": True}
     if version != "sdxl":
         kwargs.update(safety_checker=None, requires_safety_checker=False)
-    with _quiet():
+    with quiet_hub():
         pipe = _pipeline_class(version).from_pretrained(str(source), **kwargs)
     if half:
         with torch.no_grad():
