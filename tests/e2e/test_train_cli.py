@@ -124,3 +124,41 @@ def test_sigkilled_run_resumes(
     b = load_file(unbroken["checkpoint"]["path"])
     assert a.keys() == b.keys()
     assert all(a[k].equal(b[k]) for k in a), "resumed weights differ from an unbroken run"
+
+
+def test_background_run_on_an_rq_worker(
+    dataset: str, tiny_sd: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`vitdex train --background` queues the run on rq; `vitdex worker --burst` trains it."""
+    import uuid
+
+    from redis import Redis
+
+    url = os.environ.get("VITDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    conn = Redis.from_url(url)
+    try:
+        conn.ping()
+    except Exception as exc:
+        pytest.fail(f"Redis is not reachable at {url}: {exc}")
+    queue_name = f"vitdex-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("VITDEX_REDIS_URL", url)
+    monkeypatch.setenv("VITDEX_QUEUE_NAME", queue_name)
+    try:
+        queued = as_json(
+            vitdex(
+                "train", dataset, "--base", str(tiny_sd), "--steps", "2",
+                "--text-encoder-steps", "1", *TRAIN, "--background", "--json",
+            )
+        )  # fmt: skip
+        assert queued["state"] == "queued"
+        worker = vitdex("worker", "--burst")
+        assert worker.returncode == 0
+        run = as_json(vitdex("train", "show", str(queued["run_id"]), "--json"))
+        assert run["state"] == "succeeded", run
+        assert run["step"] == 3 and run["checkpoint"] is not None
+        assert run["job_id"] == queued["job_id"] and run["job_state"] == "succeeded"
+    finally:
+        keys = list(conn.scan_iter(match=f"rq:*{queue_name}*"))
+        if keys:
+            conn.delete(*keys)
+        conn.close()
