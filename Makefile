@@ -43,6 +43,7 @@ test: lint typecheck
 bench: setup
 	$(PY) -m bench.index_throughput
 	$(PY) -m bench.search
+	$(PY) -m bench.store_memory
 	$(PY) -m bench.http
 	$(PY) -m bench.train_step
 

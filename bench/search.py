@@ -171,7 +171,9 @@ def run_size(n: int, n_queries: int, dim: int, specs: list[str]) -> list[dict[st
                 "overhead_single": one_v / one_r,
                 "overhead_batched": bat_v / bat_r,
                 "index_bytes_per_vector": per_vec,
+                # Resident (ids, index) apart from mapped (the raw vectors' snapshot).
                 "memory_bytes_per_vector": info["memory_bytes_per_vector"],
+                "mapped_bytes_per_vector": info.get("mapped_bytes_per_vector"),
             }
             rows.append(row)
             print(_line(row), flush=True)

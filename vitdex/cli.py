@@ -387,17 +387,22 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
         highlight=False,
     )
     table = Table(title="spaces", title_justify="left")
-    for col in ("name", "vectors", "in store", "index", "bytes/vector", "dim", "model"):
+    columns = ("name", "vectors", "in store", "index", "RAM B/vec", "mapped B/vec", "dim", "model")
+    for col in columns:
         table.add_column(col)
+
+    def per_vector(value: Any) -> str:
+        return f"{value:,.0f}" if isinstance(value, int | float) else "-"
+
     for sp in data["spaces"]:
         store = sp["store"]
-        per_vector = store.get("memory_bytes_per_vector")
         table.add_row(
             sp["name"],
             str(sp["vectors"]),
             str(sp["store_count"]),
             f"{store.get('backend', '?')} {store.get('index_type') or ''}".strip(),
-            f"{per_vector:,.0f}" if isinstance(per_vector, int | float) else "-",
+            per_vector(store.get("memory_bytes_per_vector")),
+            per_vector(store.get("mapped_bytes_per_vector")),
             str(sp["dim"]),
             f"{sp['model_id']} @ {sp['model_revision'][:12]}",
         )

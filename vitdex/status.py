@@ -35,6 +35,7 @@ def collect_status(
                     "layer": space.layer,
                     "dim": space.dim,
                     "metric": space.metric,
+                    "memory": _memory(described),
                     "store": described,
                 }
             )
@@ -64,6 +65,20 @@ def collect_status(
         "libraries": libraries,
         "failures": failures,
         "last_indexed_at": last.isoformat() if last else None,
+    }
+
+
+def _memory(described: dict[str, Any]) -> dict[str, Any]:
+    """Memory per vector of one store: resident (held by the process: ids, vectors written
+    since the last snapshot, the approximate index) apart from mapped (the snapshot's
+    file pages, read on demand and shared). None where the backend does not say (Qdrant
+    keeps its vectors in its own server)."""
+    return {
+        "resident_bytes_per_vector": described.get("memory_bytes_per_vector"),
+        "mapped_bytes_per_vector": described.get("mapped_bytes_per_vector"),
+        "resident_bytes": described.get("resident_bytes"),
+        "mapped_bytes": described.get("mapped_bytes"),
+        "raw_storage": described.get("raw_storage"),
     }
 
 

@@ -678,3 +678,340 @@ def test_sanitize_space_name() -> None:
         assert f.isascii() and f not in (".", "..")
     with pytest.raises(ValueError):
         sanitize_space_name("")
+
+
+# ----------------------------------------------------------------------------- mapped base
+
+
+def exact_top(
+    model: dict[int, npt.NDArray[np.float32]], q: npt.NDArray[np.float32], k: int, metric: str
+) -> list[list[tuple[int, float]]]:
+    """Brute force over a dict of id -> vector: (id, score) best first, higher is closer."""
+    ids = np.array(sorted(model), dtype=np.int64)
+    vecs = np.stack([model[int(i)] for i in ids]).astype(np.float64)
+    if metric == "ip":
+        scores = q.astype(np.float64) @ vecs.T
+    else:
+        scores = -(((q.astype(np.float64)[:, None, :] - vecs[None]) ** 2).sum(-1))
+    order = np.argsort(-scores, axis=1, kind="stable")[:, :k]
+    return [[(int(ids[j]), float(scores[r, j])) for j in row] for r, row in enumerate(order)]
+
+
+def assert_search_matches(
+    store: FaissStore,
+    model: dict[int, npt.NDArray[np.float32]],
+    q: npt.NDArray[np.float32],
+    k: int,
+    metric: str = "ip",
+    allowed: npt.NDArray[np.int64] | None = None,
+) -> None:
+    sub = model if allowed is None else {i: v for i, v in model.items() if i in set(allowed)}
+    got = store.search(q, k, allowed_ids=allowed)
+    if not sub:
+        assert got == [[] for _ in range(len(q))]
+        return
+    want = exact_top(sub, q, k, metric)
+    for row, truth in zip(got, want, strict=True):
+        assert [h.id for h in row] == [i for i, _ in truth]
+        assert [h.score for h in row] == pytest.approx([s for _, s in truth], abs=1e-4)
+
+
+def test_base_is_memory_mapped_after_flush_and_reopen(folder: Path) -> None:
+    dim = 256  # raw vectors (1 KiB each) dwarf the ~100 bytes of bookkeeping per id
+    ids = np.arange(BIG, BIG + 500, dtype=np.int64)
+    vecs = unit(500, dim=dim, seed=40)
+    with FaissStore(folder, "cls@8", dim, durable=False) as store:
+        store.upsert(ids, vecs)
+        info = store.describe()
+        # No snapshot yet: every vector is in the overlay, resident.
+        assert info["raw_storage"] == "memory" and info["overlay_count"] == 500
+        assert info["memory_bytes_per_vector"] >= 4 * dim and info["mapped_bytes"] == 0
+        store.flush()
+        info = store.describe()
+        assert info["raw_storage"] == "mapped"
+        assert (info["overlay_count"], info["superseded_count"]) == (0, 0)
+        assert info["mapped_bytes"] == 500 * 4 * dim
+        assert info["mapped_bytes_per_vector"] == 4 * dim
+        assert info["memory_bytes_per_vector"] < dim  # ids only: the vectors are mapped
+        assert info["resident_bytes"] == pytest.approx(500 * info["memory_bytes_per_vector"])
+    with FaissStore(folder, "cls@8", dim, durable=False) as store:
+        info = store.describe()
+        assert info["raw_storage"] == "mapped" and info["mapped_bytes"] == 500 * 4 * dim
+        assert store.get(ids[::-1]).tobytes() == vecs[::-1].tobytes()
+        # Writes land in the overlay: resident memory grows by what was written only.
+        store.upsert(ids[:10], unit(10, dim=dim, seed=41))
+        store.upsert([1, 2], unit(2, dim=dim, seed=42))
+        store.delete(ids[10:15])
+        info = store.describe()
+        assert (info["overlay_count"], info["superseded_count"]) == (12, 15)
+        assert info["count"] == 497 and info["mapped_bytes"] == 500 * 4 * dim
+        assert 12 * 4 * dim < info["resident_bytes"] < 12 * 4 * dim + 2000 * 250
+
+
+def test_snapshot_file_is_byte_for_byte_what_faiss_writes(folder: Path) -> None:
+    """The snapshot is streamed, not written by FAISS: it must be the very same bytes."""
+    for metric in ("ip", "l2"):
+        path = folder / metric
+        with FaissStore(path, "cls@8", DIM, metric=metric, durable=False) as store:
+            store.upsert(np.arange(40) + BIG, unit(40, seed=43))
+            store.flush()
+            store.upsert(np.arange(5) + BIG, unit(5, seed=44))  # overwritten base ids
+            store.delete(np.arange(10, 14) + BIG)
+            store.upsert([7, 8], unit(2, seed=45))  # new ids
+            store.delete([8])
+            store.flush()
+            base = store._loaded()
+            order = faiss.vector_to_array(base.id_map)
+            flat = faiss.IndexFlatIP(DIM) if metric == "ip" else faiss.IndexFlatL2(DIM)
+            reference = faiss.IndexIDMap2(flat)
+            reference.add_with_ids(store.get(order), order)
+            written = (path / f"index.{store.describe()['generation']}.faiss").read_bytes()
+            assert written == faiss.serialize_index(reference).tobytes()
+            assert store.count() == 40 - 4 + 1
+    empty = folder / "empty"
+    with open_store(empty) as store:
+        store.flush()
+        reference = faiss.IndexIDMap2(faiss.IndexFlatIP(DIM))
+        assert (empty / "index.1.faiss").read_bytes() == faiss.serialize_index(reference).tobytes()
+        assert store.count() == 0 and store.search(unit(1), 3) == [[]]
+
+
+def test_writes_after_a_snapshot_leave_the_base_untouched(folder: Path) -> None:
+    ids = np.arange(BIG, BIG + 300, dtype=np.int64)
+    with open_store(folder) as store:
+        store.upsert(ids, unit(300, seed=46))
+        store.flush()
+        base = store._loaded()
+        before = (base.ntotal, faiss.vector_to_array(base.id_map).tobytes())
+        codes = store._codes(base).tobytes()
+        store.upsert(ids[:50], unit(50, seed=47))  # overwrite base ids
+        store.upsert(ids[:20], unit(20, seed=48))  # overwrite them again (in the overlay)
+        store.delete(ids[50:80])  # delete base ids
+        store.delete(ids[:5])  # delete overlay ids
+        store.upsert(ids[50:55], unit(5, seed=49))  # re-insert deleted base ids
+        store.upsert(np.arange(5) + 7, unit(5, seed=50))  # new ids
+        store.search(unit(3, seed=51), 10)
+        store.search(unit(3, seed=51), 10, allowed_ids=ids[::3])
+        assert store._loaded() is base
+        assert (base.ntotal, faiss.vector_to_array(base.id_map).tobytes()) == before
+        assert store._codes(base).tobytes() == codes
+        assert store.count() == 300 - 30 - 5 + 5 + 5
+
+
+# A store written after its snapshot, in a child process: were any write to reach the
+# mapped base, FAISS would abort that process (SIGABRT), not raise.
+NO_ABORT = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from vitdex.search import FaissStore
+
+    folder = sys.argv[1]
+    rng = np.random.default_rng(0)
+    store = FaissStore(folder, "cls@8", 16, durable=False, wal_limit_bytes=1 << 14)
+    store.upsert(np.arange(400), rng.standard_normal((400, 16)).astype(np.float32))
+    store.flush()
+    for step in range(60):  # crosses the log limit: automatic snapshots in between
+        ids = rng.choice(500, size=int(rng.integers(1, 12)), replace=False)
+        if step % 3 == 0:
+            store.delete(ids)
+        else:
+            store.upsert(ids, rng.standard_normal((ids.size, 16)).astype(np.float32))
+        store.search(rng.standard_normal((2, 16)).astype(np.float32), 5)
+        store.get(store.ids()[:3])
+    store.reindex("ivf:nlist=4,nprobe=4,code=sq8")
+    store.upsert(np.arange(30), rng.standard_normal((30, 16)).astype(np.float32))
+    store.delete(np.arange(30, 40))
+    store.search(rng.standard_normal((2, 16)).astype(np.float32), 5)
+    store.flush()
+    store.close()
+    again = FaissStore(folder, "cls@8", 16, durable=False)
+    again.upsert(np.arange(5), rng.standard_normal((5, 16)).astype(np.float32))
+    again.delete(np.arange(5, 10))
+    print(again.count(), again.describe()["raw_storage"])
+    """
+)
+
+
+def test_writes_to_a_mapped_store_never_abort(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", NO_ABORT, str(tmp_path / "store")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    count, storage = done.stdout.split()
+    assert int(count) > 0 and storage == "mapped"
+
+
+@pytest.mark.parametrize("metric", ["ip", "l2"])
+def test_search_get_count_across_base_and_overlay(folder: Path, metric: str) -> None:
+    """Random writes around snapshots: every read agrees with a dict, live, after replay
+    of the log onto the mapped base, and after folding it into a new base."""
+    rng = np.random.default_rng(52)
+    model: dict[int, npt.NDArray[np.float32]] = {}
+    q = unit(6, seed=53)
+
+    def check(store: FaissStore) -> None:
+        assert store.count() == len(model)
+        np.testing.assert_array_equal(store.ids(), sorted(model))
+        if model:
+            order = np.array(sorted(model), dtype=np.int64)[::-1]
+            assert store.get(order).tobytes() == np.stack([model[int(i)] for i in order]).tobytes()
+        assert_search_matches(store, model, q, 8, metric)
+        assert_search_matches(store, model, q[:2], 1000, metric)  # k beyond the store
+        allowed = rng.choice(90, size=25, replace=False).astype(np.int64) + BIG
+        assert_search_matches(store, model, q, 6, metric, allowed)
+
+    with FaissStore(folder, "cls@8", DIM, metric=metric, durable=False) as store:
+        for round_ in range(4):
+            for step in range(25):
+                ids = rng.choice(90, size=int(rng.integers(1, 10))) + BIG
+                if rng.random() < 0.35:
+                    store.delete(ids)
+                    for i in ids:
+                        model.pop(int(i), None)
+                else:
+                    vecs = unit(len(ids), seed=2000 + 100 * round_ + step)
+                    store.upsert(ids, vecs)
+                    model.update(zip(ids.tolist(), vecs, strict=True))
+            check(store)
+            with FaissStore(folder, "cls@8", DIM, metric=metric, durable=False) as replayed:
+                check(replayed)  # the same base + the log, replayed into a fresh overlay
+            if round_ % 2 == 0:
+                store.flush()
+                assert store.describe()["overlay_count"] == 0
+                check(store)
+
+
+def test_failed_mapping_after_commit_reloads_from_disk(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Meta names the new snapshot but mapping it fails: the same object recovers."""
+    ids = np.arange(BIG, BIG + 64, dtype=np.int64)
+    store = open_store(folder)
+    store.upsert(ids, unit(64, seed=54))
+    store.flush()
+    store.upsert(ids[:8], unit(8, seed=55))
+    store.delete(ids[8:12])
+    want = contents(store)
+    crash_before(store, "_map_new_base")
+    with pytest.raises(SimulatedCrashError):
+        store.flush()
+    monkeypatch.undo()
+    del store._map_new_base  # the instance attribute: the class's method again
+    assert contents(store) == want  # reloaded: generation 2 mapped, the stale log skipped
+    info = store.describe()
+    assert info["generation"] == 2 and info["overlay_count"] == 0
+    assert (folder / "wal.bin").stat().st_size == 0
+    store.upsert([5], unit(1, seed=56))
+    store.close()
+    with open_store(folder) as again:
+        want[5] = unit(1, seed=56)[0].tobytes()
+        assert contents(again) == want
+
+
+def test_replay_onto_the_mapped_base_after_a_crash(folder: Path) -> None:
+    """Writes after a snapshot and no flush (a crash): reopening maps the base and
+    replays the log into the overlay; searches see the overwrites and deletes."""
+    ids = np.arange(BIG, BIG + 200, dtype=np.int64)
+    vecs = unit(200, seed=57)
+    store = open_store(folder)
+    store.upsert(ids, vecs)
+    store.flush()
+    new = unit(30, seed=58)
+    store.upsert(ids[:30], new)
+    store.delete(ids[30:60])
+    store.upsert([11, 12], unit(2, seed=59))
+    # Not closed: the descriptors are dropped as a killed process's would be.
+    store._drop()
+    model = {int(i): v for i, v in zip(ids, vecs, strict=True)}
+    model.update(zip(ids[:30].tolist(), new, strict=True))
+    for i in ids[30:60]:
+        del model[int(i)]
+    model.update(zip([11, 12], unit(2, seed=59), strict=True))
+    with open_store(folder) as again:
+        info = again.describe()
+        assert info["raw_storage"] == "mapped"
+        assert (info["overlay_count"], info["superseded_count"]) == (32, 60)
+        assert contents(again) == {i: v.tobytes() for i, v in model.items()}
+        assert_search_matches(again, model, new[:5], 5)
+        for i in range(5):
+            assert again.search(new[i], 1)[0][0].id == ids[i]
+        assert not {h.id for h in again.search(vecs[30:60], 3)[0]} & set(ids[30:60].tolist())
+
+
+RSS = textwrap.dedent(
+    """
+    import sys
+    import numpy as np
+    from vitdex.search import FaissStore
+
+    def rss():
+        fields = {}
+        with open("/proc/self/status") as status:
+            for line in status:
+                key, _, value = line.partition(":")
+                if key in ("RssAnon", "RssFile"):
+                    fields[key] = int(value.split()[0]) * 1024
+        return fields
+
+    store = FaissStore(sys.argv[1], "cls@8", int(sys.argv[2]), durable=False)
+    q = np.random.default_rng(0).standard_normal((4, int(sys.argv[2]))).astype(np.float32)
+    before = rss()
+    store.count()
+    store.search(q, 10)  # exact: reads every vector
+    store.get(store.ids()[::97])
+    after = rss()
+    print(after["RssAnon"] - before["RssAnon"], after["RssFile"] - before["RssFile"])
+    """
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_opening_and_searching_maps_the_vectors_instead_of_copying_them(
+    tmp_path: Path,
+) -> None:
+    dim, n = 256, 30_000  # 30 MB of raw vectors
+    folder = tmp_path / "store"
+    with FaissStore(folder, "cls@8", dim, durable=False) as store:
+        for lo in range(0, n, 10_000):
+            store.upsert(np.arange(lo, lo + 10_000), unit(10_000, dim=dim, seed=lo))
+        store.flush()
+    if "RssAnon" not in Path("/proc/self/status").read_text():
+        pytest.skip("this kernel reports no RssAnon")
+    done = subprocess.run(
+        [sys.executable, "-c", RSS, str(folder), str(dim)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    anon, mapped = (int(x) for x in done.stdout.split())
+    raw = n * dim * 4
+    # Ids, the reverse map and the Python id set: about 100 bytes a vector, not 1 KiB.
+    assert anon < raw / 3, (anon, raw)
+    assert mapped > raw / 2, (mapped, raw)  # the search read the file's pages in place
+
+
+def test_without_mmap_support_the_base_is_read_into_memory(
+    folder: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """FAISS before 1.11 has no IO_FLAG_MMAP_IFC: the same store, the base in memory."""
+    monkeypatch.setattr("vitdex.search.faiss_store._MMAP_FLAG", 0)
+    ids = np.arange(BIG, BIG + 100, dtype=np.int64)
+    with open_store(folder) as store:
+        store.upsert(ids, unit(100, seed=60))
+        store.flush()
+        store.upsert(ids[:10], unit(10, seed=61))
+        store.delete(ids[10:20])
+        want = contents(store)
+        info = store.describe()
+        assert info["raw_storage"] == "memory" and info["mapped_bytes"] == 0
+        assert info["memory_bytes_per_vector"] > 4 * DIM  # the vectors are resident
+    with open_store(folder) as again:
+        assert contents(again) == want
+        again.flush()
+        assert contents(again) == want and again.describe()["overlay_count"] == 0

@@ -5,7 +5,8 @@ One folder per space::
     meta.json         format, space, dim, metric, index type, generation g, snapshot name,
                       and the approximate index in use (spec, file, build number)
     index.<g>.faiss   snapshot of generation g (``IndexIDMap2`` over ``IndexFlatIP``): the
-                      raw vectors, kept exactly; ``get`` and every rebuild read these
+                      raw vectors, kept exactly; written once, then only ever mapped
+                      read-only; ``get`` and every rebuild read these
     wal.bin           write-ahead log: the upserts and deletes made since that snapshot
     ann.<b>.<tag>.faiss  optional approximate index (HNSW, IVF) of build b, derived from
                       the raw vectors by :meth:`FaissStore.reindex`; never the only copy
@@ -19,25 +20,46 @@ A WAL record is a 36-byte little-endian header followed by its payload, written 
     | payload bytes u64 | CRC32 u32 of header-before-CRC + payload
     payload = ids int64[n], then (upsert only) vectors float32[n, dim]
 
-Opening loads the snapshot and replays the records of its generation; a torn or corrupt
+Opening maps the snapshot and replays the records of its generation; a torn or corrupt
 tail is cut off, never raised. ``flush`` folds the log into a new snapshot (see
 :meth:`FaissStore._snapshot` for why a crash at any step loses and duplicates nothing).
 Several processes may open one folder: writers take the lock per call, and every call
 first catches up with what other processes wrote.
+
+The raw vectors are an immutable, memory-mapped base plus a small overlay in memory:
+
+- the base is the snapshot of generation g, opened with FAISS's ``IO_FLAG_MMAP_IFC``:
+  its vectors are a read-only view of the file, paged in by the OS as they are read,
+  shared with every process that maps the same file and dropped again under memory
+  pressure. FAISS aborts the process on any write to such a view, so the base is never
+  changed: no ``add_with_ids`` or ``remove_ids`` ever reaches it;
+- the overlay is an in-memory ``IndexIDMap2(Flat)`` holding the current vector of each
+  id upserted since the snapshot (replayed from the log on opening), beside the set of
+  base ids *superseded* since the snapshot (deleted or overwritten).
+
+Exact search searches the base with an id selector that skips the superseded ids (with
+a filter: only the allowed ids not in the overlay), searches the overlay, and merges the
+two top-k lists; ``get``, ``ids`` and ``count`` read both. A snapshot streams the base
+minus the superseded ids, then the overlay, into the next snapshot file in chunks (in
+the very bytes ``faiss.write_index`` writes for that index, so any version reads it),
+maps the new file and empties the overlay: compaction never holds a second full copy
+of the vectors. Resident memory is therefore the overlay, bounded by the log (at most
+``max(wal_limit_bytes, snapshot size)``, emptied by every :meth:`FaissStore.flush`),
+about 100 bytes of id bookkeeping a vector, and the approximate index if there is one;
+:meth:`FaissStore.describe` reports resident and mapped bytes per vector apart. With a
+FAISS too old for ``IO_FLAG_MMAP_IFC`` the base is read into memory instead, and is
+still never changed. A snapshot replaced by a newer one is deleted at once; its disk
+space returns once every process that maps it has caught up (at its next call).
 
 The approximate index is never written to by upserts and deletes. Instead the store keeps
 the set of ids changed since it was built (the ``changed`` file of the snapshot plus every
 id the log touches): searches exclude those ids from the approximate results and search
 the ones still present exactly, then merge. A new index file is committed, like a
 snapshot, by replacing ``meta.json``; a crash before that leaves the previous index (or
-none) in use and the new file as a leftover that opening deletes.
-
-The raw vectors stay in memory as an ``IndexIDMap2(Flat)`` even when an approximate
-index exists. Memory-mapping them (``.npy`` snapshots) was considered and not done: the
-store mutates them in place on every write (``remove_ids``/``add_with_ids``), exact
-search of changed ids and ``get`` read them at random, and the snapshot format stays the
-one older versions read. For compressed indexes (SQ8, PQ) the extra copy is the index,
-not the raw vectors; for HNSW and IVF-Flat memory is about twice the raw size.
+none) in use and the new file as a leftover that opening deletes. An index is always
+built right after a snapshot, from the base alone (the overlay is empty then), so every
+id it may answer for, being unchanged since, sits in the base: compressed codes (SQ8,
+PQ) are re-scored exactly from the base by position.
 """
 
 from __future__ import annotations
@@ -54,7 +76,7 @@ import time
 import zlib
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, ParamSpec, TypeVar
+from typing import Any, BinaryIO, NamedTuple, ParamSpec, TypeVar
 
 import faiss
 import numpy as np
@@ -97,6 +119,17 @@ _METRICS = {"ip": faiss.METRIC_INNER_PRODUCT, "l2": faiss.METRIC_L2}
 _META = "meta.json"
 _WAL = "wal.bin"
 _LOCK = "lock"
+#: Read snapshots memory-mapped (FAISS >= 1.11); 0 reads them into memory instead.
+_MMAP_FLAG: int = int(getattr(faiss, "IO_FLAG_MMAP_IFC", 0))
+#: The header FAISS writes for an index: d i32, ntotal i64, two unused i64 (1 << 20),
+#: is_trained u8, metric i32 (see :func:`_snapshot_prefix`).
+_INDEX_HEADER = struct.Struct("=iqqq?i")
+#: Bytes of raw vectors copied per step when a snapshot is written.
+_COPY_BYTES = 16 << 20
+#: Estimated resident bytes per id in FAISS's id map (8) and reverse hash map (~32).
+_FAISS_ID_BYTES = 40
+#: Estimated resident bytes per int in a Python set (table slot + int object).
+_SET_ID_BYTES = 64
 
 
 class _Record(NamedTuple):
@@ -126,11 +159,12 @@ class _Bad(NamedTuple):
 class FaissStore:
     """Vectors of one space in ``folder``, searched exactly by inner product.
 
-    Opening does no I/O; the first call loads the snapshot and replays the log. Every
-    :meth:`upsert` and :meth:`delete` is on disk when it returns (one appended log record
-    and an ``fdatasync``; ``durable=False`` skips the syncs, for tests and benchmarks).
-    The log is folded into a snapshot by :meth:`flush`, or on its own once it outgrows
-    both ``wal_limit_bytes`` and the snapshot. Methods are thread-safe.
+    Opening does no I/O; the first call maps the snapshot and replays the log into the
+    in-memory overlay. Every :meth:`upsert` and :meth:`delete` is on disk when it returns
+    (one appended log record and an ``fdatasync``; ``durable=False`` skips the syncs, for
+    tests and benchmarks). The log is folded into a snapshot by :meth:`flush`, or on its
+    own once it outgrows both ``wal_limit_bytes`` and the snapshot; either empties the
+    overlay. Methods are thread-safe.
 
     ``search_threads`` caps FAISS's OpenMP threads during a search (``None``: FAISS's
     default, every core). When the cores are busy with other work, such as ViT inference
@@ -171,9 +205,19 @@ class FaissStore:
         self._pid = -1
         self._lock_fd = -1
         self._wal_fd = -1
-        self._index: faiss.IndexIDMap2 | None = None
-        # Python-side id set: O(1) membership, so a batch of new ids costs no O(ntotal)
-        # remove_ids scan, and missing ids are named without asking FAISS one by one.
+        # The raw vectors: the snapshot, memory-mapped and never mutated (see the module
+        # docstring), and what the log changed since: the overlay of upserted vectors
+        # and the base ids superseded (deleted or overwritten) since the snapshot.
+        self._base: faiss.IndexIDMap2 | None = None
+        self._base_mapped = False
+        self._overlay: faiss.IndexIDMap2 | None = None
+        self._overlay_ids: set[int] = set()
+        self._superseded: set[int] = set()
+        # Search parameters excluding the superseded ids from the base (None: build on
+        # the next exact search) and the selectors they point to (FAISS holds raw ones).
+        self._base_params: tuple[faiss.SearchParameters, Any, Any] | None = None
+        # Python-side set of every stored id: O(1) membership, so a batch of new ids
+        # costs no O(n) scan, and missing ids are named without asking FAISS one by one.
         self._members: set[int] = set()
         self._generation = 0
         self._snapshot_name: str | None = None
@@ -193,12 +237,12 @@ class FaissStore:
         # (present changed ids, their raw vectors, selector excluding every changed id),
         # rebuilt on the first search after a write.
         self._delta: _Delta | None = None
-        # Bumped by every change to the raw index; keys the id -> position table below.
-        self._raw_version = 0
-        # (raw version, smallest id, position of each id - smallest or -1), or a None
+        # Bumped whenever another base is opened; keys the id -> position table below.
+        self._base_version = 0
+        # (base version, smallest id, position of each id - smallest or -1), or a None
         # table when the ids are too sparse for one. Built by the first re-scoring search.
         self._positions: tuple[int, int, npt.NDArray[np.int64] | None] | None = None
-        self._raw_flat: Any = None  # the IndexFlat inside the raw IDMap2, as of that table
+        self._raw_flat: Any = None  # the IndexFlat inside the base, as of that table
 
     # ------------------------------------------------------------------ public API
 
@@ -272,7 +316,7 @@ class FaissStore:
         allowed = None if allowed_ids is None else np.unique(self._id_array(allowed_ids))
         with self._lock:
             self._ready_for_read()
-            ntotal = int(self._loaded().ntotal)
+            ntotal = len(self._members)
             if allowed is not None:
                 allowed = self._present(allowed)
             limit = ntotal if allowed is None else int(allowed.size)
@@ -291,14 +335,52 @@ class FaissStore:
     def _search_exact(
         self, q: npt.NDArray[np.float32], k: int, allowed: npt.NDArray[np.int64] | None
     ) -> list[list[SearchHit]]:
-        params = None
-        if allowed is not None:
-            params = faiss.SearchParameters()
-            params.sel = faiss.IDSelectorBatch(allowed)
-        distances, labels = self._faiss_search(self._loaded(), q, k, params)
+        """Exact top ``k`` over base and overlay; ``allowed`` holds stored ids only."""
+        base, overlay = self._loaded(), self._overlay_index()
+        parts: list[tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]] = []
+        if allowed is None:
+            base_live = int(base.ntotal) - len(self._superseded)
+            if base_live > 0:
+                params = self._base_exclusion()
+                parts.append(self._faiss_search(base, q, min(k, base_live), params))
+            if overlay.ntotal:
+                parts.append(self._faiss_search(overlay, q, min(k, int(overlay.ntotal)), None))
+        else:
+            # A stored id not in the overlay is a base id that was not superseded: each
+            # side searches only its own share of the allowed ids.
+            in_overlay = self._in_overlay(allowed)
+            for index, chosen in ((base, allowed[~in_overlay]), (overlay, allowed[in_overlay])):
+                if chosen.size:
+                    selector = faiss.IDSelectorBatch(chosen)  # referenced until searched
+                    params = faiss.SearchParameters()
+                    params.sel = selector
+                    parts.append(self._faiss_search(index, q, min(k, int(chosen.size)), params))
+        if not parts:
+            return [[] for _ in range(q.shape[0])]
+        distances, labels = parts[0]
         if self.metric == "l2":
             distances = -distances  # squared distance: negate so higher is closer
+        for more_distances, more_labels in parts[1:]:
+            if self.metric == "l2":
+                more_distances = -more_distances
+            labels, distances = _merge_top(labels, distances, more_labels, more_distances, k)
         return _hit_lists(labels, distances, k)
+
+    def _base_exclusion(self) -> faiss.SearchParameters | None:
+        """Parameters hiding the superseded ids from the base; None when there are none.
+
+        Built once per change of the superseded set, not per search.
+        """
+        if not self._superseded:
+            return None
+        cached = self._base_params
+        if cached is None:
+            inner = faiss.IDSelectorBatch(self._superseded_array())
+            exclude = faiss.IDSelectorNot(inner)
+            params = faiss.SearchParameters()
+            params.sel = exclude
+            cached = self._base_params = (params, exclude, inner)
+        return cached[0]
 
     def _search_ann(
         self,
@@ -384,7 +466,9 @@ class FaissStore:
 
         The same refinement as FAISS's ``IndexRefineFlat``, done here because that
         class wants the candidates' positions in a flat index of its own (a second copy
-        of the raw vectors), while the store's raw vectors are keyed by id.
+        of the raw vectors), while the store's raw vectors are keyed by id. Every
+        candidate is unchanged since the index was built, so it sits in the base, read
+        in place by position.
         """
         nq, fetch = labels.shape
         flat_ids = labels.reshape(-1)
@@ -444,14 +528,16 @@ class FaissStore:
         return labels[rows2, order], scores[rows2, order]
 
     def _positions_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | None:
-        """Where stored ``ids`` sit in the raw flat index, or None (sparse ids: no table).
+        """Where base ``ids`` sit in the base's flat index, or None (no table, or an id
+        outside the base).
 
-        A dense table over the id range, rebuilt (O(n), vectorised) on the first call
-        after the raw index changed: removals shift positions. Ids spread over more than
-        four times their count (not SQL row ids) get no table; callers then reconstruct.
+        A dense table over the id range, built (O(n), vectorised) on the first call after
+        another base was opened; the base never changes in between. Ids spread over more
+        than four times their count (not SQL row ids) get no table; callers then
+        reconstruct.
         """
         cached = self._positions
-        if cached is None or cached[0] != self._raw_version:
+        if cached is None or cached[0] != self._base_version:
             id_map = faiss.vector_to_array(self._loaded().id_map).astype(np.int64, copy=False)
             table: npt.NDArray[np.int64] | None = None
             lo = 0
@@ -460,7 +546,7 @@ class FaissStore:
                 if hi - lo < 4 * id_map.size + 1024:
                     table = np.full(hi - lo + 1, -1, dtype=np.int64)
                     table[id_map - lo] = np.arange(id_map.size, dtype=np.int64)
-            cached = self._positions = (self._raw_version, lo, table)
+            cached = self._positions = (self._base_version, lo, table)
             self._raw_flat = faiss.downcast_index(self._loaded().index)
         _, lo, table = cached
         if table is None:
@@ -472,11 +558,29 @@ class FaissStore:
         return positions if positions.min() >= 0 else None
 
     def _reconstruct(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
-        """The raw vectors of stored ``ids``, in one FAISS call (no Python wrapper)."""
+        """The raw vectors of stored ``ids``, each read from the overlay or the base."""
+        ids = np.ascontiguousarray(ids, dtype=np.int64)
+        if not self._overlay_ids or ids.size == 0:
+            return self._fetch(self._loaded(), ids)
+        in_overlay = self._in_overlay(ids)
+        if in_overlay.all():
+            return self._fetch(self._overlay_index(), ids)
+        if not in_overlay.any():
+            return self._fetch(self._loaded(), ids)
+        out = np.empty((ids.size, self.dim), dtype=np.float32)
+        out[in_overlay] = self._fetch(self._overlay_index(), ids[in_overlay])
+        out[~in_overlay] = self._fetch(self._loaded(), ids[~in_overlay])
+        return out
+
+    def _fetch(
+        self, index: faiss.IndexIDMap2, ids: npt.NDArray[np.int64]
+    ) -> npt.NDArray[np.float32]:
+        """The vectors of ``ids`` held by ``index``, in one FAISS call (no Python wrapper)."""
         ids = np.ascontiguousarray(ids, dtype=np.int64)
         out = np.empty((ids.size, self.dim), dtype=np.float32)
-        raw: Any = self._loaded()  # the SWIG method under FAISS's Python wrapper
-        raw.reconstruct_batch_c(ids.size, faiss.swig_ptr(ids), faiss.swig_ptr(out))
+        if ids.size:
+            raw: Any = index  # the SWIG method under FAISS's Python wrapper
+            raw.reconstruct_batch_c(ids.size, faiss.swig_ptr(ids), faiss.swig_ptr(out))
         return out
 
     def _scores(
@@ -543,26 +647,26 @@ class FaissStore:
         id_arr = self._id_array(ids)
         with self._lock:
             self._ready_for_read()
-            index = self._loaded()
             missing = [i for i in id_arr.tolist() if i not in self._members]
             if missing:
                 raise VectorNotFoundError(self.space, missing)
-            if id_arr.size == 0:
-                return np.empty((0, self.dim), dtype=np.float32)
-            return np.asarray(index.reconstruct_batch(id_arr), dtype=np.float32)
+            return self._reconstruct(id_arr)
 
     def ids(self) -> npt.NDArray[np.int64]:
         """Every stored id, sorted."""
         with self._lock:
             self._ready_for_read()
-            stored = faiss.vector_to_array(self._loaded().id_map)
-        return np.sort(stored.astype(np.int64, copy=False))
+            base_ids = self._base_ids()
+            if self._superseded:
+                base_ids = base_ids[~np.isin(base_ids, self._superseded_array())]
+            overlay_ids = faiss.vector_to_array(self._overlay_index().id_map)
+        return np.sort(np.concatenate([base_ids, overlay_ids.astype(np.int64, copy=False)]))
 
     def count(self) -> int:
         """How many vectors the store holds."""
         with self._lock:
             self._ready_for_read()
-            return int(self._loaded().ntotal)
+            return len(self._members)
 
     def flush(self) -> None:
         """Fold the log into a new snapshot, so that opening reads one file and no log.
@@ -603,7 +707,14 @@ class FaissStore:
     def _build(
         self, spec: IndexSpec, progress: Callable[[str, float], None] | None
     ) -> dict[str, Any]:
-        """Build, save and commit the index of ``spec`` (lock held, log empty)."""
+        """Build, save and commit the index of ``spec`` (lock held, log empty).
+
+        Built from the base alone: re-scoring reads candidates from the base by position,
+        so every id the index holds must be there (callers snapshot first, which empties
+        the overlay; the check below only guards that).
+        """
+        if self._overlay_ids or self._superseded:
+            self._snapshot()
         raw = self._loaded()
         n = int(raw.ntotal)
         started = time.perf_counter()
@@ -615,10 +726,9 @@ class FaissStore:
         name: str | None = None
         size = 0
         if not spec.exact and fallback is None:
-            ids = faiss.vector_to_array(raw.id_map).astype(np.int64, copy=False)
-            flat: Any = faiss.downcast_index(raw.index)
-            # A view of the raw vectors in FAISS's memory: no second copy while building.
-            vectors = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+            ids = self._base_ids()
+            # A view of the mapped base: no second copy of the vectors while building.
+            vectors = self._codes(raw)
             try:
                 index = build_index(spec, ids, vectors, _METRICS[self.metric], progress)
             except RuntimeError as exc:
@@ -670,7 +780,7 @@ class FaissStore:
         meta = self._ann_meta
         if meta is None:
             return False
-        n = int(self._loaded().ntotal)
+        n = len(self._members)
         if meta.get("file") is None:
             spec = parse_index_spec(str(meta["spec"]))
             return training_shortfall(spec, n, self.dim) is None
@@ -686,20 +796,27 @@ class FaissStore:
             self._drop()
 
     def describe(self) -> dict[str, Any]:
-        """Backend, space, dim, metric, index type, generation, count and sizes on disk."""
+        """Backend, space, dim, metric, index type, generation, count, sizes on disk, and
+        memory: resident (held by this process) apart from mapped (the base's file pages,
+        read on demand, shared between processes and reclaimable by the OS).
+
+        ``memory_bytes_per_vector`` is the resident part per stored vector: the id
+        bookkeeping, the overlay (vectors written since the snapshot) and the approximate
+        index; ``mapped_bytes_per_vector`` the base's. Both are estimates from sizes.
+        """
         with self._lock:
             self._ready_for_read()
-            count = int(self._loaded().ntotal)
+            count = len(self._members)
             meta_bytes = _size(self.folder / _META)
-            # float32 codes + the id map + (roughly) one hash-map node in FAISS's
-            # reverse map and one entry in the Python id set.
-            raw_per_vector = 4 * self.dim + 8 + 32 + 64
             ann = self._ann_meta or {}
             ann_file = ann.get("file")
             ann_bytes = _size(self.folder / str(ann_file)) if ann_file else 0
             changed_bytes = _size(self.folder / self._changed_file) if self._changed_file else 0
             ann_per_vector = code_bytes_per_vector(self._ann) if self._ann is not None else 0.0
             spec = parse_index_spec(str(ann["spec"])) if ann else IndexSpec()
+            resident, mapped = self._memory(ann_per_vector)
+            # With nothing stored: what the next vector written costs (it joins the overlay).
+            per_new = 4 * self.dim + _FAISS_ID_BYTES + 2 * _SET_ID_BYTES
             return {
                 "backend": "faiss",
                 "space": self.space,
@@ -728,11 +845,39 @@ class FaissStore:
                 + meta_bytes
                 + ann_bytes
                 + changed_bytes,
-                "memory_bytes_per_vector": raw_per_vector + ann_per_vector,
+                # Where the raw vectors of the snapshot are: "mapped" or read into "memory".
+                "raw_storage": "mapped" if self._base_mapped else "memory",
+                "overlay_count": int(self._overlay_index().ntotal),
+                "superseded_count": len(self._superseded),
+                "resident_bytes": resident,
+                "mapped_bytes": mapped,
+                "memory_bytes_per_vector": resident / count if count else float(per_new),
+                "mapped_bytes_per_vector": mapped / count if count else 0.0,
                 # Index codes over raw float32: 1.0 for HNSW/IVF-Flat, 0.25 for SQ8...
                 "index_code_ratio": ann_per_vector / (4 * self.dim) if ann_per_vector else None,
                 "durable": self.durable,
             }
+
+    def _memory(self, ann_per_vector: float) -> tuple[int, int]:
+        """Estimated (resident, mapped) bytes of the raw vectors, the ids and the index."""
+        raw = 4 * self.dim
+        base_n = int(self._loaded().ntotal)
+        overlay_n = int(self._overlay_index().ntotal)
+        base_codes = base_n * raw  # superseded rows included: they stay in the file
+        mapped = base_codes if self._base_mapped else 0
+        resident = base_codes - mapped + base_n * _FAISS_ID_BYTES
+        resident += overlay_n * (raw + _FAISS_ID_BYTES)
+        sets = len(self._members) + len(self._overlay_ids) + len(self._superseded)
+        resident += _SET_ID_BYTES * (sets + len(self._changed))
+        delta = self._delta
+        if delta is not None:  # the changed ids' vectors, copied for exact search
+            resident += delta.changed.nbytes + delta.ids.nbytes + delta.vectors.nbytes
+        table = self._positions[2] if self._positions is not None else None
+        if table is not None:
+            resident += table.nbytes
+        if self._ann is not None:
+            resident += round(ann_per_vector * int(self._ann.ntotal))
+        return resident, mapped
 
     def __del__(self) -> None:
         # The descriptors are plain ints: close them if the store is dropped unclosed.
@@ -751,14 +896,52 @@ class FaissStore:
     # ------------------------------------------------------------------ loading
 
     def _loaded(self) -> faiss.IndexIDMap2:
-        assert self._index is not None
-        return self._index
+        """The base: the snapshot of this generation, memory-mapped. Never mutate it:
+        FAISS aborts the process on a write to a mapped index."""
+        assert self._base is not None
+        return self._base
+
+    def _overlay_index(self) -> faiss.IndexIDMap2:
+        """The in-memory vectors of the ids upserted since the snapshot."""
+        assert self._overlay is not None
+        return self._overlay
+
+    def _set_base(self, base: faiss.IndexIDMap2, *, mapped: bool) -> None:
+        """Use ``base`` from now on, with an empty overlay (lock held)."""
+        # Forget everything that points into the old base before it is freed (unmapped).
+        self._raw_flat = None
+        self._positions = None
+        self._base_params = None
+        self._base = base
+        self._base_mapped = mapped
+        self._base_version += 1
+        self._overlay = faiss.IndexIDMap2(self._new_flat())
+        self._overlay_ids = set()
+        self._superseded = set()
+
+    def _base_ids(self) -> npt.NDArray[np.int64]:
+        """The base's ids in storage order (a copy)."""
+        ids = faiss.vector_to_array(self._loaded().id_map)
+        return ids.astype(np.int64, copy=False)
+
+    def _codes(self, index: faiss.IndexIDMap2) -> npt.NDArray[np.float32]:
+        """The raw vectors inside ``index`` [ntotal, dim] as a read-only view, no copy.
+
+        Valid only while ``index`` is alive: for the base, until another base is set.
+        """
+        n = int(index.ntotal)
+        if n == 0:
+            return np.empty((0, self.dim), dtype=np.float32)
+        flat: Any = faiss.downcast_index(index.index)
+        view = faiss.rev_swig_ptr(flat.get_xb(), n * self.dim).reshape(n, self.dim)
+        view.flags.writeable = False  # a write to a mapped page would crash the process
+        return view
 
     def _ensure_open(self) -> None:
         """Open the files and load everything on first use (or after a fork or failure)."""
         if self._closed:
             raise StoreError(f"the vector store of space {self.space!r} is closed")
-        if self._index is not None and not self._invalid and self._pid == os.getpid():
+        if self._base is not None and not self._invalid and self._pid == os.getpid():
             return
         # A forked child shares the parent's descriptors, and with them the flock:
         # it needs its own.
@@ -782,7 +965,14 @@ class FaissStore:
                 with contextlib.suppress(OSError):
                     os.close(fd)
         self._wal_fd = self._lock_fd = -1
-        self._index = None
+        self._raw_flat = None
+        self._positions = None
+        self._base_params = None
+        self._base = None
+        self._base_mapped = False
+        self._overlay = None
+        self._overlay_ids = set()
+        self._superseded = set()
         self._members = set()
         self._meta_sig = None
         self._wal_end = 0
@@ -792,23 +982,22 @@ class FaissStore:
         self._changed = set()
         self._changed_file = None
         self._delta = None
-        self._positions = None
-        self._raw_flat = None
 
     def _load(self, *, repair: bool) -> None:
-        """Read meta, snapshot and log from scratch; with ``repair``, tidy the folder too."""
+        """Map meta's snapshot and replay the log from scratch; with ``repair``, tidy the
+        folder too."""
         self._invalid = True  # until the load completes: a failed one is retried, not used
         meta = self._read_meta(create=repair)
         generation = int(meta["generation"])
         snapshot = meta.get("snapshot")
         if snapshot is None:
+            # No snapshot yet: an empty base (in memory, never mutated either).
             index = faiss.IndexIDMap2(self._new_flat())
             snapshot_bytes = 0
         else:
             index, snapshot_bytes = self._read_snapshot(str(snapshot))
-        self._index = index
-        self._raw_version += 1
-        self._members = set(faiss.vector_to_array(index.id_map).tolist())
+        self._set_base(index, mapped=snapshot is not None and _MMAP_FLAG != 0)
+        self._members = set(self._base_ids().tolist())
         self._generation = generation
         self._snapshot_name = None if snapshot is None else str(snapshot)
         self._snapshot_bytes = snapshot_bytes
@@ -900,9 +1089,10 @@ class FaissStore:
             self._changed_file = str(changed)
 
     def _read_snapshot(self, name: str) -> tuple[faiss.IndexIDMap2, int]:
+        """Open the snapshot ``name`` memory-mapped (read-only); with its size in bytes."""
         path = self.folder / name
         try:
-            index = faiss.read_index(str(path))
+            index = faiss.read_index(str(path), _MMAP_FLAG)
         except RuntimeError as exc:  # FAISS reports a missing or broken file this way
             raise StoreError(f"cannot read the snapshot {path}: {exc}") from exc
         if not isinstance(index, faiss.IndexIDMap2) or index.d != self.dim:
@@ -1084,6 +1274,10 @@ class FaissStore:
         With an approximate index, the ids changed since its build are saved beside
         the snapshot (``changed.<g+1>.npy``, written like it before step 2), because the
         log that named them is reset in step 3.
+
+        In memory, the new file becomes the base (mapped) between steps 2 and 3 and the
+        overlay is emptied; the old base is unmapped then. Should that fail, the disk is
+        already committed: memory is marked stale and reloaded from it at the next call.
         """
         generation = self._generation + 1
         name = f"index.{generation}.faiss"
@@ -1096,33 +1290,79 @@ class FaissStore:
             self._meta(
                 generation=generation,
                 snapshot=name,
-                count=self._loaded().ntotal,
+                count=len(self._members),
                 ann=self._ann_meta,
                 changed=changed,
             )
         )
         old = self._snapshot_name
         old_changed = self._changed_file
-        self._generation = generation
-        self._snapshot_name = name
-        self._snapshot_bytes = size
-        self._changed_file = changed
-        self._meta_sig = self._stat_meta()
-        self._reset_wal()
+        try:
+            self._generation = generation
+            self._snapshot_name = name
+            self._snapshot_bytes = size
+            self._changed_file = changed
+            self._meta_sig = self._stat_meta()
+            self._map_new_base(name)
+            self._reset_wal()
+        except BaseException:
+            self._invalid = True
+            raise
         if old is not None:
             self._remove_snapshot(old)
         if old_changed is not None:
             self._remove_snapshot(old_changed)
 
+    def _map_new_base(self, name: str) -> None:
+        """Make the just-written snapshot ``name`` the base, with an empty overlay."""
+        base, _ = self._read_snapshot(name)
+        if int(base.ntotal) != len(self._members):
+            raise StoreError(
+                f"the snapshot {self.folder / name} holds {base.ntotal} vectors, "
+                f"not the {len(self._members)} written to it"
+            )
+        self._set_base(base, mapped=_MMAP_FLAG != 0)
+
     def _write_snapshot_file(self, name: str) -> int:
-        return self._write_index_file(self._loaded(), name)
+        """Write the current vectors (base minus superseded, then overlay) to ``name``."""
+        return self._write_file(name, self._stream_snapshot)
+
+    def _stream_snapshot(self, path: Path) -> None:
+        """Write the current vectors to ``path`` as ``faiss.write_index`` would write an
+        ``IndexIDMap2(Flat)`` holding them, chunk by chunk: the base's rows are read from
+        the mapping and never gathered into one array, so compaction holds no second
+        copy of the store in memory.
+        """
+        base_ids = self._base_ids()
+        keep: npt.NDArray[np.bool_] | None = None
+        if self._superseded:
+            keep = ~np.isin(base_ids, self._superseded_array())
+            base_ids = base_ids[keep]
+        overlay = self._overlay_index()
+        overlay_ids = faiss.vector_to_array(overlay.id_map).astype(np.int64, copy=False)
+        n = int(base_ids.size + overlay_ids.size)
+        codes = self._codes(self._loaded())
+        rows = max(1, _COPY_BYTES // (4 * self.dim))
+        with path.open("wb") as handle:
+            handle.write(_snapshot_prefix(self.dim, n, self.metric))
+            for lo in range(0, codes.shape[0], rows):
+                block = codes[lo : lo + rows]
+                _write_array(handle, block if keep is None else block[keep[lo : lo + rows]])
+            _write_array(handle, self._codes(overlay))
+            handle.write(struct.pack("=Q", n))  # the id map: its length, then the ids
+            _write_array(handle, base_ids)
+            _write_array(handle, overlay_ids)
 
     def _write_index_file(self, index: faiss.Index, name: str) -> int:
         """Write ``index`` to ``name`` atomically (temp file, sync, rename, sync folder)."""
+        return self._write_file(name, lambda tmp: faiss.write_index(index, str(tmp)))
+
+    def _write_file(self, name: str, write: Callable[[Path], None]) -> int:
+        """Have ``write`` fill a temp file, sync it and rename it to ``name``; its size."""
         final = self.folder / name
         tmp = final.with_name(name + ".tmp")
         try:
-            faiss.write_index(index, str(tmp))
+            write(tmp)
             if self.durable:
                 _fsync_path(tmp)
             tmp.replace(final)
@@ -1268,13 +1508,20 @@ class FaissStore:
             raise
 
     def _apply_upsert(self, ids: npt.NDArray[np.int64], vectors: npt.NDArray[np.float32]) -> None:
-        index = self._loaded()
-        present = self._present(ids)
-        if present.size:
-            index.remove_ids(faiss.IDSelectorBatch(present))
-        index.add_with_ids(vectors, ids)
-        self._members.update(ids.tolist())
-        self._raw_version += 1
+        """Put ``vectors`` in the overlay; a stored id's older vector is removed from the
+        overlay, or, when it is in the base, hidden there (the base is never changed)."""
+        overlay = self._overlay_index()
+        members, in_overlay = self._members, self._overlay_ids
+        id_list = ids.tolist()
+        again = [i for i in id_list if i in in_overlay]
+        hidden = [i for i in id_list if i in members and i not in in_overlay]
+        if again:
+            overlay.remove_ids(faiss.IDSelectorBatch(np.array(again, dtype=np.int64)))
+        overlay.add_with_ids(vectors, ids)
+        in_overlay.update(id_list)
+        members.update(id_list)
+        if hidden:
+            self._supersede(hidden)
         self._note_changed(ids)
 
     def _note_changed(self, ids: npt.NDArray[np.int64]) -> None:
@@ -1293,13 +1540,38 @@ class FaissStore:
             self._apply_upsert(ids, np.stack([v for _, v in upserts]))
 
     def _apply_delete(self, ids: npt.NDArray[np.int64]) -> int:
+        """Remove stored ``ids``: from the overlay, or hidden in the base."""
         present = self._present(ids)
         if present.size:
-            self._loaded().remove_ids(faiss.IDSelectorBatch(present))
-            self._members.difference_update(present.tolist())
-            self._raw_version += 1
+            id_list = present.tolist()
+            in_overlay = self._overlay_ids
+            from_overlay = [i for i in id_list if i in in_overlay]
+            from_base = [i for i in id_list if i not in in_overlay]
+            if from_overlay:
+                # An overwritten base id is superseded already: its base copy stays hidden.
+                selector = faiss.IDSelectorBatch(np.array(from_overlay, dtype=np.int64))
+                self._overlay_index().remove_ids(selector)
+                in_overlay.difference_update(from_overlay)
+            self._members.difference_update(id_list)
+            if from_base:
+                self._supersede(from_base)
             self._note_changed(present)
         return int(present.size)
+
+    def _supersede(self, ids: list[int]) -> None:
+        """Hide base ``ids`` (deleted or overwritten) from every read of the base."""
+        self._superseded.update(ids)
+        self._base_params = None
+
+    def _superseded_array(self) -> npt.NDArray[np.int64]:
+        return np.fromiter(self._superseded, dtype=np.int64, count=len(self._superseded))
+
+    def _in_overlay(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.bool_]:
+        """Which of ``ids`` have their current vector in the overlay."""
+        in_overlay = self._overlay_ids
+        if not in_overlay:
+            return np.zeros(ids.size, dtype=bool)
+        return np.fromiter((i in in_overlay for i in ids.tolist()), dtype=bool, count=ids.size)
 
     def _present(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64]:
         members = self._members
@@ -1333,6 +1605,38 @@ def _hit_lists(
         else:
             out.append(list(map(SearchHit, li, di)))
     return out
+
+
+def _merge_top(
+    labels: npt.NDArray[np.int64],
+    distances: npt.NDArray[np.float32],
+    more_labels: npt.NDArray[np.int64],
+    more_distances: npt.NDArray[np.float32],
+    k: int,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32]]:
+    """The best ``k`` per row of two hit lists (scores: higher is closer; -1: no hit)."""
+    labels = np.concatenate([labels, more_labels], axis=1)
+    distances = np.concatenate([distances, more_distances], axis=1)
+    distances[labels == -1] = -np.inf
+    order = np.argsort(-distances, axis=1, kind="stable")[:, :k]
+    rows = np.arange(labels.shape[0])[:, None]
+    return labels[rows, order], distances[rows, order]
+
+
+def _snapshot_prefix(dim: int, n: int, metric: str) -> bytes:
+    """What ``faiss.write_index`` writes before the vectors of an ``IndexIDMap2`` over an
+    ``IndexFlatIP`` (``IndexFlatL2``) of ``n`` vectors: the two index headers and the
+    length of the flat codes in floats. The vectors and the id map follow.
+    """
+    # The two int64 fields after ntotal are unused; FAISS always writes 1 << 20.
+    header = _INDEX_HEADER.pack(dim, n, 1 << 20, 1 << 20, True, _METRICS[metric])
+    flat = b"IxFI" if metric == "ip" else b"IxF2"
+    return b"IxM2" + header + flat + header + struct.pack("=Q", n * dim)
+
+
+def _write_array(handle: BinaryIO, array: npt.NDArray[Any]) -> None:
+    """Write the bytes of a C-contiguous ``array`` (native byte order, as FAISS does)."""
+    handle.write(np.ascontiguousarray(array).data)
 
 
 def _pread(fd: int, length: int, offset: int) -> bytes:

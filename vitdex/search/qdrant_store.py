@@ -137,7 +137,9 @@ class _Shared:
 
 
 _LOCAL: dict[str, _Shared] = {}
-_LOCAL_LOCK = threading.Lock()
+# Re-entrant: a store dropped unclosed gives its client back from __del__, which the
+# garbage collector may run while this thread holds the lock (inside _acquire_local).
+_LOCAL_LOCK = threading.RLock()
 
 
 def _acquire_local(path: Path) -> _Shared:

@@ -308,10 +308,14 @@ def base_kind(spec: str | Path) -> str:
     (never silently tried on the hub); ``owner/name`` is a hub id.
     """
     text = str(spec)
-    path = Path(text).expanduser()
-    if path.is_dir():
+    try:
+        path = Path(text).expanduser()
+        is_dir, is_file = path.is_dir(), path.is_file()
+    except (ValueError, OSError, RuntimeError):  # NUL bytes, unencodable, unknown ~user
+        raise ConfigError(f"base model {text!r} is not a usable path or hub id") from None
+    if is_dir:
         return "folder"
-    if path.is_file():
+    if is_file:
         if path.suffix.lower() in SINGLE_FILE_SUFFIXES:
             return "single_file"
         raise ConfigError(

@@ -1,0 +1,45 @@
+"""`vitdex status` reports each FAISS space's memory: resident apart from mapped."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from click.testing import CliRunner
+
+from tests.photos import make_photo
+from vitdex.cli import cli
+
+
+def run(*args: str) -> Any:
+    out = CliRunner().invoke(cli, list(args))
+    assert out.exit_code == 0, out.output
+    return json.loads(out.output)
+
+
+def memory_of(space: str) -> dict[str, Any]:
+    status = run("status", "--json")
+    return dict(next(s for s in status["spaces"] if s["name"] == space)["memory"])
+
+
+def test_status_reports_resident_and_mapped_memory_per_vector(
+    vitdex_env: dict[str, str], tmp_path: Path
+) -> None:
+    for i in range(12):
+        make_photo(tmp_path / "lib" / f"p{i:02d}.jpg", size=(96, 72), seed=i)
+    assert run("index", str(tmp_path / "lib"), "--json", "--no-progress")["embedded"] == 12
+    status = run("status", "--json")
+    cls = next(s for s in status["spaces"] if s["name"] == "cls")
+    raw = 4 * cls["dim"]
+    flat = memory_of("cls")
+    # The run ended with a snapshot: the vectors are mapped, only ids are resident.
+    assert flat["raw_storage"] == "mapped"
+    assert flat["mapped_bytes_per_vector"] == raw
+    assert flat["mapped_bytes"] == 12 * raw
+    assert 0 < flat["resident_bytes_per_vector"] < raw
+    run("reindex", "--space", "cls", "--index", "hnsw:M=8", "--json")
+    hnsw = memory_of("cls")
+    # The HNSW graph holds a copy of each vector in memory; the raw ones stay mapped.
+    assert hnsw["resident_bytes_per_vector"] >= flat["resident_bytes_per_vector"] + raw
+    assert hnsw["mapped_bytes_per_vector"] == raw
