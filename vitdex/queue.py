@@ -27,6 +27,7 @@ JOB_FUNCTIONS: dict[str, str] = {
     "index": "vitdex.indexer.jobs.run_index_job",
     "cluster": "vitdex.search.cluster.run_cluster_job",
     "train": "vitdex.training.jobs.run_train_job",
+    "export": "vitdex.training.jobs.run_export_job",
 }
 
 #: rq retries for transient failures (a database or Redis blip), spaced out.

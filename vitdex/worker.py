@@ -1,4 +1,4 @@
-"""The rq worker (``vitdex worker``): runs index and cluster jobs from Redis.
+"""The rq worker (``vitdex worker``): runs index, cluster, export and training jobs from Redis.
 
 It does not fork per job (rq's :class:`~rq.SimpleWorker`): the ViT is loaded once, before
 the first job, and a GPU context stays usable, neither of which survives rq's default
@@ -54,7 +54,7 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
 @click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
 @click.option("--no-preload", is_flag=True, help="Load the model on the first job instead.")
 def worker_command(burst: bool, no_preload: bool) -> None:
-    """Run queued index and cluster jobs (needs VITDEX_REDIS_URL)."""
+    """Run queued index, cluster, export and training jobs (needs VITDEX_REDIS_URL)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         run_worker(load_settings(), burst=burst, preload=not no_preload)

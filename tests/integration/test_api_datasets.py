@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -48,6 +49,16 @@ def client(
         yield c
 
 
+def wait_for(client: Client, job_id: int, timeout: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
+        if job["state"] in ("succeeded", "failed", "cancelled"):
+            return job
+        time.sleep(0.05)
+    raise AssertionError(f"job {job_id} did not finish: {job}")
+
+
 def create(client: Client, **body: Any) -> Any:
     payload = {"name": "rex", "prompt": "a photo of sks dog", "seeds": [1], "k": 6, **body}
     return client.post("/api/v1/datasets", json=payload)
@@ -82,15 +93,21 @@ def test_dataset_lifecycle(client: Client, allowed: Path, tmp_path: Path) -> Non
     assert back.status_code == 200 and back.json()["changed"][0]["included"] is True
 
     # Export into the default folder under VITDEX_HOME, then into an allowed folder.
+    # Exports are jobs: 202 with the job, the result in its counts when it succeeds.
     default = client.post(f"/api/v1/datasets/{dataset_id}/export", json={"resolution": 64})
-    assert default.status_code == 200, default.text
-    assert Path(default.json()["path"]).parent.name == "datasets"
+    assert default.status_code == 202, default.text
+    job = wait_for(client, default.json()["job"]["id"])
+    assert job["state"] == "succeeded", job
+    assert Path(job["counts"]["path"]).parent.name == "datasets"
+    assert job["done"] == job["total"] == job["counts"]["instance"] + job["counts"]["class"]
     target = allowed / "sets" / "rex"
     exported = client.post(
         f"/api/v1/datasets/{dataset_id}/export", json={"path": str(target), "resolution": 64}
     )
-    assert exported.status_code == 200, exported.text
-    result = exported.json()
+    assert exported.status_code == 202, exported.text
+    job = wait_for(client, exported.json()["job"]["id"])
+    assert job["state"] == "succeeded", job
+    result = job["counts"]
     assert result["path"] == str(target.resolve()) and result["class"] == 2
     assert len(list((target / "instance").glob("*.png"))) == result["instance"]
     config = tomllib.loads((target / "dataset.toml").read_text("utf-8"))

@@ -365,3 +365,45 @@ def export_dataset(
         skipped=skipped,
         methods=methods,
     )
+
+
+def enqueue_export(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    dataset: str | int,
+    path: str | None,
+    *,
+    resolution: int = 512,
+    num_repeats: int | None = None,
+    class_repeats: int = 1,
+    detect_faces: bool = True,
+) -> dict[str, Any]:
+    """Check an export asked for over HTTP and create its (queued) ``export`` job row.
+
+    Everything that can be refused is refused here, before anything is queued: the
+    folder (inside VITDEX_ALLOWED_ROOTS, or the default under VITDEX_HOME), the
+    resolution, the repeats and the dataset. Returns the job as JSON.
+    """
+    from vitdex.db import jobs
+
+    check_resolution(resolution)
+    if num_repeats is not None and not 1 <= num_repeats <= 10_000:
+        raise ConfigError(f"num_repeats must lie between 1 and 10000, not {num_repeats}")
+    if not 1 <= class_repeats <= 10_000:
+        raise ConfigError(f"class_repeats must lie between 1 and 10000, not {class_repeats}")
+    out = allowed_export_dir(settings, path) if path is not None else None
+    with sessions() as session:
+        row = datasets.find_dataset(session, dataset)
+        params = {
+            "dataset_id": row.id,
+            "path": str(out) if out is not None else None,
+            "resolution": resolution,
+            "num_repeats": num_repeats,
+            "class_repeats": class_repeats,
+            "detect_faces": detect_faces,
+        }
+        # The same export asked for twice while the first is pending runs once.
+        key = json.dumps(params, sort_keys=True)
+        job, _ = jobs.enqueue_job_row(session, "export", params, dedupe_key=key)
+        session.commit()
+        return jobs.job_to_dict(job)

@@ -207,3 +207,45 @@ def _train_run(
             JobState.SUCCEEDED,
             counts={"phase": "done", "loss": result.final_loss, "steps": result.steps},
         )
+
+
+def run_export_job(job_id: int) -> None:
+    """Run the export job ``job_id`` (params from :func:`vitdex.training.export.enqueue_export`).
+
+    Progress counts images; a cancel stops it between two images (the half-written folder
+    is replaced by the next export); on success the job's ``counts`` hold the result.
+    """
+
+    def work(sessions: sessionmaker[Session]) -> None:
+        from vitdex.training.export import export_dataset
+
+        with sessions() as session:
+            params = dict(job_sql.get_job(session, job_id).params or {})
+        stop = job_sql.CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
+        write = job_sql.progress_writer(sessions, job_id)
+        last = [float("-inf")]
+
+        def progress(done: int, total: int) -> None:
+            now = time.monotonic()
+            if done == total or now - last[0] >= PROGRESS_EVERY_S:
+                last[0] = now
+                write(done, total)
+            if stop():
+                raise job_sql.JobCancelled()
+
+        path = params.get("path")
+        result = export_dataset(
+            load_settings(),
+            sessions,
+            int(params["dataset_id"]),
+            Path(path) if path else None,
+            resolution=int(params.get("resolution") or 512),
+            num_repeats=params.get("num_repeats"),
+            class_repeats=int(params.get("class_repeats") or 1),
+            detect_faces=bool(params.get("detect_faces", True)),
+            progress=progress,
+        )
+        with sessions() as session:
+            job_sql.end_job(session, job_id, JobState.SUCCEEDED, counts=result.to_dict())
+
+    job_sql.run_job_guarded(job_id, work, what="export")

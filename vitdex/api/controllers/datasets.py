@@ -9,10 +9,11 @@ from typing import Annotated, Any, Literal
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
-from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED
+from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.search import INT64_MAX
+from vitdex.api.deps import Services
 from vitdex.config import Settings
 from vitdex.errors import ConfigError
 
@@ -162,30 +163,32 @@ class DatasetsController(Controller):
 
         return exclude_images(sessions, dataset_id, _check_ids(data.image_ids, "image_ids"))
 
-    @post("/{dataset_id:int}/export", status_code=HTTP_200_OK, sync_to_thread=True)
+    @post("/{dataset_id:int}/export", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
     def export(
         self,
         settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
         dataset_id: Id,
         data: JSONBody[ExportIn | None] = None,
     ) -> dict[str, Any]:
-        """Write square crops, captions and a kohya ``dataset.toml`` (blocking)."""
-        from vitdex.training.export import allowed_export_dir, export_dataset
+        """Queue writing square crops, captions and a kohya ``dataset.toml``; the job's
+        progress counts images and its ``counts`` hold the result when it succeeds."""
+        from vitdex.training.export import enqueue_export
 
         body = data or ExportIn()
-        out = allowed_export_dir(settings, body.path) if body.path is not None else None
-        result = export_dataset(
+        job = enqueue_export(
             settings,
             sessions,
             dataset_id,
-            out,
+            body.path,
             resolution=body.resolution,
             num_repeats=body.num_repeats,
             class_repeats=body.class_repeats,
             detect_faces=body.detect_faces,
         )
-        return result.to_dict()
+        services.queue.submit(job["id"], kind="export")
+        return {"job": job}
 
     @delete("/{dataset_id:int}", status_code=HTTP_200_OK, sync_to_thread=True)
     def remove(
