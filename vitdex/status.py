@@ -79,6 +79,7 @@ def _memory(described: dict[str, Any]) -> dict[str, Any]:
         "resident_bytes": described.get("resident_bytes"),
         "mapped_bytes": described.get("mapped_bytes"),
         "raw_storage": described.get("raw_storage"),
+        "index_storage": described.get("index_storage"),
     }
 
 

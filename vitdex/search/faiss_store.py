@@ -45,7 +45,7 @@ the very bytes ``faiss.write_index`` writes for that index, so any version reads
 maps the new file and empties the overlay: compaction never holds a second full copy
 of the vectors. Resident memory is therefore the overlay, bounded by the log (at most
 ``max(wal_limit_bytes, snapshot size)``, emptied by every :meth:`FaissStore.flush`),
-about 100 bytes of id bookkeeping a vector, and the approximate index if there is one;
+about 100 bytes of id bookkeeping a vector (plus, for SQ8/PQ, a position table);
 :meth:`FaissStore.describe` reports resident and mapped bytes per vector apart. With a
 FAISS too old for ``IO_FLAG_MMAP_IFC`` the base is read into memory instead, and is
 still never changed. A snapshot replaced by a newer one is deleted at once; its disk
@@ -59,7 +59,9 @@ snapshot, by replacing ``meta.json``; a crash before that leaves the previous in
 none) in use and the new file as a leftover that opening deletes. An index is always
 built right after a snapshot, from the base alone (the overlay is empty then), so every
 id it may answer for, being unchanged since, sits in the base: compressed codes (SQ8,
-PQ) are re-scored exactly from the base by position.
+PQ) are re-scored exactly from the base by position. Since nothing writes to it either,
+the index is read from its file with ``IO_FLAG_MMAP_IFC`` as well (right after a build
+too): HNSW's vectors and graph and IVF's lists are file pages, not process memory.
 """
 
 from __future__ import annotations
@@ -231,6 +233,9 @@ class FaissStore:
         # written or deleted since it was built: it must not answer for those.
         self._ann_meta: dict[str, Any] | None = None
         self._ann: faiss.Index | None = None
+        # The index file is never written to once built, so it is read memory-mapped
+        # like the base: its codes (and HNSW's graph) stay in the page cache, shared.
+        self._ann_mapped = False
         self._ann_spec: IndexSpec | None = None
         self._changed: set[int] = set()
         self._changed_file: str | None = None
@@ -760,6 +765,12 @@ class FaissStore:
         self._meta_sig = self._stat_meta()
         self._ann_meta = ann_meta
         self._ann = index
+        self._ann_mapped = False
+        if name and _MMAP_FLAG:
+            # Serve from the file just committed, mapped, and let the built copy go.
+            with contextlib.suppress(RuntimeError):
+                self._ann = faiss.read_index(str(self.folder / name), _MMAP_FLAG)
+                self._ann_mapped = True
         self._ann_spec = None
         self._changed = set()
         self._changed_file = None
@@ -847,6 +858,9 @@ class FaissStore:
                 + changed_bytes,
                 # Where the raw vectors of the snapshot are: "mapped" or read into "memory".
                 "raw_storage": "mapped" if self._base_mapped else "memory",
+                "index_storage": (
+                    None if self._ann is None else "mapped" if self._ann_mapped else "memory"
+                ),
                 "overlay_count": int(self._overlay_index().ntotal),
                 "superseded_count": len(self._superseded),
                 "resident_bytes": resident,
@@ -876,7 +890,11 @@ class FaissStore:
         if table is not None:
             resident += table.nbytes
         if self._ann is not None:
-            resident += round(ann_per_vector * int(self._ann.ntotal))
+            ann_bytes = round(ann_per_vector * int(self._ann.ntotal))
+            if self._ann_mapped:
+                mapped += ann_bytes
+            else:
+                resident += ann_bytes
         return resident, mapped
 
     def __del__(self) -> None:
@@ -978,6 +996,7 @@ class FaissStore:
         self._wal_end = 0
         self._ann_meta = None
         self._ann = None
+        self._ann_mapped = False
         self._ann_spec = None
         self._changed = set()
         self._changed_file = None
@@ -1058,6 +1077,7 @@ class FaissStore:
         ann = meta.get("ann")
         self._ann_meta = dict(ann) if isinstance(ann, Mapping) else None
         self._ann = None
+        self._ann_mapped = False
         self._ann_spec = None
         self._changed = set()
         self._changed_file = None
@@ -1069,7 +1089,7 @@ class FaissStore:
         if name:
             path = self.folder / str(name)
             try:
-                index = faiss.read_index(str(path))
+                index = faiss.read_index(str(path), _MMAP_FLAG)
             except RuntimeError as exc:
                 raise StoreError(
                     f"cannot read the index {path}: {exc}. The raw vectors are intact: "
@@ -1078,6 +1098,7 @@ class FaissStore:
             if index.d != self.dim:
                 raise StoreError(f"the index {path} has dim {index.d}, not {self.dim}")
             self._ann = index
+            self._ann_mapped = _MMAP_FLAG != 0
         changed = meta.get("changed")
         if changed:
             path = self.folder / str(changed)
