@@ -1,5 +1,19 @@
-"""The HTTP API (Litestar): ``create_app`` builds it, ``vitdex serve`` runs it."""
+"""The HTTP API (Litestar): ``create_app`` builds it, ``vitdex serve`` runs it.
 
-from vitdex.api.app import create_app
+``create_app`` is imported on first use: every ``vitdex`` command imports
+:mod:`vitdex.api.serve` to register ``serve``, and must not pay for Litestar.
+"""
+
+from __future__ import annotations
+
+from typing import Any
 
 __all__ = ["create_app"]
+
+
+def __getattr__(name: str) -> Any:
+    if name == "create_app":
+        from vitdex.api.app import create_app
+
+        return create_app
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
