@@ -229,3 +229,19 @@ def test_rq_worker_runs_index_and_cluster_jobs(
         run = get_cluster_run(session, run_id)
         assert run["job_id"] == cluster_id and run["k"] == 2
         assert sum(c["size"] for c in run["clusters"]) == 8
+
+
+def test_a_claimed_job_knows_whether_its_process_is_gone(vitdex_env: dict[str, str]) -> None:
+    job_id, _ = _enqueue("index", {"paths": ["/nowhere"]})
+    with _sessions()() as session:
+        job = job_sql.start_job(session, job_id)
+        assert job is not None and job.params["owner"]["pid"] == os.getpid()
+        assert not job_sql.owner_gone(job)  # this very process
+        dead = subprocess.Popen([sys.executable, "-c", "pass"])
+        dead.wait()
+        job.params = {**job.params, "owner": {**job.params["owner"], "pid": dead.pid}}
+        assert job_sql.owner_gone(job)
+        job.params = {**job.params, "owner": {"host": "elsewhere", "pid": dead.pid}}
+        assert not job_sql.owner_gone(job)  # another host: nothing here can tell
+        job.params = {"paths": ["/nowhere"]}
+        assert not job_sql.owner_gone(job)  # never claimed

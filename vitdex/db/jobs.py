@@ -7,6 +7,8 @@ backend, so they survive a Redis restart and read the same whichever queue ran t
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -171,8 +173,28 @@ def start_job(session: Session, job_id: int) -> Job | None:
         session.commit()
         return None
     job.state, job.started_at, job.error = JobState.RUNNING, utcnow(), None
+    # Who runs it: a job left "running" by a process that died can then be told apart
+    # from one still at work (see owner_gone).
+    job.params = {**(job.params or {}), "owner": {"host": socket.gethostname(), "pid": os.getpid()}}
     session.commit()
     return job
+
+
+def owner_gone(job: Job) -> bool:
+    """Whether ``job`` was claimed by a process on this host that no longer exists.
+
+    False when its owner is alive, unknown, or on another host (nothing here can tell).
+    """
+    owner = (job.params or {}).get("owner") or {}
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
 
 
 def set_progress(

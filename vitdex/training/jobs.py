@@ -118,13 +118,10 @@ def _train_run(
     from vitdex.training.dreambooth import TrainProgress, train
     from vitdex.training.export import export_dataset
     from vitdex.training.registry import convert_and_register
-    from vitdex.training.runs import checkpoint_name, owner_tag
+    from vitdex.training.runs import checkpoint_name
 
     settings = load_settings()
     with sessions() as session:
-        job = job_sql.get_job(session, job_id)
-        job.params = {**(job.params or {}), "owner": owner_tag()}
-        session.commit()
         run = run_sql.set_run_state(session, run_id, JobState.RUNNING, job_id=job_id)
         config = TrainConfig.from_dict(run.config)
         out = Path(run.output_dir)

@@ -15,9 +15,7 @@ creates runs and the job function (:func:`vitdex.training.jobs.run_train_job`) t
 
 from __future__ import annotations
 
-import os
 import re
-import socket
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -132,25 +130,6 @@ def create_run(
         return run, job.id
 
 
-def owner_tag() -> dict[str, Any]:
-    """Who runs a job: host and process id, so a dead owner can be recognised."""
-    return {"host": socket.gethostname(), "pid": os.getpid()}
-
-
-def _owner_gone(job: Job) -> bool:
-    """Whether ``job`` was claimed by a process on this host that no longer exists."""
-    owner = (job.params or {}).get("owner") or {}
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
 def resume_run(
     sessions: sessionmaker[Session], run_id: int, *, force: bool = False
 ) -> tuple[TrainingRun, int]:
@@ -166,7 +145,7 @@ def resume_run(
         if run.job_id is not None:
             job = session.get(Job, run.job_id)
             if job is not None and job.state in job_sql.ACTIVE_STATES:
-                if not (force or _owner_gone(job)):
+                if not (force or job_sql.owner_gone(job)):
                     raise ConflictError(
                         f"training run {run_id} is {job.state} as job {job.id}; cancel it "
                         "first or wait (force the resume if its process is gone)"
