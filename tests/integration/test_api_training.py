@@ -131,8 +131,7 @@ def test_cancelled_run_resumes_over_http(
     cancelled = client.post(f"/api/v1/training-runs/{run['id']}/cancel")
     assert cancelled.status_code == 200
     job = wait_for(client, run["job_id"])
-    if job["state"] == "succeeded":  # a very fast machine may finish 40 steps first
-        pytest.skip("the run finished before the cancel was seen")
+    # The flag is read before every step, so the run stops long before its 42 steps.
     assert job["state"] == "cancelled", job
     stopped = client.get(f"/api/v1/training-runs/{run['id']}").json()
     assert stopped["state"] == "cancelled" and 0 < stopped["step"] < 42
