@@ -787,51 +787,17 @@ def _load_checkpoint_dict(path: Path) -> dict[str, torch.Tensor]:
     return loaded
 
 
-def _sdxl_second_encoder(path: Path, source: Path) -> Any:
-    """SDXL's second text encoder, read from its own keys with diffusers' OpenCLIP reader.
-
-    diffusers tells SDXL's two text encoders apart by their width alone (768 vs 1280 in
-    the real model); when both are equally wide it would read the second one from the
-    first encoder's keys. This gives it only ``conditioner.embedders.1.*``, which is what
-    the original code (and AUTOMATIC1111, ComfyUI) load it from.
-    """
-    import torch
-    from diffusers.loaders.single_file_utils import create_diffusers_clip_model_from_ldm
-    from transformers import CLIPTextModelWithProjection
-
-    checkpoint = _load_checkpoint_dict(path)
-    own = {k: v for k, v in checkpoint.items() if k.startswith("conditioner.embedders.1.")}
-    return create_diffusers_clip_model_from_ldm(
-        CLIPTextModelWithProjection,
-        own,
-        subfolder="text_encoder_2",
-        config=str(source),
-        torch_dtype=torch.float32,
-        local_files_only=True,
-    )
-
-
-def _encoders_equally_wide(source: Path) -> bool:
-    first = _read_json(source / "text_encoder" / "config.json")["hidden_size"]
-    second = _read_json(source / "text_encoder_2" / "config.json")["hidden_size"]
-    return bool(first == second)
-
-
 def load_single_file(path: Path, source: Path, version: str, *, device: str = "cpu") -> Any:
     """The pipeline in single file ``path`` via diffusers' ``from_single_file``, offline, with
     the component configs (and tokenizers, scheduler) of the diffusers folder ``source``."""
     import torch
 
-    extra: dict[str, Any] = {}
     with quiet_hub():
-        if version == "sdxl" and _encoders_equally_wide(source):
-            extra["text_encoder_2"] = _sdxl_second_encoder(path, source)
         pipe = _pipeline_class(version).from_single_file(
             str(path),
             config=str(source),
             local_files_only=True,
             dtype=torch.float32,
-            **extra,
         )
     pipe.set_progress_bar_config(disable=True)
     return pipe if device == "cpu" else pipe.to(device)
