@@ -780,13 +780,6 @@ _COMPONENTS = {
 }
 
 
-def _load_checkpoint_dict(path: Path) -> dict[str, torch.Tensor]:
-    from diffusers.loaders.single_file_utils import load_single_file_checkpoint
-
-    loaded: dict[str, torch.Tensor] = load_single_file_checkpoint(str(path), local_files_only=True)
-    return loaded
-
-
 def load_single_file(path: Path, source: Path, version: str, *, device: str = "cpu") -> Any:
     """The pipeline in single file ``path`` via diffusers' ``from_single_file``, offline, with
     the component configs (and tokenizers, scheduler) of the diffusers folder ``source``."""
