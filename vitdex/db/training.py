@@ -112,10 +112,42 @@ def checkpoint_of_run(session: Session, run_id: int) -> Checkpoint | None:
     ).first()
 
 
+def runs_to_dicts(session: Session, runs: Sequence[TrainingRun]) -> list[dict[str, Any]]:
+    """The JSON form of runs, each with its job's state and newest checkpoint.
+
+    Two queries for the whole list (jobs, checkpoints), not two per run.
+    """
+    job_ids = [run.job_id for run in runs if run.job_id is not None]
+    job_states: dict[int, str] = {}
+    if job_ids:
+        query = select(Job.id, Job.state).where(Job.id.in_(job_ids))
+        job_states = {job_id: state for job_id, state in session.execute(query)}
+    newest: dict[int, Checkpoint] = {}
+    if runs:
+        rows = session.scalars(
+            select(Checkpoint)
+            .where(Checkpoint.run_id.in_([run.id for run in runs]))
+            .order_by(Checkpoint.id)
+        )
+        newest = {row.run_id: row for row in rows if row.run_id is not None}
+    return [
+        _run_dict(
+            run,
+            job_states.get(run.job_id) if run.job_id is not None else None,
+            newest.get(run.id),
+        )
+        for run in runs
+    ]
+
+
 def run_to_dict(session: Session, run: TrainingRun) -> dict[str, Any]:
-    """The JSON form of a run, with its job's state and its checkpoint when there is one."""
-    job = session.get(Job, run.job_id) if run.job_id is not None else None
-    checkpoint = checkpoint_of_run(session, run.id)
+    """The JSON form of one run (see :func:`runs_to_dicts`)."""
+    return runs_to_dicts(session, [run])[0]
+
+
+def _run_dict(
+    run: TrainingRun, job_state: str | None, checkpoint: Checkpoint | None
+) -> dict[str, Any]:
     return {
         "id": run.id,
         "state": run.state,
@@ -126,7 +158,7 @@ def run_to_dict(session: Session, run: TrainingRun) -> dict[str, Any]:
         "version": run.version,
         "dataset_id": run.dataset_id,
         "job_id": run.job_id,
-        "job_state": job.state if job is not None else None,
+        "job_state": job_state,
         "output_dir": run.output_dir,
         "error": run.error,
         "config": run.config,

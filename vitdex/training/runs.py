@@ -188,10 +188,8 @@ def list_runs(
 ) -> list[dict[str, Any]]:
     """Runs, newest first."""
     with sessions() as session:
-        return [
-            run_sql.run_to_dict(session, run)
-            for run in run_sql.list_runs(session, state=state, limit=limit, offset=offset)
-        ]
+        runs = run_sql.list_runs(session, state=state, limit=limit, offset=offset)
+        return run_sql.runs_to_dicts(session, runs)
 
 
 def checkpoint_name(dataset_name: str | None, run_id: int) -> str:
