@@ -6,6 +6,7 @@ import os
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -112,3 +113,40 @@ def vitdex_env(
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     return env
+
+
+@pytest.fixture
+def rq_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
+    """The real Redis at VITDEX_TEST_REDIS_URL with a queue of this test's own.
+
+    Sets VITDEX_REDIS_URL and VITDEX_QUEUE_NAME; yields ``(connection, queue name)``.
+    rq job ids are fixed per job row (``vitdex-job-<id>``) and row ids restart in every
+    test database, so leftover job keys are removed before and after.
+    """
+    from redis import Redis
+
+    url = os.environ.get("VITDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+    conn = Redis.from_url(url)
+    try:
+        conn.ping()
+    except Exception as exc:
+        pytest.fail(f"Redis is not reachable at {url}: {exc}")
+    queue_name = f"vitdex-test-{uuid.uuid4().hex[:10]}"
+    monkeypatch.setenv("VITDEX_REDIS_URL", url)
+    monkeypatch.setenv("VITDEX_QUEUE_NAME", queue_name)
+
+    def clean() -> None:
+        keys = [
+            *conn.scan_iter(match=f"rq:*{queue_name}*"),
+            *conn.scan_iter(match="rq:job:vitdex-job-*"),
+            *conn.scan_iter(match="rq:results:vitdex-job-*"),
+        ]
+        if keys:
+            conn.delete(*keys)
+
+    clean()
+    try:
+        yield conn, queue_name
+    finally:
+        clean()
+        conn.close()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
@@ -10,13 +9,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
 from sqlalchemy import create_engine, func, select
 from sqlalchemy.engine import make_url
 
+from tests.helpers import as_json, run_vitdex
 from tests.photos import make_broken_files, make_photo
 from vitdex.db.models import Image, ImageStatus
 
@@ -26,20 +25,7 @@ pytestmark = pytest.mark.slow
 def vitdex(
     *args: str, env: dict[str, str], check: bool = True, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitdex", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"vitdex {args} exited {proc.returncode}:\n{proc.stderr}")
-    return proc
-
-
-def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(proc.stdout)
+    return run_vitdex(*args, env=env, code=0 if check else None, timeout=timeout)
 
 
 @pytest.fixture

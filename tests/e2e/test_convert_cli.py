@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import pytest
 import torch
 import yaml
 
+from tests.helpers import as_json, run_vitdex
+
 pytestmark = pytest.mark.slow
 
 
 def vitdex(*args: str, env: dict[str, str], code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitdex", *args],
-        env={**os.environ, **env},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert proc.returncode == code, f"vitdex {args} exited {proc.returncode}:\n{proc.stderr}"
-    return proc
-
-
-def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(proc.stdout)
+    return run_vitdex(*args, env=env, code=code)
 
 
 @pytest.fixture

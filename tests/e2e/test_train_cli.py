@@ -6,7 +6,6 @@ pipeline, 32 px, a handful of steps.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import subprocess
@@ -19,25 +18,14 @@ from typing import Any
 import pytest
 from safetensors.torch import load_file
 
+from tests.helpers import as_json, run_vitdex
 from tests.photos import make_photo
 
 pytestmark = pytest.mark.slow
 
 
 def vitdex(*args: str, code: int = 0) -> subprocess.CompletedProcess[str]:
-    proc = subprocess.run(
-        [sys.executable, "-m", "vitdex", *args],
-        env=os.environ.copy(),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
-    assert proc.returncode == code, f"vitdex {args} exited {proc.returncode}:\n{proc.stderr}"
-    return proc
-
-
-def as_json(proc: subprocess.CompletedProcess[str]) -> Any:
-    return json.loads(proc.stdout)
+    return run_vitdex(*args, code=code, timeout=600)
 
 
 @pytest.fixture
@@ -127,38 +115,18 @@ def test_sigkilled_run_resumes(
 
 
 def test_background_run_on_an_rq_worker(
-    dataset: str, tiny_sd: Path, monkeypatch: pytest.MonkeyPatch
+    dataset: str, tiny_sd: Path, rq_redis: tuple[Any, str]
 ) -> None:
     """`vitdex train --background` queues the run on rq; `vitdex worker --burst` trains it."""
-    import uuid
-
-    from redis import Redis
-
-    url = os.environ.get("VITDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    conn = Redis.from_url(url)
-    try:
-        conn.ping()
-    except Exception as exc:
-        pytest.fail(f"Redis is not reachable at {url}: {exc}")
-    queue_name = f"vitdex-test-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("VITDEX_REDIS_URL", url)
-    monkeypatch.setenv("VITDEX_QUEUE_NAME", queue_name)
-    try:
-        queued = as_json(
-            vitdex(
-                "train", dataset, "--base", str(tiny_sd), "--steps", "2",
-                "--text-encoder-steps", "1", *TRAIN, "--background", "--json",
-            )
-        )  # fmt: skip
-        assert queued["state"] == "queued"
-        worker = vitdex("worker", "--burst")
-        assert worker.returncode == 0
-        run = as_json(vitdex("train", "show", str(queued["run_id"]), "--json"))
-        assert run["state"] == "succeeded", run
-        assert run["step"] == 3 and run["checkpoint"] is not None
-        assert run["job_id"] == queued["job_id"] and run["job_state"] == "succeeded"
-    finally:
-        keys = list(conn.scan_iter(match=f"rq:*{queue_name}*"))
-        if keys:
-            conn.delete(*keys)
-        conn.close()
+    queued = as_json(
+        vitdex(
+            "train", dataset, "--base", str(tiny_sd), "--steps", "2",
+            "--text-encoder-steps", "1", *TRAIN, "--background", "--json",
+        )
+    )  # fmt: skip
+    assert queued["state"] == "queued"
+    assert vitdex("worker", "--burst").returncode == 0
+    run = as_json(vitdex("train", "show", str(queued["run_id"]), "--json"))
+    assert run["state"] == "succeeded", run
+    assert run["step"] == 3 and run["checkpoint"] is not None
+    assert run["job_id"] == queued["job_id"] and run["job_state"] == "succeeded"

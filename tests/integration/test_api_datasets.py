@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 import tomllib
 from collections.abc import Iterator
 from pathlib import Path
@@ -12,12 +11,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
+from tests.helpers import index_folder, wait_for_job
 from tests.photos import make_photo
 from vitdex.api import create_app
-from vitdex.config import load_settings
-from vitdex.db import ensure_schema, make_engine, session_factory
-from vitdex.indexer.embedder import Embedder
-from vitdex.indexer.pipeline import Indexer
 
 Client = TestClient[Litestar]
 INT64_MAX = 2**63 - 1
@@ -39,24 +35,10 @@ def client(
     lib = tmp_path / "lib"
     for i in range(12):
         make_photo(lib / f"p{i:02d}.jpg", size=(96, 72), seed=i)
-    settings = load_settings()
-    engine = make_engine(settings.storage.resolved_database_url)
-    ensure_schema(engine)
-    Indexer(settings, session_factory(engine), Embedder.from_settings(settings.model)).run([lib])
-    engine.dispose()
+    index_folder(lib)
     monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(allowed))
     with TestClient(create_app(), raise_server_exceptions=False) as c:
         yield c
-
-
-def wait_for(client: Client, job_id: int, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.05)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def create(client: Client, **body: Any) -> Any:
@@ -96,7 +78,7 @@ def test_dataset_lifecycle(client: Client, allowed: Path, tmp_path: Path) -> Non
     # Exports are jobs: 202 with the job, the result in its counts when it succeeds.
     default = client.post(f"/api/v1/datasets/{dataset_id}/export", json={"resolution": 64})
     assert default.status_code == 202, default.text
-    job = wait_for(client, default.json()["job"]["id"])
+    job = wait_for_job(client, default.json()["job"]["id"])
     assert job["state"] == "succeeded", job
     assert Path(job["counts"]["path"]).parent.name == "datasets"
     assert job["done"] == job["total"] == job["counts"]["instance"] + job["counts"]["class"]
@@ -105,7 +87,7 @@ def test_dataset_lifecycle(client: Client, allowed: Path, tmp_path: Path) -> Non
         f"/api/v1/datasets/{dataset_id}/export", json={"path": str(target), "resolution": 64}
     )
     assert exported.status_code == 202, exported.text
-    job = wait_for(client, exported.json()["job"]["id"])
+    job = wait_for_job(client, exported.json()["job"]["id"])
     assert job["state"] == "succeeded", job
     result = job["counts"]
     assert result["path"] == str(target.resolve()) and result["class"] == 2

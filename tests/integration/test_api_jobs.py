@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,6 +10,7 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
+from tests.helpers import wait_for_job
 from tests.photos import make_photo
 from vitdex.api import create_app
 
@@ -37,22 +37,12 @@ def client(
         yield c
 
 
-def wait_for(client: Client, job_id: int, timeout: float = 120) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
-
-
 def test_library_lifecycle(client: Client, photos: Path) -> None:
     created = client.post("/api/v1/libraries", json={"path": str(photos / "lib")})
     assert created.status_code == 202, created.text
     body = created.json()
     lib_id, job_id = body["library"]["id"], body["job"]["id"]
-    job = wait_for(client, job_id)
+    job = wait_for_job(client, job_id)
     assert job["state"] == "succeeded", job
     assert (job["done"], job["total"], job["counts"]["embedded"]) == (12, 12, 12)
     assert job["progress"] == 1.0
@@ -64,7 +54,7 @@ def test_library_lifecycle(client: Client, photos: Path) -> None:
     make_photo(photos / "lib" / "x" / "new.jpg", size=(96, 72), seed=77)
     rescan = client.post(f"/api/v1/libraries/{lib_id}/scan")
     assert rescan.status_code == 202
-    job = wait_for(client, rescan.json()["job"]["id"])
+    job = wait_for_job(client, rescan.json()["job"]["id"])
     assert (job["counts"]["embedded"], job["counts"]["unchanged"]) == (1, 12)
 
     listed = client.get("/api/v1/jobs", params={"kind": "index"}).json()
@@ -107,10 +97,10 @@ def test_no_allowed_roots_means_no_libraries(vitdex_env: dict[str, str], photos:
 
 def test_clusters(client: Client, photos: Path) -> None:
     job = client.post("/api/v1/libraries", json={"path": str(photos / "lib")}).json()["job"]
-    assert wait_for(client, job["id"])["state"] == "succeeded"
+    assert wait_for_job(client, job["id"])["state"] == "succeeded"
     started = client.post("/api/v1/clusters", json={"space": "cls", "k": 3})
     assert started.status_code == 202, started.text
-    done = wait_for(client, started.json()["job"]["id"])
+    done = wait_for_job(client, started.json()["job"]["id"])
     assert done["state"] == "succeeded", done
     run_id = done["counts"]["run_id"]
     run = client.get(f"/api/v1/clusters/{run_id}", params={"members_limit": 2}).json()
@@ -126,7 +116,7 @@ def test_clusters(client: Client, photos: Path) -> None:
         "/api/v1/clusters",
         json={"space": "cls", "k": 2, "filter": {"folder": str(photos / "lib" / "x")}},
     )
-    done = wait_for(client, filtered.json()["job"]["id"])
+    done = wait_for_job(client, filtered.json()["job"]["id"])
     assert done["state"] == "succeeded", done
     assert client.get(f"/api/v1/clusters/{done['counts']['run_id']}").json()["n_images"] == 6
 
@@ -160,61 +150,39 @@ def test_jobs_left_over_resume_when_the_api_starts(
         ids = [queued.id, interrupted.id]
     engine.dispose()
     with TestClient(create_app(), raise_server_exceptions=False) as client:
-        finished = [wait_for(client, job_id) for job_id in ids]
+        finished = [wait_for_job(client, job_id) for job_id in ids]
     assert [job["state"] for job in finished] == ["succeeded", "succeeded"]
     assert finished[0]["counts"]["embedded"] == 12
 
 
 def test_api_jobs_run_on_a_real_rq_worker(
-    vitdex_env: dict[str, str], photos: Path, monkeypatch: pytest.MonkeyPatch
+    vitdex_env: dict[str, str],
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    rq_redis: tuple[Any, str],
 ) -> None:
-    import os
     import subprocess
     import sys
-    import uuid
 
-    from redis import Redis
-
-    redis_url = os.environ.get("VITDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
-    conn = Redis.from_url(redis_url)
-    try:
-        conn.ping()
-    except Exception as exc:
-        pytest.fail(f"Redis is not reachable at {redis_url}: {exc}")
-    queue_name = f"vitdex-api-test-{uuid.uuid4().hex[:10]}"
     monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(photos))
-    monkeypatch.setenv("VITDEX_REDIS_URL", redis_url)
-    monkeypatch.setenv("VITDEX_QUEUE_NAME", queue_name)
-
-    def clean() -> None:
-        keys = list(conn.scan_iter(match=f"rq:*{queue_name}*"))
-        keys += list(conn.scan_iter(match="rq:job:vitdex-job-*"))
-        if keys:
-            conn.delete(*keys)
-
-    clean()
-    try:
-        with TestClient(create_app(), raise_server_exceptions=False) as client:
-            assert client.get("/ready").json()["ready"] is True
-            body = client.post("/api/v1/libraries", json={"path": str(photos / "lib")}).json()
-            job_id = body["job"]["id"]
-            assert client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "queued"
-            again = client.post(f"/api/v1/libraries/{body['library']['id']}/scan").json()
-            assert again["job"]["id"] == job_id  # the same scan is not queued twice
-            metrics = client.get("/metrics").text
-            assert "vitdex_queue_depth 1.0" in metrics
-            worker = subprocess.run(
-                [sys.executable, "-m", "vitdex.worker", "--burst"],
-                capture_output=True,
-                text=True,
-                timeout=180,
-                check=False,
-            )
-            assert worker.returncode == 0, worker.stderr[-3000:]
-            job = client.get(f"/api/v1/jobs/{job_id}").json()
-            assert job["state"] == "succeeded", job
-            assert job["counts"]["embedded"] == 12
-            assert client.get("/api/v1/images").json()["total"] == 12
-    finally:
-        clean()
-        conn.close()
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        assert client.get("/ready").json()["ready"] is True
+        body = client.post("/api/v1/libraries", json={"path": str(photos / "lib")}).json()
+        job_id = body["job"]["id"]
+        assert client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "queued"
+        again = client.post(f"/api/v1/libraries/{body['library']['id']}/scan").json()
+        assert again["job"]["id"] == job_id  # the same scan is not queued twice
+        metrics = client.get("/metrics").text
+        assert "vitdex_queue_depth 1.0" in metrics
+        worker = subprocess.run(
+            [sys.executable, "-m", "vitdex.worker", "--burst"],
+            capture_output=True,
+            text=True,
+            timeout=180,
+            check=False,
+        )
+        assert worker.returncode == 0, worker.stderr[-3000:]
+        job = client.get(f"/api/v1/jobs/{job_id}").json()
+        assert job["state"] == "succeeded", job
+        assert job["counts"]["embedded"] == 12
+        assert client.get("/api/v1/images").json()["total"] == 12

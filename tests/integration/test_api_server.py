@@ -14,11 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.helpers import index_folder
 from tests.photos import make_photo
-from vitdex.config import load_settings
-from vitdex.db import ensure_schema, make_engine, session_factory
-from vitdex.indexer.embedder import Embedder
-from vitdex.indexer.pipeline import Indexer
 
 #: The server gets this long to answer /health before the test gives up.
 START_TIMEOUT_S = 60
@@ -37,11 +34,7 @@ def server(vitdex_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
     lib = tmp_path / "lib"
     for i in range(6):
         make_photo(lib / f"p{i}.jpg", size=(96, 72), seed=i, taken_at=datetime(2023, 1, 1 + i))
-    settings = load_settings()
-    engine = make_engine(settings.storage.resolved_database_url)
-    ensure_schema(engine)
-    Indexer(settings, session_factory(engine), Embedder.from_settings(settings.model)).run([lib])
-    engine.dispose()
+    index_folder(lib)
 
     port = _free_port()
     env = {**os.environ, **vitdex_env, "VITDEX_API_KEYS": "secret"}

@@ -17,12 +17,9 @@ import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
 
+from tests.helpers import index_folder, wait_for_job
 from tests.photos import make_photo
 from vitdex.api import create_app
-from vitdex.config import load_settings
-from vitdex.db import ensure_schema, make_engine, session_factory
-from vitdex.indexer.embedder import Embedder
-from vitdex.indexer.pipeline import Indexer
 
 Client = TestClient[Litestar]
 pytestmark = pytest.mark.slow
@@ -42,11 +39,7 @@ def client(
     lib = tmp_path / "lib"
     for i in range(8):
         make_photo(lib / f"p{i:02d}.jpg", size=(96, 72), seed=i)
-    settings = load_settings()
-    engine = make_engine(settings.storage.resolved_database_url)
-    ensure_schema(engine)
-    Indexer(settings, session_factory(engine), Embedder.from_settings(settings.model)).run([lib])
-    engine.dispose()
+    index_folder(lib)
     monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(allowed))
     with TestClient(create_app(), raise_server_exceptions=False) as c:
         made = c.post(
@@ -62,16 +55,6 @@ def client(
         )
         assert made.status_code == 201, made.text
         yield c
-
-
-def wait_for(client: Client, job_id: int, timeout: float = 300) -> dict[str, Any]:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        job: dict[str, Any] = client.get(f"/api/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.1)
-    raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
 def run_body(allowed: Path, **extra: Any) -> dict[str, Any]:
@@ -92,7 +75,7 @@ def test_training_run_to_registered_checkpoint(client: Client, allowed: Path) ->
     assert started.status_code == 202, started.text
     run = started.json()
     assert run["total_steps"] == 5 and run["config"]["prior_preservation"] is True
-    job = wait_for(client, run["job_id"])
+    job = wait_for_job(client, run["job_id"])
     assert job["state"] == "succeeded", job
     assert job["done"] == 5
 
@@ -130,7 +113,7 @@ def test_cancelled_run_resumes_over_http(
         time.sleep(0.05)
     cancelled = client.post(f"/api/v1/training-runs/{run['id']}/cancel")
     assert cancelled.status_code == 200
-    job = wait_for(client, run["job_id"])
+    job = wait_for_job(client, run["job_id"])
     # The flag is read before every step, so the run stops long before its 42 steps.
     assert job["state"] == "cancelled", job
     stopped = client.get(f"/api/v1/training-runs/{run['id']}").json()
@@ -138,7 +121,7 @@ def test_cancelled_run_resumes_over_http(
 
     resumed = client.post(f"/api/v1/training-runs/{run['id']}/resume")
     assert resumed.status_code == 202, resumed.text
-    job = wait_for(client, resumed.json()["job_id"])
+    job = wait_for_job(client, resumed.json()["job_id"])
     assert job["state"] == "succeeded", job
     final = client.get(f"/api/v1/training-runs/{run['id']}").json()
     assert final["step"] == 42 and final["checkpoint"] is not None

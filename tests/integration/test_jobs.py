@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -176,23 +175,13 @@ def _clean_redis(conn: Any, queue_name: str, job_ids: list[int]) -> None:
 
 
 def test_rq_worker_runs_index_and_cluster_jobs(
-    vitdex_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    vitdex_env: dict[str, str], tmp_path: Path, rq_redis: tuple[Any, str]
 ) -> None:
-    from redis import Redis
-
-    conn = Redis.from_url(REDIS_URL)
-    try:
-        conn.ping()
-    except Exception as exc:
-        pytest.fail(f"Redis is not reachable at {REDIS_URL}: {exc}")
-    queue_name = f"vitdex-test-{uuid.uuid4().hex[:10]}"
-    monkeypatch.setenv("VITDEX_REDIS_URL", REDIS_URL)
-    monkeypatch.setenv("VITDEX_QUEUE_NAME", queue_name)
+    conn, queue_name = rq_redis
     lib = tmp_path / "lib"
     _photos(lib, 8)
     index_id, _ = _enqueue("index", {"paths": [str(lib)]})
     cluster_id, _ = _enqueue("cluster", {"space": "cls", "k": 2, "method": "kmeans"})
-    _clean_redis(conn, queue_name, [index_id, cluster_id])  # ids restart in every database
     queue = make_queue(load_settings())
     try:
         assert isinstance(queue, RqQueue) and queue.ping()
@@ -219,11 +208,10 @@ def test_rq_worker_runs_index_and_cluster_jobs(
         assert cluster_job["counts"]["n_images"] == 8
         assert worker_s < 120
     finally:
-        _clean_redis(conn, queue_name, [index_id, cluster_id])
         queue.close()
-    # Redis forgot everything; the state is in SQL.
+    # Redis forgets everything; the state is in SQL.
+    _clean_redis(conn, queue_name, [index_id, cluster_id])
     assert not list(conn.scan_iter(match=f"rq:*{queue_name}*"))
-    conn.close()
     assert _job(index_id)["state"] == JobState.SUCCEEDED
     with _sessions()() as session:
         run = get_cluster_run(session, run_id)
