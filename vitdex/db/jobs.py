@@ -343,10 +343,19 @@ def catalog_sessions(database_url: str) -> sessionmaker[Session]:
         return sessions
 
 
-def progress_writer(sessions: sessionmaker[Session], job_id: int) -> Callable[[int, int], None]:
-    """A ``progress(done, total)`` callback that writes to the job row."""
+def progress_writer(
+    sessions: sessionmaker[Session], job_id: int, *, every_s: float = 0.0
+) -> Callable[[int, int], None]:
+    """A ``progress(done, total)`` callback that writes to the job row, at most once
+    every ``every_s`` seconds (the last call, ``done == total``, is always written)."""
+    last = float("-inf")
 
     def write(done: int, total: int) -> None:
+        nonlocal last
+        now = time.monotonic()
+        if done != total and now - last < every_s:
+            return
+        last = now
         with sessions() as session:
             set_progress(session, job_id, done=done, total=total)
 

@@ -219,14 +219,10 @@ def run_export_job(job_id: int) -> None:
         with sessions() as session:
             params = dict(job_sql.get_job(session, job_id).params or {})
         stop = job_sql.CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
-        write = job_sql.progress_writer(sessions, job_id)
-        last = [float("-inf")]
+        write = job_sql.progress_writer(sessions, job_id, every_s=PROGRESS_EVERY_S)
 
         def progress(done: int, total: int) -> None:
-            now = time.monotonic()
-            if done == total or now - last[0] >= PROGRESS_EVERY_S:
-                last[0] = now
-                write(done, total)
+            write(done, total)
             if stop():
                 raise job_sql.JobCancelled()
 
