@@ -131,13 +131,33 @@ def _unit(x: npt.ArrayLike) -> Floats:
     return np.asarray(arr / np.maximum(norms, 1e-12), dtype=np.float32)
 
 
-def _closest(kept: list[Floats], vector: Floats) -> tuple[int, float]:
-    """Index of and cosine to the kept vector closest to ``vector`` ((-1, -inf) if none)."""
-    if not kept:
-        return -1, float("-inf")
-    sims = np.stack(kept) @ vector
-    j = int(np.argmax(sims))
-    return j, float(sims[j])
+class _Kept:
+    """The items kept so far, as a growing matrix: one matrix-vector product per
+    candidate finds its closest kept item (no re-stacking of every vector each time)."""
+
+    def __init__(self, ids: Sequence[int], vectors: Floats) -> None:
+        self.ids = [int(i) for i in ids]
+        self._vecs: Floats | None = None
+        if self.ids:
+            self._vecs = np.empty((max(64, 2 * len(ids)), vectors.shape[1]), dtype=np.float32)
+            self._vecs[: len(ids)] = vectors[: len(ids)]
+
+    def add(self, image_id: int, vector: Floats) -> None:
+        n = len(self.ids)
+        if self._vecs is None:
+            self._vecs = np.empty((64, vector.shape[0]), dtype=np.float32)
+        elif n == self._vecs.shape[0]:
+            self._vecs = np.concatenate([self._vecs, np.empty_like(self._vecs)])
+        self._vecs[n] = vector
+        self.ids.append(int(image_id))
+
+    def duplicate_of(self, vector: Floats, dedup: float | None) -> int | None:
+        """The kept item ``vector`` is a near-duplicate of (cosine >= ``dedup``), if any."""
+        if dedup is None or self._vecs is None:
+            return None
+        sims = self._vecs[: len(self.ids)] @ vector
+        j = int(np.argmax(sims))
+        return self.ids[j] if float(sims[j]) >= dedup else None
 
 
 def select_instances(
@@ -159,8 +179,7 @@ def select_instances(
     rows: list[ItemRow] = [
         ItemRow(int(s), "instance", 0, None, True, ItemReason.SEED.value) for s in seed_ids
     ]
-    kept_ids: list[int] = [int(s) for s in seed_ids]
-    kept_vecs: list[Floats] = [seed_mat[i] for i in range(len(seed_ids))]
+    kept = _Kept(seed_ids, seed_mat)
     decided: dict[int, ItemRow] = {}
     eligible: list[int] = []
     for i, image_id in enumerate(ids):
@@ -171,21 +190,19 @@ def select_instances(
                 int(image_id), "instance", rank, score, False, ItemReason.BELOW_MIN_SCORE.value
             )
             continue
-        if options.dedup is not None:
-            j, sim = _closest(kept_vecs, cand[i])
-            if sim >= options.dedup:
-                decided[i] = ItemRow(
-                    int(image_id),
-                    "instance",
-                    rank,
-                    score,
-                    False,
-                    ItemReason.NEAR_DUPLICATE.value,
-                    duplicate_of=kept_ids[j],
-                )
-                continue
-        kept_ids.append(int(image_id))
-        kept_vecs.append(cand[i])
+        duplicate = kept.duplicate_of(cand[i], options.dedup)
+        if duplicate is not None:
+            decided[i] = ItemRow(
+                int(image_id),
+                "instance",
+                rank,
+                score,
+                False,
+                ItemReason.NEAR_DUPLICATE.value,
+                duplicate_of=duplicate,
+            )
+            continue
+        kept.add(int(image_id), cand[i])
         eligible.append(i)
 
     quota = len(eligible)
@@ -256,8 +273,7 @@ def select_class(
         return []
     cand = _unit(vectors)
     inst = _unit(instance_vectors) if len(instance_ids) else np.zeros((0, 0), np.float32)
-    kept_ids: list[int] = [int(i) for i in instance_ids]
-    kept_vecs: list[Floats] = [inst[i] for i in range(len(instance_ids))]
+    kept = _Kept(instance_ids, inst)
     rows: list[ItemRow] = []
     drawn = 0
     for i, image_id in enumerate(ids):
@@ -265,23 +281,14 @@ def select_class(
             break
         rank = start_rank + i
         score = float(scores[i])
-        if dedup is not None:
-            j, sim = _closest(kept_vecs, cand[i])
-            if sim >= dedup:
-                rows.append(
-                    ItemRow(
-                        int(image_id),
-                        "class",
-                        rank,
-                        score,
-                        False,
-                        ItemReason.NEAR_DUPLICATE.value,
-                        duplicate_of=kept_ids[j],
-                    )
-                )
-                continue
-        kept_ids.append(int(image_id))
-        kept_vecs.append(cand[i])
+        duplicate = kept.duplicate_of(cand[i], dedup)
+        if duplicate is not None:
+            reason = ItemReason.NEAR_DUPLICATE.value
+            rows.append(
+                ItemRow(int(image_id), "class", rank, score, False, reason, duplicate_of=duplicate)
+            )
+            continue
+        kept.add(int(image_id), cand[i])
         rows.append(ItemRow(int(image_id), "class", rank, score, True, ItemReason.CLASS.value))
         drawn += 1
     return rows
