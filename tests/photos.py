@@ -17,6 +17,7 @@ Nothing here is downloaded; every picture is drawn from a seed, so tests are rep
 
 from __future__ import annotations
 
+import io
 import struct
 import zlib
 from collections.abc import Sequence
@@ -529,3 +530,38 @@ def make_broken_files(folder: Path) -> dict[str, Path]:
     garbage.write_bytes(np.random.default_rng(99).integers(0, 256, 4096, np.uint8).tobytes())
     bomb = make_bomb_png(folder / "bomb.png")
     return {"empty": empty, "truncated": truncated, "text": text, "garbage": garbage, "bomb": bomb}
+
+
+# Display P3's primaries adapted to the ICC's D50 white (Apple's Display P3 profile).
+_P3_COLORANTS = {
+    b"rXYZ": (0.5151, 0.2412, -0.0011),
+    b"gXYZ": (0.2920, 0.6922, 0.0419),
+    b"bXYZ": (0.1571, 0.0666, 0.7841),
+}
+
+
+def display_p3_profile() -> bytes:
+    """An ICC profile with Display P3's primaries and sRGB's tone curve (what phones tag
+    their photos with), made from LittleCMS's built-in sRGB by rewriting the three
+    colorant tags: no profile file is shipped or downloaded."""
+    from PIL import ImageCms
+
+    icc = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    (count,) = struct.unpack(">I", icc[128:132])
+    for entry in range(count):
+        sig, offset, _ = struct.unpack(">4sII", icc[132 + 12 * entry : 144 + 12 * entry])
+        if sig in _P3_COLORANTS:  # an XYZ tag: type, reserved, then three s15Fixed16
+            values = (round(v * 65536) for v in _P3_COLORANTS[sig])
+            icc[offset + 8 : offset + 20] = struct.pack(">3i", *values)
+    return bytes(icc)
+
+
+def srgb_to_profile(rgb: np.ndarray, icc: bytes) -> np.ndarray:
+    """sRGB pixels re-expressed in the RGB space of ``icc``: what a camera or phone that
+    tags its photos with that profile stores for the same colours."""
+    from PIL import ImageCms
+
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+    target = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+    transform = ImageCms.buildTransform(srgb, target, "RGB", "RGB")
+    return np.asarray(ImageCms.applyTransform(Image.fromarray(rgb), transform))

@@ -593,3 +593,63 @@ def test_heic_without_pillow_heif_says_what_is_missing(
     monkeypatch.setattr(images, "_registered", False)  # as if pillow-heif were absent
     with pytest.raises(ImageError, match="needs pillow-heif"):
         decode_image(formats["heic"])
+
+
+# --- colour profiles -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "WEBP", "TIFF"])
+def test_a_wide_gamut_photo_is_converted_to_srgb(tmp_path: Path, fmt: str) -> None:
+    # The same scene stored as a phone stores it: Display P3 values, tagged as such.
+    srgb = photos.render((96, 64), 3)
+    icc = photos.display_p3_profile()
+    stored = photos.srgb_to_profile(srgb, icc)
+    assert mean_abs_diff(stored, srgb) > 3  # the stored values really differ
+    path = tmp_path / f"p3.{fmt.lower()}"
+    Image.fromarray(stored).save(path, fmt, icc_profile=icc, quality=95)
+
+    got = pixels(decode_image(path))
+    # Back to the sRGB colours the scene has, within the round trip and compression.
+    tolerance = LOSSLESS_TOLERANCE + 1.0 if fmt in ("PNG", "TIFF") else LOSSY_TOLERANCE
+    assert mean_abs_diff(got, srgb) < tolerance
+    assert mean_abs_diff(got, srgb) < mean_abs_diff(stored, srgb) / 2
+
+
+def test_a_reduced_decode_is_converted_too(tmp_path: Path) -> None:
+    srgb = photos.render((1600, 1200), 4)
+    icc = photos.display_p3_profile()
+    path = tmp_path / "p3.jpg"
+    Image.fromarray(photos.srgb_to_profile(srgb, icc)).save(path, quality=95, icc_profile=icc)
+    got = decode_image(path, min_size=(224, 224))
+    assert got.image.size == (800, 600)
+    want = np.asarray(Image.fromarray(srgb).resize((800, 600), Image.Resampling.BOX))
+    assert mean_abs_diff(pixels(got), want) < LOSSY_TOLERANCE
+
+
+def test_an_srgb_profile_leaves_pixels_untouched(tmp_path: Path) -> None:
+    from PIL import ImageCms
+
+    rgb = photos.render((64, 48), 5)
+    srgb_icc = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    tagged, plain = tmp_path / "tagged.png", tmp_path / "plain.png"
+    Image.fromarray(rgb).save(tagged, icc_profile=srgb_icc)
+    Image.fromarray(rgb).save(plain)
+    assert np.array_equal(pixels(decode_image(tagged)), pixels(decode_image(plain)))
+    assert np.array_equal(pixels(decode_image(tagged)), rgb)
+
+
+def test_a_broken_profile_is_ignored_not_fatal(tmp_path: Path) -> None:
+    rgb = photos.render((64, 48), 6)
+    path = tmp_path / "broken-icc.png"
+    Image.fromarray(rgb).save(path, icc_profile=b"not an ICC profile at all" * 8)
+    assert np.array_equal(pixels(decode_image(path)), rgb)
+
+
+def test_a_grey_photo_with_an_rgb_profile_keeps_its_grey(tmp_path: Path) -> None:
+    # A greyscale image cannot carry an RGB profile's meaning: the profile is ignored.
+    grey = photos.render((64, 48), 7).mean(axis=2).astype(np.uint8)
+    path = tmp_path / "grey.png"
+    Image.fromarray(grey, "L").save(path, icc_profile=photos.display_p3_profile())
+    got = pixels(decode_image(path))
+    for channel in range(3):
+        assert np.array_equal(got[..., channel], grey)

@@ -11,7 +11,9 @@ Three things make decoding safe and fast enough for bulk indexing:
 
 from __future__ import annotations
 
+import functools
 import io
+import logging
 import math
 import os
 import re
@@ -28,6 +30,13 @@ from PIL import ExifTags, Image, UnidentifiedImageError, features
 
 from vitdex.errors import ImageError, ImageTooLargeError
 
+try:  # Pillow wheels ship LittleCMS; a source build may not have it
+    from PIL import ImageCms
+except ImportError:  # pragma: no cover - depends on how Pillow was built
+    ImageCms = None  # type: ignore[assignment]
+
+log = logging.getLogger(__name__)
+
 __all__ = [
     "SUPPORTED_EXTENSIONS",
     "DecodedImage",
@@ -35,6 +44,7 @@ __all__ = [
     "decode_image",
     "register_optional_formats",
     "to_rgb",
+    "to_srgb",
 ]
 
 
@@ -295,6 +305,74 @@ def to_rgb(image: Image.Image) -> Image.Image:
         raise ImageError(f"unsupported image mode {mode}: {exc}") from exc
 
 
+# --- colour management -----------------------------------------------------------------------
+
+#: Modes whose channels are the red, green and blue an embedded RGB profile describes.
+_RGB_MODES = frozenset({"RGB", "RGBA", "RGBX", "RGBa", "P", "PA"})
+#: Colorants closer than this to sRGB's mean the profile is sRGB: nothing to convert.
+_SRGB_TOLERANCE = 2e-3
+
+
+@functools.cache
+def _srgb_profile() -> Any:
+    assert ImageCms is not None
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _colorants(profile: Any) -> np.ndarray:
+    p = profile.profile
+    return np.array([c[0] for c in (p.red_colorant, p.green_colorant, p.blue_colorant)])
+
+
+@functools.lru_cache(maxsize=32)
+def _srgb_transform(icc: bytes) -> Any:
+    """A LittleCMS transform from an embedded RGB profile to sRGB, built once per profile.
+
+    None when nothing should change: the profile is sRGB already (same colorants; a
+    camera's sRGB tag costs no transform), is not an RGB profile (grey, CMYK: Pillow's
+    plain conversion is used), or cannot be read (a broken tag must not lose the photo).
+    """
+    if ImageCms is None:
+        return None
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if source.profile.xcolor_space.strip() != "RGB":
+            return None
+        if source.profile.red_colorant is not None and np.allclose(
+            _colorants(source), _colorants(_srgb_profile()), atol=_SRGB_TOLERANCE
+        ):
+            return None
+        # NOCACHE: LittleCMS's one-pixel cache is not safe across the decode threads.
+        return ImageCms.buildTransform(
+            source,
+            _srgb_profile(),
+            "RGB",
+            "RGB",
+            renderingIntent=ImageCms.Intent.PERCEPTUAL,
+            flags=ImageCms.Flags.NOCACHE,
+        )
+    except (OSError, ValueError, TypeError, ImageCms.PyCMSError) as exc:
+        log.debug("ignoring an unreadable colour profile: %s", exc)
+        return None
+
+
+def to_srgb(image: Image.Image, icc: bytes | None) -> Image.Image:
+    """``image`` (mode RGB) converted from its embedded ICC profile ``icc`` to sRGB.
+
+    ViT checkpoints were trained on sRGB pixels; a wide-gamut photo (Display P3 from a
+    phone, Adobe RGB from a camera) read as if it were sRGB looks washed out to the
+    model, and its crops for training would too. Returned unchanged when there is no
+    profile, it is sRGB, or it does not describe RGB pixels.
+    """
+    if not icc or image.mode != "RGB":
+        return image
+    transform = _srgb_transform(bytes(icc))
+    if transform is None:
+        return image
+    converted = ImageCms.applyTransform(image, transform)
+    return image if converted is None else converted  # None only for in-place transforms
+
+
 # --- decoding ------------------------------------------------------------------------------
 
 
@@ -429,6 +507,9 @@ def _decode_stream(
             img.load()
             exif = _read_exif(img)
 
+        # Only modes whose values are RGB can mean what an RGB profile says (a grey or
+        # CMYK photo with an RGB profile is mis-tagged; Pillow's conversion stands).
+        icc = img.info.get("icc_profile") if img.mode in _RGB_MODES else None
         result: Image.Image = img
         method = _UPRIGHT.get(exif.orientation or 1)
         if method is not None:
@@ -436,6 +517,8 @@ def _decode_stream(
         result = to_rgb(result)
         if need is not None:
             result = _reduce(result, need)
+        # After the reduction: the transform then touches the fewest pixels.
+        result = to_srgb(result, icc)
         if result is img and (fmt != "JPEG" or getattr(img, "n_frames", 1) != 1):
             # Multi-frame capable loaders (PNG, TIFF, GIF, WebP, MPO) keep the stream for
             # seeking; a copy lets it go. A plain JPEG drops it after load(), which spares
