@@ -120,8 +120,8 @@ def rq_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
     """The real Redis at VITDEX_TEST_REDIS_URL with a queue of this test's own.
 
     Sets VITDEX_REDIS_URL and VITDEX_QUEUE_NAME; yields ``(connection, queue name)``.
-    rq job ids are fixed per job row (``vitdex-job-<id>``) and row ids restart in every
-    test database, so leftover job keys are removed before and after.
+    rq job ids are fixed per catalog and job row (``vitdex-<catalog>-job-<id>``); leftover
+    job keys are removed before and after all the same.
     """
     from redis import Redis
 
@@ -138,8 +138,8 @@ def rq_redis(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Any, str]]:
     def clean() -> None:
         keys = [
             *conn.scan_iter(match=f"rq:*{queue_name}*"),
-            *conn.scan_iter(match="rq:job:vitdex-job-*"),
-            *conn.scan_iter(match="rq:results:vitdex-job-*"),
+            *conn.scan_iter(match="rq:job:vitdex-*-job-*"),
+            *conn.scan_iter(match="rq:results:vitdex-*-job-*"),
         ]
         if keys:
             conn.delete(*keys)

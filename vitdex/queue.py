@@ -49,9 +49,32 @@ def job_function_path(kind: str) -> str:
         raise ConfigError(f"unknown job kind {kind!r} (known: {known})") from None
 
 
-def rq_job_id(job_id: int) -> str:
-    """The rq id of a job row: fixed, so one row is never enqueued twice."""
-    return f"vitdex-job-{job_id}"
+def rq_job_id(catalog: str, job_id: int) -> str:
+    """The rq id of a job row: fixed, so one row is never enqueued twice, and named by
+    its catalog, so job 7 of one catalog is not job 7 of another sharing the Redis."""
+    return f"vitdex-{catalog[:12]}-job-{job_id}"
+
+
+def run_queued_job(job_id: int, kind: str, catalog: str) -> None:
+    """What an rq worker runs: job row ``job_id`` of ``catalog``, by its ``kind``.
+
+    The worker's own ``VITDEX_DATABASE_URL`` must be that catalog: a worker of another
+    catalog listening on the same queue would otherwise run its own row with that id.
+    It refuses with an error that says so, and leaves the row to the right worker
+    (rq's retries give one the chance).
+    """
+    from vitdex.config import load_settings
+    from vitdex.db import jobs as job_sql
+
+    url = load_settings().storage.resolved_database_url
+    mine = job_sql.catalog_identity(url)
+    if mine != catalog:
+        raise ConfigError(
+            f"job {job_id} belongs to catalog {catalog[:12]}, but this worker's "
+            f"VITDEX_DATABASE_URL is catalog {mine[:12]}: give each catalog its own "
+            "VITDEX_QUEUE_NAME, or point the worker at the catalog's database"
+        )
+    _resolve(job_function_path(kind))(job_id)
 
 
 def _resolve(path: str) -> Callable[[int], None]:
@@ -186,20 +209,30 @@ class RqQueue:
             connection = Redis.from_url(url)
         self._redis = connection
         self._kind_of = _KindLookup(settings)
+        self._database_url = settings.storage.resolved_database_url
         self.queue = Queue(settings.api.queue_name, connection=connection)
 
+    @property
+    def catalog(self) -> str:
+        """The id of the catalog whose job rows this queue carries."""
+        from vitdex.db import jobs as job_sql
+
+        return job_sql.catalog_identity(self._database_url)
+
     def submit(self, job_id: int, *, kind: str | None = None) -> None:
-        """Enqueue the job row by function path under the fixed id ``vitdex-job-<id>``."""
+        """Enqueue the job row under its fixed id (see :func:`rq_job_id`)."""
         from rq import Retry
         from rq.exceptions import DuplicateJobError
 
-        path = job_function_path(kind or self._kind_of(job_id))
+        kind = kind or self._kind_of(job_id)
+        job_function_path(kind)  # an unknown kind fails here, not on the worker
+        catalog = self.catalog
 
         def enqueue() -> None:
             self.queue.enqueue_call(
-                path,
-                args=(job_id,),
-                job_id=rq_job_id(job_id),
+                f"{__name__}.run_queued_job",
+                args=(job_id, kind, catalog),
+                job_id=rq_job_id(catalog, job_id),
                 # unique: rq refuses a second job under the same id instead of
                 # overwriting it, so a retried HTTP request cannot run a job twice.
                 unique=True,
@@ -207,7 +240,7 @@ class RqQueue:
                 result_ttl=RESULT_TTL_S,
                 failure_ttl=FAILURE_TTL_S,
                 retry=Retry(max=RETRY_MAX, interval=list(RETRY_INTERVALS)),
-                description=f"vitdex job {job_id}",
+                description=f"vitdex {kind} job {job_id} of catalog {catalog[:12]}",
             )
 
         try:
@@ -219,13 +252,13 @@ class RqQueue:
             enqueue()
 
     def _drop_if_done(self, job_id: int) -> bool:
-        """Delete a *finished* rq job under the row's id (left by an earlier run on
-        another catalog, or kept for its result TTL); True if it is gone now."""
+        """Delete a *finished* rq job under the row's id (kept for its result TTL, and
+        the row was resubmitted, say to resume it); True if it is gone now."""
         from rq.job import Job as RqJob
         from rq.job import JobStatus
 
         try:
-            existing = RqJob.fetch(rq_job_id(job_id), connection=self._redis)
+            existing = RqJob.fetch(rq_job_id(self.catalog, job_id), connection=self._redis)
         except Exception:
             return True  # expired in between
         ended = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}

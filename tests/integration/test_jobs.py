@@ -166,10 +166,10 @@ def test_failing_job_records_its_error(thread_queue: ThreadQueue, tmp_path: Path
     assert "not a folder" in job["error"] and job["finished_at"]
 
 
-def _clean_redis(conn: Any, queue_name: str, job_ids: list[int]) -> None:
+def _clean_redis(conn: Any, queue_name: str, catalog: str, job_ids: list[int]) -> None:
     keys = list(conn.scan_iter(match=f"rq:*{queue_name}*"))
-    keys += [f"rq:job:{rq_job_id(i)}" for i in job_ids]
-    keys += [f"rq:results:{rq_job_id(i)}" for i in job_ids]
+    keys += [f"rq:job:{rq_job_id(catalog, i)}" for i in job_ids]
+    keys += [f"rq:results:{rq_job_id(catalog, i)}" for i in job_ids]
     if keys:
         conn.delete(*keys)
 
@@ -210,7 +210,7 @@ def test_rq_worker_runs_index_and_cluster_jobs(
     finally:
         queue.close()
     # Redis forgets everything; the state is in SQL.
-    _clean_redis(conn, queue_name, [index_id, cluster_id])
+    _clean_redis(conn, queue_name, queue.catalog, [index_id, cluster_id])
     assert not list(conn.scan_iter(match=f"rq:*{queue_name}*"))
     assert _job(index_id)["state"] == JobState.SUCCEEDED
     with _sessions()() as session:
@@ -233,3 +233,50 @@ def test_a_claimed_job_knows_whether_its_process_is_gone(vitdex_env: dict[str, s
         assert not job_sql.owner_gone(job)  # another host: nothing here can tell
         job.params = {"paths": ["/nowhere"]}
         assert not job_sql.owner_gone(job)  # never claimed
+
+
+def test_two_catalogs_sharing_redis_keep_their_jobs_apart(
+    vitdex_env: dict[str, str],
+    tmp_path: Path,
+    rq_redis: tuple[Any, str],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from rq import SimpleWorker
+    from rq.job import Job as RqJob
+    from rq.job import JobStatus
+
+    conn, queue_name = rq_redis
+    lib = tmp_path / "lib"
+    _photos(lib, 2)
+    # Catalog A is the test's database; catalog B another one, on the same Redis queue.
+    a_id, _ = _enqueue("index", {"paths": [str(lib)]})
+    queue_a = RqQueue(load_settings())
+    monkeypatch.setenv("VITDEX_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+    b_id, _ = _enqueue("index", {"paths": [str(lib)]})
+    queue_b = RqQueue(load_settings())
+    try:
+        assert queue_a.catalog != queue_b.catalog
+        queue_a.submit(a_id)
+        queue_b.submit(b_id)  # the same row id in another catalog: a job of its own
+        assert queue_b.depth() == 2
+        if a_id == b_id:
+            assert rq_job_id(queue_a.catalog, a_id) != rq_job_id(queue_b.catalog, b_id)
+
+        # A worker of catalog A runs A's job and refuses B's, which stays queued in B.
+        monkeypatch.setenv("VITDEX_DATABASE_URL", vitdex_env["VITDEX_DATABASE_URL"])
+        worker = SimpleWorker([queue_a.queue], connection=conn)
+        worker.work(burst=True)
+        assert _job(a_id)["state"] == JobState.SUCCEEDED
+        refused = RqJob.fetch(rq_job_id(queue_b.catalog, b_id), connection=conn)
+        # Refused, not lost: rq schedules a retry, which B's own worker would take.
+        assert refused.get_status() == JobStatus.SCHEDULED
+        assert f"job {b_id} belongs to catalog {queue_b.catalog[:12]}" in caplog.text
+        assert "VITDEX_QUEUE_NAME" in caplog.text
+        monkeypatch.setenv("VITDEX_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
+        assert _job(b_id)["state"] == JobState.QUEUED
+    finally:
+        queue_a.close()
+        queue_b.close()
+        _clean_redis(conn, queue_name, queue_a.catalog, [a_id])
+        _clean_redis(conn, queue_name, queue_b.catalog, [b_id])

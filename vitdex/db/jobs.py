@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.db.models import Job, JobState, utcnow
+from vitdex.db.models import CatalogInfo, Job, JobState, utcnow
 from vitdex.errors import ConfigError, NotFoundError, VitdexError
 
 #: States a job never leaves.
@@ -325,7 +325,24 @@ def run_job_guarded(
 # --------------------------------------------------------------------------- catalog
 
 _catalogs: dict[str, sessionmaker[Session]] = {}
+_identities: dict[str, str] = {}
 _catalogs_lock = threading.Lock()
+
+
+def catalog_identity(database_url: str) -> str:
+    """The id of the catalog at ``database_url`` (its one ``catalog`` row), read once
+    per process and URL: it never changes."""
+    with _catalogs_lock:
+        known = _identities.get(database_url)
+    if known is not None:
+        return known
+    with catalog_sessions(database_url)() as session:
+        found = session.scalar(select(CatalogInfo.id).order_by(CatalogInfo.created_at).limit(1))
+    if found is None:  # the migration writes it; only a hand-edited catalog lacks it
+        raise ConfigError("the catalog has no identity row (table catalog): run vitdex db upgrade")
+    with _catalogs_lock:
+        _identities[database_url] = found
+    return found
 
 
 def catalog_sessions(database_url: str) -> sessionmaker[Session]:

@@ -166,6 +166,19 @@ class ImageLabel(Base):
     model_id: Mapped[str] = mapped_column(Text)
 
 
+class CatalogInfo(Base):
+    """The catalog's identity: one row, written by the migration that made the table.
+
+    Job queues name their entries by it, so two catalogs sharing one Redis never take
+    each other's job rows for their own.
+    """
+
+    __tablename__ = "catalog"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Job(Base):
     """A long-running operation with its progress; survives the process that ran it."""
 
