@@ -477,9 +477,10 @@ class FaissStore:
         """
         nq, fetch = labels.shape
         flat_ids = labels.reshape(-1)
-        if flat_ids.min() < 0:  # fewer candidates than asked somewhere: mask them
+        smallest = int(flat_ids.min())
+        if smallest < 0:  # fewer candidates than asked somewhere: mask them
             return self._rescore_masked(q, labels, k)
-        positions = self._positions_of(flat_ids)
+        positions = self._positions_of(flat_ids, smallest)
         if positions is not None:
             # What IndexRefineFlat does: exact distances read in place, no vector copied.
             raw = self._raw_flat
@@ -532,9 +533,11 @@ class FaissStore:
         rows2 = np.arange(labels.shape[0])[:, None]
         return labels[rows2, order], scores[rows2, order]
 
-    def _positions_of(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.int64] | None:
-        """Where base ``ids`` sit in the base's flat index, or None (no table, or an id
-        outside the base).
+    def _positions_of(
+        self, ids: npt.NDArray[np.int64], smallest: int
+    ) -> npt.NDArray[np.int64] | None:
+        """Where base ``ids`` (the least of them: ``smallest``) sit in the base's flat
+        index, or None (no table, or an id outside the base).
 
         A dense table over the id range, built (O(n), vectorised) on the first call after
         another base was opened; the base never changes in between. Ids spread over more
@@ -554,12 +557,12 @@ class FaissStore:
             cached = self._positions = (self._base_version, lo, table)
             self._raw_flat = faiss.downcast_index(self._loaded().index)
         _, lo, table = cached
-        if table is None:
+        if table is None or smallest < lo:
             return None
-        offsets = ids - lo
-        if offsets.min() < 0 or offsets.max() >= table.size:
+        try:  # past the table's end raises; a hole in the id range reads -1
+            positions = table.take(ids - lo)
+        except IndexError:
             return None
-        positions = table[offsets]
         return positions if positions.min() >= 0 else None
 
     def _reconstruct(self, ids: npt.NDArray[np.int64]) -> npt.NDArray[np.float32]:
@@ -1615,6 +1618,9 @@ class FaissStore:
         return check_vectors(values, self.dim, self.space, what)
 
 
+_new_tuple = tuple.__new__
+
+
 def _hit_lists(
     labels: npt.NDArray[np.int64], distances: npt.NDArray[np.float32], k: int
 ) -> list[list[SearchHit]]:
@@ -1624,7 +1630,8 @@ def _hit_lists(
         if -1 in li or len(li) > k:
             out.append([SearchHit(i, d) for i, d in zip(li, di, strict=True) if i != -1][:k])
         else:
-            out.append(list(map(SearchHit, li, di)))
+            # tuple.__new__ straight from the pairs: a NamedTuple's own __new__ is Python.
+            out.append([_new_tuple(SearchHit, pair) for pair in zip(li, di, strict=True)])
     return out
 
 
