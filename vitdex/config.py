@@ -10,7 +10,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator
+from pydantic import Field, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from vitdex.errors import ConfigError
@@ -129,6 +129,22 @@ class VectorSettings(BaseSettings):
     qdrant_hnsw_ef_construct: int | None = Field(default=None, ge=4)
     qdrant_search_ef: int | None = Field(default=None, ge=1)
     qdrant_quantization: Literal["int8"] | None = None
+    #: For a Qdrant cluster, set when a collection is created: shards spread the points
+    #: over nodes, replicas keep copies of each shard, and a write waits for this many.
+    qdrant_shards: int | None = Field(default=None, ge=1, le=1000)
+    qdrant_replicas: int | None = Field(default=None, ge=1, le=100)
+    qdrant_write_consistency: int | None = Field(default=None, ge=1, le=100)
+    #: Keep the original vectors memory-mapped on the server's disk instead of in RAM.
+    qdrant_on_disk: bool = False
+
+    @field_validator("qdrant_write_consistency", mode="after")
+    @classmethod
+    def _reachable(cls, value: int | None, info: ValidationInfo) -> int | None:
+        replicas = info.data.get("qdrant_replicas") or 1
+        if value is not None and value > replicas:
+            raise ValueError(f"a write cannot wait for {value} of {replicas} replica(s)")
+        return value
+
     #: OpenMP threads per FAISS search; unset lets FAISS use every core. The API sets 1:
     #: its requests already run side by side, and nested threads fight over the cores.
     search_threads: int | None = Field(default=None, ge=1, le=256)

@@ -28,6 +28,7 @@ from tests.unit.test_store_contract import (
     K,
     Results,
     assert_same_topk,
+    assert_topk,
     brute_force,
     check_basics,
     check_migration,
@@ -220,5 +221,21 @@ def test_hnsw_with_int8_quantization(server: Server) -> None:
         assert found / total >= 0.9
         assert store.get(data.ids[:50]).tobytes() == data.vectors[:50].tobytes()
         assert np.array_equal(store.ids(), np.sort(data.ids))
+    finally:
+        made.close_all()
+
+
+def test_sharded_on_disk_collection(server: Server) -> None:
+    """Cluster settings reach the collection, and a sharded one still answers exactly."""
+    made = server_backend(server, shards=2, on_disk=True)
+    try:
+        store = made.store()
+        data = dataset()
+        store.upsert(data.ids, data.vectors, data.payloads)
+        described = store.describe()
+        assert described["shards"] == 2 and described["on_disk"] is True
+        for qi, hits in enumerate(store.search(data.queries[:10], K)):
+            truth_ids, truth_scores = brute_force(data, data.queries[qi])
+            assert_topk(hits, truth_ids, truth_scores, K, f"sharded q{qi}")
     finally:
         made.close_all()

@@ -42,6 +42,8 @@ def test_environment_then_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: P
         ("VITDEX_BATCH_SIZE", "0", "VITDEX_BATCH_SIZE"),
         ("VITDEX_PRECISION", "int3", "VITDEX_PRECISION"),
         ("VITDEX_MAX_MEGAPIXELS", "-1", "VITDEX_MAX_MEGAPIXELS"),
+        ("VITDEX_QDRANT_SHARDS", "0", "VITDEX_QDRANT_SHARDS"),
+        ("VITDEX_QDRANT_WRITE_CONSISTENCY", "2", "VITDEX_QDRANT_WRITE_CONSISTENCY.*of 1 replica"),
     ],
 )
 def test_bad_values_name_the_variable(

@@ -760,3 +760,34 @@ def test_qdrant_unreachable_server_is_a_store_error(monkeypatch: pytest.MonkeyPa
     assert store._hnsw_config() == models.HnswConfigDiff(m=8)
     assert QdrantStore("c", DIM, url="http://x", quantization="int8")._quantization_config()
     store.close()
+
+
+def test_qdrant_cluster_settings_reach_the_store(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from vitdex.config import load_settings
+    from vitdex.search.factory import open_store
+
+    for name, value in {
+        "VITDEX_HOME": str(tmp_path),
+        "VITDEX_VECTOR_BACKEND": "qdrant",
+        "VITDEX_QDRANT_URL": "http://127.0.0.1:9",  # nothing is contacted here
+        "VITDEX_QDRANT_SHARDS": "6",
+        "VITDEX_QDRANT_REPLICAS": "2",
+        "VITDEX_QDRANT_WRITE_CONSISTENCY": "2",
+        "VITDEX_QDRANT_ON_DISK": "true",
+    }.items():
+        monkeypatch.setenv(name, value)
+    store = open_store(load_settings(), "cls", DIM)
+    assert isinstance(store, QdrantStore)
+    assert (store.shards, store.replicas, store.write_consistency, store.on_disk) == (
+        6,
+        2,
+        2,
+        True,
+    )
+    store.close()
+    with pytest.raises(ValueError, match="write_consistency 3 exceeds the 2 replica"):
+        QdrantStore("cls", DIM, url="http://x", replicas=2, write_consistency=3)
+    with pytest.raises(ValueError, match="shards must be at least 1"):
+        QdrantStore("cls", DIM, url="http://x", shards=0)

@@ -43,6 +43,10 @@ def open_store(
             hnsw_ef_construct=v.qdrant_hnsw_ef_construct,
             search_ef=v.qdrant_search_ef,
             quantization=v.qdrant_quantization,
+            shards=v.qdrant_shards,
+            replicas=v.qdrant_replicas,
+            write_consistency=v.qdrant_write_consistency,
+            on_disk=v.qdrant_on_disk,
         )
     from vitdex.search.faiss_store import FaissStore
 

@@ -221,6 +221,10 @@ class QdrantStore:
         hnsw_ef_construct: int | None = None,
         search_ef: int | None = None,
         quantization: str | None = None,
+        shards: int | None = None,
+        replicas: int | None = None,
+        write_consistency: int | None = None,
+        on_disk: bool = False,
         batch_size: int = 256,
         timeout: float = 30.0,
         exact: bool | None = None,
@@ -235,6 +239,18 @@ class QdrantStore:
             raise ValueError(f"quantization must be None or 'int8', got {quantization!r}")
         if batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {batch_size}")
+        for name, value in (
+            ("shards", shards),
+            ("replicas", replicas),
+            ("write_consistency", write_consistency),
+        ):
+            if value is not None and value < 1:
+                raise ValueError(f"{name} must be at least 1, got {value}")
+        if write_consistency is not None and write_consistency > (replicas or 1):
+            raise ValueError(
+                f"write_consistency {write_consistency} exceeds the {replicas or 1} "
+                "replica(s) a write can reach"
+            )
         if timeout <= 0:
             raise ValueError(f"timeout must be positive, got {timeout}")
         self.space = space
@@ -247,6 +263,10 @@ class QdrantStore:
         self.hnsw_ef_construct = hnsw_ef_construct
         self.search_ef = search_ef
         self.quantization = quantization
+        self.shards = shards
+        self.replicas = replicas
+        self.write_consistency = write_consistency
+        self.on_disk = bool(on_disk)
         self.batch_size = int(batch_size)
         self.timeout = float(timeout)
         self.exact = exact
@@ -505,6 +525,13 @@ class QdrantStore:
                 "hnsw_ef_construct": ef_construct,
                 "search_ef": self.search_ef,
                 "quantization": "int8" if self._quantized else None,
+                # What the collection was created with (local mode has no cluster).
+                "shards": None if local else info.config.params.shard_number,
+                "replicas": None if local else info.config.params.replication_factor,
+                "write_consistency": (
+                    None if local else info.config.params.write_consistency_factor
+                ),
+                "on_disk": None if local or vector_params is None else vector_params.on_disk,
                 "payload_indexes": sorted(info.payload_schema),
                 "batch_size": self.batch_size,
             }
@@ -569,10 +596,16 @@ class QdrantStore:
                     client.create_collection,
                     collection_name=self.collection,
                     vectors_config=models.VectorParams(
-                        size=self.dim, distance=_DISTANCES[self.metric]
+                        size=self.dim,
+                        distance=_DISTANCES[self.metric],
+                        on_disk=self.on_disk or None,
                     ),
                     hnsw_config=self._hnsw_config(),
                     quantization_config=self._quantization_config(),
+                    # Fixed at creation: an existing collection keeps its own layout.
+                    shard_number=self.shards,
+                    replication_factor=self.replicas,
+                    write_consistency_factor=self.write_consistency,
                 )
             except StoreError:
                 # Another process may have created it first; checking it below decides.
