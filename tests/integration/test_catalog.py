@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
-from sqlalchemy import inspect
+from sqlalchemy import inspect, text
 
 from vitdex.db import JobState, ensure_schema, make_engine, repo, session_factory
 from vitdex.db.engine import current_revision, head_revision
@@ -26,7 +26,7 @@ def test_migrations_create_every_table(database_url: str) -> None:
     engine = make_engine(database_url)
     assert current_revision(engine) is None
     ensure_schema(engine)
-    assert current_revision(engine) == head_revision() == "0003"
+    assert current_revision(engine) == head_revision() == "0004"
     tables = set(inspect(engine).get_table_names())
     assert {
         "libraries",
@@ -42,6 +42,7 @@ def test_migrations_create_every_table(database_url: str) -> None:
         "dataset_items",
         "training_runs",
         "checkpoints",
+        "catalog",
         "alembic_version",
     } <= tables
     ensure_schema(engine)  # idempotent
@@ -53,6 +54,12 @@ def test_migrations_create_every_table(database_url: str) -> None:
 
     with engine.connect() as conn:
         assert compare_metadata(MigrationContext.configure(conn), Base.metadata) == []
+        # One identity row, written once (the second ensure_schema added none).
+        (identity,) = conn.execute(text("SELECT id FROM catalog")).scalars().all()
+    assert len(identity) == 32 and int(identity, 16) >= 0
+    from vitdex.db.jobs import catalog_identity
+
+    assert catalog_identity(database_url) == identity
     engine.dispose()
 
 
