@@ -8,7 +8,7 @@ import time
 import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -191,6 +191,9 @@ def test_images_browse_detail_labels(client: TestClient, indexed: Indexed) -> No
     detail = client.get(f"/api/v1/images/{img['id']}").json()
     assert detail["path"] == img["path"] and detail["status"] == "indexed"
     assert detail["labels"] and detail["sha256"]
+    # Capture time as the camera's clock showed it (EXIF has no zone); catalog times in UTC.
+    assert datetime.fromisoformat(detail["taken_at"]).tzinfo is None
+    assert datetime.fromisoformat(detail["indexed_at"]).utcoffset() == timedelta(0)
 
     labels = client.get("/api/v1/labels").json()["labels"]
     counts = [lab["count"] for lab in labels]
@@ -355,9 +358,24 @@ def test_api_keys(indexed: Indexed, monkeypatch: pytest.MonkeyPatch) -> None:
         assert client.post("/api/v1/similar", json={"image_id": 1}).status_code == 401
         for open_path in ("/health", "/ready", "/metrics", "/schema/openapi.json"):
             assert client.get(open_path).status_code == 200, open_path
+        # The document says how to send a key, and that every /api/v1 call may be a 401.
+        spec = client.get("/schema/openapi.json").json()
+        schemes = spec["components"]["securitySchemes"]
+        assert schemes["bearer"]["scheme"] == "bearer"
+        assert (schemes["apiKey"]["in"], schemes["apiKey"]["name"]) == ("header", "X-API-Key")
+        for path, operations in spec["paths"].items():
+            for method, op in operations.items():
+                guarded = path.startswith("/api/v1/")
+                assert ("401" in op["responses"]) == guarded, f"{method} {path}"
+                assert bool(op.get("security")) == guarded, f"{method} {path}"
     monkeypatch.delenv("VITDEX_API_KEYS")
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         assert client.get("/api/v1/images").status_code == 200
+        spec = client.get("/schema/openapi.json").json()
+        assert "securitySchemes" not in spec.get("components", {})
+        assert all(
+            "401" not in op["responses"] for ops in spec["paths"].values() for op in ops.values()
+        )
 
 
 def test_health_ready_metrics_openapi(
@@ -407,6 +425,17 @@ def test_health_ready_metrics_openapi(
         for path, operations in spec["paths"].items():
             for method, op in operations.items():
                 assert op["responses"], f"{method} {path} documents no response"
+                if not path.startswith("/api/v1/"):
+                    continue
+                # Every operation documents its errors, each in the API's error shape.
+                assert "400" in op["responses"], f"{method} {path}"
+                assert ("404" in op["responses"]) >= ("{" in path), f"{method} {path}"
+                for status, answer in op["responses"].items():
+                    if status.startswith(("4", "5")):
+                        body = answer["content"]["application/json"]["schema"]
+                        assert set(body["required"]) == {"status_code", "detail"}
+        similar = spec["paths"]["/api/v1/similar"]["post"]["responses"]
+        assert {"404", "409", "413", "415", "422", "503"} <= set(similar)
         similar_params = {
             p["name"]
             for p in spec["paths"]["/api/v1/images/{image_id}/similar"]["get"]["parameters"]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from litestar import Litestar, Router
 from litestar.middleware import DefineMiddleware
 from litestar.openapi import OpenAPIConfig
+from litestar.openapi.spec import Components, Reference, SecurityScheme
 from litestar.types import Scope
 
 from vitdex import __version__
@@ -21,12 +22,21 @@ from vitdex.api.controllers import (
     SearchController,
     TrainingController,
 )
-from vitdex.api.errors import error_response
+from vitdex.api.errors import document_errors, error_response
 from vitdex.api.metrics import Metrics, metrics_middleware
 from vitdex.config import Settings, load_settings
 
 #: Room for the multipart framing around an upload of exactly the allowed size.
 _MULTIPART_SLACK = 64 * 1024
+
+
+#: How an API key is sent: ``Authorization: Bearer KEY`` or ``X-API-Key: KEY``.
+_SECURITY_SCHEMES: dict[str, SecurityScheme | Reference] = {
+    "bearer": SecurityScheme(type="http", scheme="bearer", description="an API key"),
+    "apiKey": SecurityScheme(
+        type="apiKey", name="X-API-Key", security_scheme_in="header", description="an API key"
+    ),
+}
 
 
 def _metrics_of(scope: Scope) -> Metrics:
@@ -46,6 +56,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
         # top oversubscribes the cores (measured: 30 ms slower per request at 100k).
         settings.vectors.search_threads = 1
     max_body = int(settings.api.max_upload_mb * 1024 * 1024) + _MULTIPART_SLACK
+    # With API keys the document says how to send one (either scheme will do).
+    auth = bool(settings.api.api_keys)
     api = Router(
         path="/api/v1",
         route_handlers=[
@@ -59,6 +71,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             CheckpointsController,
         ],
         guards=[require_api_key],
+        security=[{"bearer": []}, {"apiKey": []}] if auth else None,
     )
 
     app = Litestar(
@@ -73,9 +86,11 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version=__version__,
             description="Similarity search and classification over an indexed photo library.",
             path="/schema",
+            components=Components(security_schemes=_SECURITY_SCHEMES if auth else None),
         ),
         request_max_body_size=max_body,
     )
+    document_errors(app, auth=auth)
     deps.install(app, settings)
     app.state["metrics"] = Metrics(deps.services_of(app.state))
     return app

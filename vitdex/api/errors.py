@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from litestar import MediaType, Request, Response
+from litestar import Litestar, MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
+from litestar.handlers import HTTPRouteHandler
 
 from vitdex.errors import VitdexError
 
@@ -42,3 +43,91 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         body = {"status_code": status, "detail": "internal server error"}
         log.exception("unhandled error in %s %s", request.method, request.url.path)
     return Response(content=body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+# --- the error answers, as the OpenAPI document states them ----------------------------------
+# These classes are never raised: they name, for Litestar's document generator, each status
+# the API answers with and what it means. Every one has the body error_response writes.
+
+
+class Unauthorized(HTTPException):
+    """Declares 401."""
+
+    status_code = 401
+    detail = "An API key is required: Authorization: Bearer KEY, or X-API-Key: KEY."
+
+
+class Forbidden(HTTPException):
+    """Declares 403."""
+
+    status_code = 403
+    detail = "The folder is outside VITDEX_ALLOWED_ROOTS."
+
+
+class NotFound(HTTPException):
+    """Declares 404."""
+
+    status_code = 404
+    detail = "No such item, or the file behind it is gone."
+
+
+class Conflict(HTTPException):
+    """Declares 409."""
+
+    status_code = 409
+    detail = "The request conflicts with the current state; detail says how."
+
+
+class PayloadTooLarge(HTTPException):
+    """Declares 413."""
+
+    status_code = 413
+    detail = "The upload is larger than VITDEX_MAX_UPLOAD_MB."
+
+
+class UnsupportedMediaType(HTTPException):
+    """Declares 415."""
+
+    status_code = 415
+    detail = "The body is not of a media type this operation takes."
+
+
+class Unprocessable(HTTPException):
+    """Declares 422."""
+
+    status_code = 422
+    detail = "The file cannot be used: not a decodable photo, or not a valid checkpoint."
+
+
+class Unavailable(HTTPException):
+    """Declares 503."""
+
+    status_code = 503
+    detail = "The model or a backend the operation needs is not available."
+
+
+def document_errors(app: Litestar, *, auth: bool, prefix: str = "/api/v1") -> None:
+    """Declare on every operation under ``prefix`` the error statuses it answers with.
+
+    Each operation gets 400 (an invalid parameter or body), and 401 when ``auth`` (API
+    keys are configured); one with a path parameter gets 404; a handler adds its own
+    (409, 422...) with ``raises=[...]`` in its decorator. Runs before the document is
+    first generated.
+    """
+    for route in app.routes:
+        if not route.path.startswith(prefix):
+            continue
+        for handler in getattr(route, "route_handlers", ()):
+            if not isinstance(handler, HTTPRouteHandler) or "OPTIONS" in handler.http_methods:
+                continue
+            generic: list[type[HTTPException]] = [ValidationException]
+            if auth:
+                generic.append(Unauthorized)
+            if "{" in route.path:
+                generic.append(NotFound)
+            own = list(handler.raises or ())
+            statuses = {exc.status_code for exc in own}
+            handler.raises = [
+                *(exc for exc in generic if exc.status_code not in statuses),
+                *own,
+            ]

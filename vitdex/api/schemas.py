@@ -3,12 +3,26 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from vitdex.db.models import Image
     from vitdex.search.service import Hit
+
+
+def camera_time(value: datetime | None) -> str | None:
+    """A capture time as the camera's clock showed it: ISO 8601 with no UTC offset, since
+    EXIF's DateTimeOriginal carries none (it is not an RFC 3339 ``date-time``)."""
+    return None if value is None else value.replace(tzinfo=None).isoformat()
+
+
+def utc_time(value: datetime | None) -> datetime | None:
+    """A catalog timestamp, always with its zone: stored in UTC, but SQLite returns it
+    without one."""
+    if value is None or value.tzinfo is not None:
+        return value
+    return value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -29,7 +43,8 @@ class HitOut:
     width: int | None = None
     height: int | None = None
     format: str | None = None
-    taken_at: datetime | None = None
+    #: Capture time by the camera's clock, ISO 8601 without an offset (EXIF has none).
+    taken_at: str | None = None
     camera_make: str | None = None
     camera_model: str | None = None
     labels: list[LabelScore] = field(default_factory=list)
@@ -44,7 +59,7 @@ class HitOut:
             width=hit.width,
             height=hit.height,
             format=hit.format,
-            taken_at=hit.taken_at,
+            taken_at=camera_time(hit.taken_at),
             camera_make=hit.camera_make,
             camera_model=hit.camera_model,
             labels=[LabelScore(lab, round(s, 6)) for lab, s in hit.labels],
@@ -91,7 +106,8 @@ class ImageOut:
     width: int | None
     height: int | None
     format: str | None
-    taken_at: datetime | None
+    #: Capture time by the camera's clock, ISO 8601 without an offset (EXIF has none).
+    taken_at: str | None
     camera_make: str | None
     camera_model: str | None
     gps_lat: float | None
@@ -113,13 +129,13 @@ class ImageOut:
             width=img.width,
             height=img.height,
             format=img.format,
-            taken_at=img.taken_at,
+            taken_at=camera_time(img.taken_at),
             camera_make=img.camera_make,
             camera_model=img.camera_model,
             gps_lat=img.gps_lat,
             gps_lon=img.gps_lon,
             error=img.error,
-            indexed_at=img.indexed_at,
+            indexed_at=utc_time(img.indexed_at),
             labels=[LabelScore(lab, round(s, 6)) for lab, s in labels],
         )
 

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.search import INT64_MAX
 from vitdex.api.deps import Services
+from vitdex.api.errors import Conflict, Forbidden, NotFound
 from vitdex.config import Settings
 from vitdex.errors import ConfigError
 
@@ -78,7 +79,7 @@ class DatasetsController(Controller):
     path = "/datasets"
     tags: Sequence[str] = ["training"]
 
-    @post("/", status_code=HTTP_201_CREATED, sync_to_thread=True)
+    @post("/", status_code=HTTP_201_CREATED, sync_to_thread=True, raises=[NotFound, Conflict])
     def create(
         self,
         data: JSONBody[DatasetIn],
@@ -163,7 +164,12 @@ class DatasetsController(Controller):
 
         return exclude_images(sessions, dataset_id, _check_ids(data.image_ids, "image_ids"))
 
-    @post("/{dataset_id:int}/export", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    @post(
+        "/{dataset_id:int}/export",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[Forbidden, Conflict],
+    )
     def export(
         self,
         settings: NamedDependency[Settings],

@@ -24,6 +24,7 @@ from vitdex.api.controllers.search import (
     run_similar,
 )
 from vitdex.api.deps import Services
+from vitdex.api.errors import Conflict, Unavailable, Unprocessable
 from vitdex.api.schemas import ImageOut, ImagesPage, LabelCount, LabelsOut, SimilarOut
 from vitdex.config import Settings
 from vitdex.db import browse, repo
@@ -89,7 +90,12 @@ class ImagesController(Controller):
             labels = repo.labels_of(session, [image_id]).get(image_id, [])
         return ImageOut.of(img, labels)
 
-    @get("/images/{image_id:int}/thumbnail", sync_to_thread=True, media_type="image/jpeg")
+    @get(
+        "/images/{image_id:int}/thumbnail",
+        sync_to_thread=True,
+        media_type="image/jpeg",
+        raises=[Unprocessable],
+    )
     def thumbnail(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -135,7 +141,7 @@ class ImagesController(Controller):
             path, media_type=media_type, content_disposition_type="inline", filename=path.name
         )
 
-    @get("/images/{image_id:int}/similar")
+    @get("/images/{image_id:int}/similar", raises=[Conflict, Unavailable])
     async def similar(
         self,
         services: NamedDependency[Services],

@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.search import INT64_MAX
 from vitdex.api.deps import Services
+from vitdex.api.errors import Conflict, Forbidden, NotFound
 from vitdex.config import Settings
 from vitdex.db import jobs
 from vitdex.errors import ConfigError
@@ -93,7 +94,7 @@ class LibrariesController(Controller):
     path = "/libraries"
     tags: Sequence[str] = ["libraries"]
 
-    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True, raises=[Forbidden, NotFound])
     def add(
         self,
         data: JSONBody[LibraryIn],
@@ -137,7 +138,7 @@ class LibrariesController(Controller):
         reembed = data.reembed if data else False
         return {"job": scan_library(sessions, services.queue, library_id, reembed=reembed)}
 
-    @delete("/{library_id:int}", status_code=HTTP_200_OK, sync_to_thread=True)
+    @delete("/{library_id:int}", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
     def remove(
         self,
         settings: NamedDependency[Settings],
@@ -205,7 +206,7 @@ class ClustersController(Controller):
     path = "/clusters"
     tags: Sequence[str] = ["clusters"]
 
-    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True, raises=[NotFound])
     def create(
         self,
         data: JSONBody[ClusterIn],

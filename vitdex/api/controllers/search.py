@@ -20,6 +20,14 @@ from litestar.exceptions import ClientException, ValidationException
 from litestar.params import Body, Parameter
 
 from vitdex.api.deps import Services
+from vitdex.api.errors import (
+    Conflict,
+    NotFound,
+    PayloadTooLarge,
+    Unavailable,
+    Unprocessable,
+    UnsupportedMediaType,
+)
 from vitdex.api.schemas import ClassifyOut, HitOut, LabelScore, SimilarOut
 from vitdex.errors import ConfigError
 from vitdex.search.store import SearchFilter
@@ -182,7 +190,18 @@ class SearchController(Controller):
     tags: Sequence[str] = ["search"]
     dependencies = filter_dependency
 
-    @post("/similar", status_code=200)
+    @post(
+        "/similar",
+        status_code=200,
+        raises=[
+            NotFound,
+            Conflict,
+            PayloadTooLarge,
+            UnsupportedMediaType,
+            Unprocessable,
+            Unavailable,
+        ],
+    )
     async def similar(
         self,
         request: Request[Any, Any, Any],
@@ -206,7 +225,11 @@ class SearchController(Controller):
         )
         return await anyio.to_thread.run_sync(call)
 
-    @post("/classify", status_code=200)
+    @post(
+        "/classify",
+        status_code=200,
+        raises=[PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable],
+    )
     async def classify(
         self,
         data: Annotated[Upload, Body(media_type=RequestEncodingType.MULTI_PART)],

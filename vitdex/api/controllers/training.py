@@ -14,6 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.search import INT64_MAX
 from vitdex.api.deps import Services
+from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.config import Settings
 
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
@@ -67,7 +68,12 @@ class TrainingController(Controller):
     path = "/training-runs"
     tags: Sequence[str] = ["training"]
 
-    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    @post(
+        "/",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[Forbidden, NotFound, Unavailable],
+    )
     def start(
         self,
         data: JSONBody[TrainRunIn],
@@ -109,7 +115,12 @@ class TrainingController(Controller):
 
         return show_run(sessions, run_id)
 
-    @post("/{run_id:int}/resume", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    @post(
+        "/{run_id:int}/resume",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[Conflict],
+    )
     def resume(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -123,7 +134,7 @@ class TrainingController(Controller):
         services.queue.submit(job_id, kind="train")
         return show_run(sessions, run.id)
 
-    @post("/{run_id:int}/cancel", status_code=HTTP_200_OK, sync_to_thread=True)
+    @post("/{run_id:int}/cancel", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
     def cancel(
         self, sessions: NamedDependency[sessionmaker[Session]], run_id: Id
     ) -> dict[str, Any]:
