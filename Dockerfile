@@ -18,7 +18,7 @@ COPY pyproject.toml README.md alembic.ini ./
 COPY vitdex ./vitdex
 COPY migrations ./migrations
 # Editable, so the Alembic scripts under /app/migrations travel with the package.
-RUN pip install -e '.[heif,postgres,qdrant,train]'
+RUN pip install -e '.[heif,postgres,qdrant,cluster,train]'
 
 RUN useradd --create-home --uid 1000 vitdex && mkdir -p /data && chown vitdex /data
 USER vitdex

@@ -184,6 +184,46 @@ def test_bad_requests_are_refused(
             cluster_space(settings, sessions, space="cls", method="hdbscan")
 
 
+def test_hdbscan_finds_the_groups_and_marks_outliers_as_noise(
+    world: tuple[Settings, sessionmaker[Session], dict[int, str]],
+) -> None:
+    pytest.importorskip("sklearn", reason="HDBSCAN needs the cluster extra (scikit-learn)")
+    settings, sessions, group_of = world
+    # Three photos unlike any other, off on the far side of the sphere from all three
+    # groups: HDBSCAN should leave them out of every cluster.
+    store = open_store(settings, "cls", DIM)
+    mean = store.get(np.asarray(sorted(group_of), np.int64)).mean(axis=0)
+    store.close()
+    mean /= np.linalg.norm(mean)
+    side = np.linalg.qr(np.column_stack([mean, np.eye(DIM)[:, :3]]))[0][:, 1:].T
+    x = -mean + 0.5 * side  # three directions around the antipode of the groups
+    x = (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+    with sessions() as session:
+        lib = repo.library_for(session, "/lib")
+        paths = [(f"/lib/odd/{i}.jpg", 1, 1) for i in range(3)]
+        ids = repo.insert_pending(session, lib.id, paths)
+        odd = [ids[p] for p, _, _ in paths]
+        space = repo.get_space(session, "cls")
+        repo.add_vector_rows(session, odd, [space.id])
+        store = open_store(settings, "cls", DIM)
+        store.upsert(np.asarray(odd, np.int64), x)
+        store.close()
+        session.commit()
+    run_id = cluster_space(settings, sessions, space="cls", method="hdbscan", min_cluster_size=5)
+    with sessions() as session:
+        run = get_cluster_run(session, run_id, members_limit=1000)
+    assert run["method"] == "hdbscan" and run["params"]["min_cluster_size"] == 5
+    members = _members(run)
+    ids_sorted = sorted(group_of)
+    truth = np.array([GROUPS.index(group_of[i]) for i in ids_sorted])
+    found = np.array([members[i] for i in ids_sorted])
+    assert adjusted_rand(truth, found) == pytest.approx(1.0)
+    assert {members[i] for i in odd} == {-1}  # noise
+    real = [c for c in run["clusters"] if c["label"] >= 0]
+    assert sorted(c["size"] for c in real) == [PER_GROUP] * 3
+    assert run["score"] is not None and run["score"] > 0.8
+
+
 def test_auto_k_candidates_stay_small() -> None:
     assert auto_k_candidates(3) == [2]
     assert auto_k_candidates(60)[0] == 2 and max(auto_k_candidates(60)) <= 11

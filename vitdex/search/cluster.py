@@ -107,7 +107,8 @@ def _hdbscan(x: Floats, min_cluster_size: int) -> Ints:
             "use method 'kmeans' without it"
         ) from None
     # Euclidean distance on unit vectors orders pairs exactly as cosine distance does.
-    model = cluster_mod.HDBSCAN(min_cluster_size=min_cluster_size, metric="euclidean")
+    # copy: scikit-learn may otherwise overwrite the caller's array in place.
+    model = cluster_mod.HDBSCAN(min_cluster_size=min_cluster_size, metric="euclidean", copy=True)
     return np.asarray(model.fit_predict(x), dtype=np.int64)
 
 
