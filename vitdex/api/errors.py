@@ -46,64 +46,36 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
 
 
 # --- the error answers, as the OpenAPI document states them ----------------------------------
-# These classes are never raised: they name, for Litestar's document generator, each status
-# the API answers with and what it means. Every one has the body error_response writes.
+# Never raised: each names, for Litestar's document generator, a status the API answers
+# with and what it means. Every one has the body error_response writes.
 
 
-class Unauthorized(HTTPException):
-    """Declares 401."""
-
-    status_code = 401
-    detail = "An API key is required: Authorization: Bearer KEY, or X-API-Key: KEY."
+def _declared(name: str, status: int, detail: str) -> type[HTTPException]:
+    return type(name, (HTTPException,), {"status_code": status, "detail": detail})
 
 
-class Forbidden(HTTPException):
-    """Declares 403."""
-
-    status_code = 403
-    detail = "The folder is outside VITDEX_ALLOWED_ROOTS."
-
-
-class NotFound(HTTPException):
-    """Declares 404."""
-
-    status_code = 404
-    detail = "No such item, or the file behind it is gone."
-
-
-class Conflict(HTTPException):
-    """Declares 409."""
-
-    status_code = 409
-    detail = "The request conflicts with the current state; detail says how."
-
-
-class PayloadTooLarge(HTTPException):
-    """Declares 413."""
-
-    status_code = 413
-    detail = "The upload is larger than VITDEX_MAX_UPLOAD_MB."
-
-
-class UnsupportedMediaType(HTTPException):
-    """Declares 415."""
-
-    status_code = 415
-    detail = "The body is not of a media type this operation takes."
-
-
-class Unprocessable(HTTPException):
-    """Declares 422."""
-
-    status_code = 422
-    detail = "The file cannot be used: not a decodable photo, or not a valid checkpoint."
-
-
-class Unavailable(HTTPException):
-    """Declares 503."""
-
-    status_code = 503
-    detail = "The model or a backend the operation needs is not available."
+Unauthorized = _declared(
+    "Unauthorized", 401, "An API key is required: Authorization: Bearer KEY, or X-API-Key: KEY."
+)
+Forbidden = _declared("Forbidden", 403, "The folder is outside VITDEX_ALLOWED_ROOTS.")
+NotFound = _declared("NotFound", 404, "No such item, or the file behind it is gone.")
+Conflict = _declared(
+    "Conflict", 409, "The request conflicts with the current state; detail says how."
+)
+PayloadTooLarge = _declared(
+    "PayloadTooLarge", 413, "The upload is larger than VITDEX_MAX_UPLOAD_MB."
+)
+UnsupportedMediaType = _declared(
+    "UnsupportedMediaType", 415, "The body is not of a media type this operation takes."
+)
+Unprocessable = _declared(
+    "Unprocessable",
+    422,
+    "The file cannot be used: not a decodable photo, or not a valid checkpoint.",
+)
+Unavailable = _declared(
+    "Unavailable", 503, "The model or a backend the operation needs is not available."
+)
 
 
 def document_errors(app: Litestar, *, auth: bool, prefix: str = "/api/v1") -> None:
