@@ -13,7 +13,7 @@ import json
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,22 +50,23 @@ class BaseVersion:
     resolution: int
     #: What the UNet predicts: ``epsilon`` or ``v_prediction``.
     prediction_type: str
-    #: Pipeline component names of the text encoders, in the order the UNet concatenates them.
-    text_encoders: tuple[str, ...]
-    #: The text encoders' classes (transformers).
-    text_encoder_classes: tuple[str, ...]
     #: Activation of the (first) text encoder: OpenAI CLIP uses quick_gelu, OpenCLIP gelu.
     text_encoder_act: str
     #: Width of the text conditioning the UNet cross-attends to.
     cross_attention_dim: int
-    #: The diffusers pipeline class name.
-    pipeline_class: str
-    #: Whether a full fine-tune is supported; otherwise LoRA only (unless forced).
-    full_finetune: bool
-    #: LoRA rank used when the version trains as LoRA and no rank was given.
-    default_lora_rank: int
     #: The reference checkpoint on the Hugging Face hub.
     hub_id: str
+    # The rest is what SD 1.x and 2.x share; SDXL overrides it.
+    #: Pipeline component names of the text encoders, in the order the UNet concatenates them.
+    text_encoders: tuple[str, ...] = ("text_encoder",)
+    #: The text encoders' classes (transformers).
+    text_encoder_classes: tuple[str, ...] = ("CLIPTextModel",)
+    #: The diffusers pipeline class name.
+    pipeline_class: str = "StableDiffusionPipeline"
+    #: Whether a full fine-tune is supported; otherwise LoRA only (unless forced).
+    full_finetune: bool = True
+    #: LoRA rank used when the version trains as LoRA and no rank was given.
+    default_lora_rank: int = 16
 
     @property
     def min_resolution(self) -> int:
@@ -89,6 +90,16 @@ class BaseVersion:
         }
 
 
+_SD21_BASE = BaseVersion(
+    name="sd21-base",
+    title="Stable Diffusion 2.1 base (512 px)",
+    resolution=512,
+    prediction_type="epsilon",
+    text_encoder_act="gelu",
+    cross_attention_dim=1024,
+    hub_id="stabilityai/stable-diffusion-2-1-base",
+)
+
 BASE_VERSIONS: dict[str, BaseVersion] = {
     v.name: v
     for v in (
@@ -97,41 +108,17 @@ BASE_VERSIONS: dict[str, BaseVersion] = {
             title="Stable Diffusion 1.5",
             resolution=512,
             prediction_type="epsilon",
-            text_encoders=("text_encoder",),
-            text_encoder_classes=("CLIPTextModel",),
             text_encoder_act="quick_gelu",
             cross_attention_dim=768,
-            pipeline_class="StableDiffusionPipeline",
-            full_finetune=True,
-            default_lora_rank=16,
             hub_id="stable-diffusion-v1-5/stable-diffusion-v1-5",
         ),
-        BaseVersion(
-            name="sd21-base",
-            title="Stable Diffusion 2.1 base (512 px)",
-            resolution=512,
-            prediction_type="epsilon",
-            text_encoders=("text_encoder",),
-            text_encoder_classes=("CLIPTextModel",),
-            text_encoder_act="gelu",
-            cross_attention_dim=1024,
-            pipeline_class="StableDiffusionPipeline",
-            full_finetune=True,
-            default_lora_rank=16,
-            hub_id="stabilityai/stable-diffusion-2-1-base",
-        ),
-        BaseVersion(
+        _SD21_BASE,
+        replace(
+            _SD21_BASE,
             name="sd21",
             title="Stable Diffusion 2.1 (768 px, v-prediction)",
             resolution=768,
             prediction_type="v_prediction",
-            text_encoders=("text_encoder",),
-            text_encoder_classes=("CLIPTextModel",),
-            text_encoder_act="gelu",
-            cross_attention_dim=1024,
-            pipeline_class="StableDiffusionPipeline",
-            full_finetune=True,
-            default_lora_rank=16,
             hub_id="stabilityai/stable-diffusion-2-1",
         ),
         BaseVersion(
@@ -139,15 +126,14 @@ BASE_VERSIONS: dict[str, BaseVersion] = {
             title="Stable Diffusion XL 1.0",
             resolution=1024,
             prediction_type="epsilon",
-            text_encoders=("text_encoder", "text_encoder_2"),
-            text_encoder_classes=("CLIPTextModel", "CLIPTextModelWithProjection"),
             text_encoder_act="quick_gelu",
             cross_attention_dim=2048,
+            hub_id="stabilityai/stable-diffusion-xl-base-1.0",
+            text_encoders=("text_encoder", "text_encoder_2"),
+            text_encoder_classes=("CLIPTextModel", "CLIPTextModelWithProjection"),
             pipeline_class="StableDiffusionXLPipeline",
             # 2.6B UNet parameters: a full fine-tune with AdamW needs ~40 GB; LoRA fits 16 GB.
             full_finetune=False,
-            default_lora_rank=16,
-            hub_id="stabilityai/stable-diffusion-xl-base-1.0",
         ),
     )
 }
