@@ -33,6 +33,8 @@ from vitdex.db.models import (
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 from vitdex.training.convert import CheckpointValidationError, convert, sha256_file
 from vitdex.training.registry import (
+    Check,
+    Provenance,
     convert_and_register,
     delete_checkpoint,
     list_checkpoints,
@@ -125,7 +127,7 @@ def test_convert_a_run_and_register_it(settings: Settings, finished_run: tuple[i
     rid, dataset_hash = finished_run
     messages: list[str] = []
     row = convert_and_register(
-        settings, run_id=rid, sample_steps=SAMPLE_STEPS, progress=messages.append
+        settings, run_id=rid, check=Check(sample_steps=SAMPLE_STEPS), progress=messages.append
     )
     assert isinstance(row, Checkpoint) and row.id is not None
     assert messages[0].startswith("converting") and "comparing tensors" in messages
@@ -205,9 +207,8 @@ def test_folder_with_yaml_and_delete_with_files(
         tiny_sd_factory("sd21"),
         out=out,
         half=True,
-        base_model="stabilityai/stable-diffusion-2-1",
-        sample_steps=SAMPLE_STEPS,
-        sample_prompt="a cat",
+        origin=Provenance(base_model="stabilityai/stable-diffusion-2-1"),
+        check=Check(sample_steps=SAMPLE_STEPS, sample_prompt="a cat"),
     )
     assert (row.name, row.version, row.half, row.status) == ("v-model", "sd21", True, "ready")
     assert row.run_id is None and row.dataset_hash is None and row.config == {}
@@ -284,7 +285,10 @@ def test_api(
     engine = make_engine(settings.storage.resolved_database_url)
     ensure_schema(engine)
     row = convert_and_register(
-        session_factory(engine), tiny_sd_factory("sd15"), out=out, sample_steps=SAMPLE_STEPS
+        session_factory(engine),
+        tiny_sd_factory("sd15"),
+        out=out,
+        check=Check(sample_steps=SAMPLE_STEPS),
     )
     engine.dispose()
 

@@ -134,7 +134,7 @@ def convert_command(
     digits must be given as ./NAME.
     """
     from vitdex.db.checkpoints import checkpoint_to_dict
-    from vitdex.training.registry import convert_and_register
+    from vitdex.training.registry import Check, Provenance, convert_and_register
 
     run_id: int | None = None
     folder: Path | None = None
@@ -156,11 +156,9 @@ def convert_command(
         half=half,
         fmt=fmt,
         run_id=run_id,
-        base_model=base_model,
         version=sd_version,
-        device=device,
-        sample_prompt=sample_prompt,
-        sample_steps=sample_steps,
+        origin=Provenance(base_model=base_model),
+        check=Check(device=device, sample_prompt=sample_prompt, sample_steps=sample_steps),
         progress=progress,
     )
     data = checkpoint_to_dict(row)

@@ -117,7 +117,7 @@ def _train_run(
     from vitdex.training.config import TrainConfig
     from vitdex.training.dreambooth import TrainProgress, train
     from vitdex.training.export import export_dataset
-    from vitdex.training.registry import convert_and_register
+    from vitdex.training.registry import Provenance, convert_and_register
     from vitdex.training.runs import checkpoint_name
 
     settings = load_settings()
@@ -190,9 +190,9 @@ def _train_run(
             run_id=run_id,
             name=name,
             out=out / f"{name}.safetensors",
-            config=result.config.to_dict(),
-            steps=result.steps,
-            final_loss=result.final_loss,
+            origin=Provenance(
+                config=result.config.to_dict(), steps=result.steps, final_loss=result.final_loss
+            ),
         )
     with sessions() as session:
         run_sql.set_run_state(

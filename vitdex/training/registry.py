@@ -17,6 +17,7 @@ import logging
 import re
 from collections.abc import Callable, Mapping
 from contextlib import suppress
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ from vitdex.errors import ConfigError, ConflictError, NotFoundError
 __all__ = [
     "SAMPLE_GRID",
     "SAMPLE_SEEDS",
+    "Check",
+    "Provenance",
     "check_name",
     "convert_and_register",
     "delete_checkpoint",
@@ -52,6 +55,32 @@ DEFAULT_SAMPLE_STEPS = 20
 SAMPLE_GUIDANCE = 7.5
 
 Progress = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Provenance:
+    """Where a checkpoint comes from, as its registry row records it."""
+
+    base_model: str | None = None
+    run_id: int | None = None
+    dataset_id: int | None = None
+    #: sha256 over the dataset's included photos' sha256s; computed when not given.
+    dataset_hash: str | None = None
+    config: Mapping[str, Any] = field(default_factory=dict)
+    steps: int | None = None
+    final_loss: float | None = None
+
+
+@dataclass(frozen=True)
+class Check:
+    """How a written file is loaded back to validate it, and its sample grid rendered."""
+
+    device: str = "cpu"
+    #: Defaults to the training config's instance prompt, else "a photo".
+    sample_prompt: str | None = None
+    sample_steps: int = DEFAULT_SAMPLE_STEPS
+    #: Defaults to the base's native resolution.
+    sample_size: int | None = None
 
 
 def open_sessions(target: Settings | sessionmaker[Session]) -> sessionmaker[Session]:
@@ -146,17 +175,8 @@ def register_file(
     version: str | None = None,
     half: bool = False,
     yaml_path: Path | None = None,
-    base_model: str | None = None,
-    run_id: int | None = None,
-    dataset_id: int | None = None,
-    dataset_hash: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    steps: int | None = None,
-    final_loss: float | None = None,
-    device: str = "cpu",
-    sample_prompt: str | None = None,
-    sample_steps: int = DEFAULT_SAMPLE_STEPS,
-    sample_size: int | None = None,
+    origin: Provenance = Provenance(),
+    check: Check = Check(),
     progress: Progress | None = None,
 ) -> Checkpoint:
     """Validate the single file ``path`` against the diffusers folder ``source`` and register it.
@@ -176,7 +196,7 @@ def register_file(
 
     say = progress or (lambda _msg: None)
     check_name(name)
-    device = resolve_device(device)
+    device = resolve_device(check.device)
     sessions = open_sessions(target)
     path = path.expanduser().resolve()
     source = source.expanduser().resolve()
@@ -193,19 +213,19 @@ def register_file(
     digest = sha256_file(path)
     fields: dict[str, Any] = {
         "name": name,
-        "base_model": base_model or str(source),
+        "base_model": origin.base_model or str(source),
         "version": version,
         "path": str(path),
         "sha256": digest,
         "size_bytes": path.stat().st_size,
         "file_format": suffix.lstrip("."),
         "half": half,
-        "run_id": run_id,
-        "dataset_id": dataset_id,
-        "dataset_hash": dataset_hash,
-        "config": dict(config or {}),
-        "steps": steps,
-        "final_loss": final_loss,
+        "run_id": origin.run_id,
+        "dataset_id": origin.dataset_id,
+        "dataset_hash": origin.dataset_hash,
+        "config": dict(origin.config),
+        "steps": origin.steps,
+        "final_loss": origin.final_loss,
         "yaml_path": str(yaml_path) if yaml_path else None,
     }
     try:
@@ -231,9 +251,9 @@ def register_file(
     _write_sample(
         report.pipeline,
         sample,
-        prompt=_sample_prompt(sample_prompt, fields["config"]),
-        steps=sample_steps,
-        size=sample_size or native_resolution(source),
+        prompt=_sample_prompt(check.sample_prompt, fields["config"]),
+        steps=check.sample_steps,
+        size=check.sample_size or native_resolution(source),
         name=name,
         sha256=digest,
     )
@@ -247,7 +267,9 @@ def register_file(
     return row
 
 
-def _run_source(sessions: sessionmaker[Session], run_id: int) -> tuple[Path, dict[str, Any]]:
+def _run_source(
+    sessions: sessionmaker[Session], run_id: int
+) -> tuple[Path, str | None, Provenance]:
     """The diffusers folder of a finished training run and what the run says about it."""
     from vitdex.db import training
 
@@ -261,18 +283,18 @@ def _run_source(sessions: sessionmaker[Session], run_id: int) -> tuple[Path, dic
                 f"training run {run_id} is {run.state} and has not finished training; "
                 "convert it once it has"
             )
-        facts: dict[str, Any] = {
-            "base_model": run.base_model,
-            "version": run.version,
-            "dataset_id": run.dataset_id,
-            "config": dict(run.config or {}),
-            "steps": run.step,
-            "final_loss": run.loss,
-        }
-        folder = Path(run.output_dir) / "final"
+        version = run.version
+        facts = Provenance(
+            base_model=run.base_model,
+            run_id=run_id,
+            dataset_id=run.dataset_id,
+            config=dict(run.config or {}),
+            steps=run.step,
+            final_loss=run.loss,
+        )
     if not (folder / "model_index.json").is_file():
         raise NotFoundError(f"training run {run_id} has no final model at {folder}")
-    return folder, facts
+    return folder, version, facts
 
 
 #: A registry name doubles as a file name: no separators, no leading dot, printable.
@@ -307,25 +329,17 @@ def convert_and_register(
     half: bool = False,
     fmt: str = "safetensors",
     run_id: int | None = None,
-    base_model: str | None = None,
     version: str | None = None,
-    dataset_id: int | None = None,
-    dataset_hash: str | None = None,
-    config: Mapping[str, Any] | None = None,
-    steps: int | None = None,
-    final_loss: float | None = None,
-    device: str = "cpu",
-    sample_prompt: str | None = None,
-    sample_steps: int = DEFAULT_SAMPLE_STEPS,
-    sample_size: int | None = None,
+    origin: Provenance = Provenance(),
+    check: Check = Check(),
     progress: Progress | None = None,
 ) -> Checkpoint:
     """Convert a diffusers folder (or training run ``run_id``'s ``final/``) to one file,
     validate it, render its sample grid and register it.
 
     With ``run_id``, the run supplies base model, version, dataset, config, steps and final
-    loss (arguments given explicitly win). The dataset hash is computed from the dataset's
-    included instance images when not given. ``out`` defaults to
+    loss (``version`` and the fields of ``origin`` that are set win). The dataset hash is
+    computed from the dataset's included instance images when not given. ``out`` defaults to
     ``$VITDEX_HOME/checkpoints/<name>.<fmt>`` (settings needed); ``name`` to the file's stem.
     Returns the registered row; see the module docstring for failures.
     """
@@ -333,10 +347,12 @@ def convert_and_register(
 
     say = progress or (lambda _msg: None)
     sessions = open_sessions(target)
-    facts: dict[str, Any] = {}
     if run_id is not None:
-        run_folder, facts = _run_source(sessions, run_id)
+        run_folder, run_version, facts = _run_source(sessions, run_id)
         source = source or run_folder
+        version = version or run_version
+        # What the caller set wins over what the run says.
+        origin = replace(facts, **{k: v for k, v in vars(origin).items() if v not in (None, {})})
     if source is None:
         raise ConfigError("give a diffusers folder or a training run id")
     source = source.expanduser().resolve()
@@ -352,23 +368,21 @@ def convert_and_register(
     out = out.expanduser().resolve()
     name = check_name(name or out.stem)
 
-    def given(value: Any, key: str) -> Any:
-        return value if value is not None else facts.get(key)
-
-    dataset_id = given(dataset_id, "dataset_id")
     with sessions() as session:
         if db.name_taken(session, name):
             raise ConflictError(f"a checkpoint named {name!r} is already registered")
-        if dataset_hash is None and dataset_id is not None:
+        if origin.dataset_hash is None and origin.dataset_id is not None:
             try:
-                dataset_hash = db.dataset_image_hash(session, dataset_id)
+                origin = replace(
+                    origin, dataset_hash=db.dataset_image_hash(session, origin.dataset_id)
+                )
             except NotFoundError:
-                log.warning("dataset %s is gone; registering without its hash", dataset_id)
-                dataset_id = None
+                log.warning("dataset %s is gone; registering without its hash", origin.dataset_id)
+                origin = replace(origin, dataset_id=None)
 
-    device = resolve_device(device)  # an unusable device must not mark a file invalid
+    resolve_device(check.device)  # an unusable device must not mark a file invalid
     say(f"converting {source}")
-    result = convert(source, out, version=given(version, "version"), half=half, fmt=fmt, title=name)
+    result = convert(source, out, version=version, half=half, fmt=fmt, title=name)
     written: list[Path | None] = [result.path, result.yaml_path]
     try:
         return register_file(
@@ -379,17 +393,8 @@ def convert_and_register(
             version=result.version,
             half=half,
             yaml_path=result.yaml_path,
-            base_model=given(base_model, "base_model"),
-            run_id=run_id,
-            dataset_id=dataset_id,
-            dataset_hash=dataset_hash,
-            config=given(config, "config"),
-            steps=given(steps, "steps"),
-            final_loss=given(final_loss, "final_loss"),
-            device=device,
-            sample_prompt=sample_prompt,
-            sample_steps=sample_steps,
-            sample_size=sample_size,
+            origin=origin,
+            check=check,
             progress=say,
         )
     except CheckpointValidationError:
