@@ -195,6 +195,11 @@ def test_run_that_has_not_finished_is_refused(
         convert_and_register(settings, run_id=rid)
     with pytest.raises(NotFoundError, match="training run with id 999"):
         convert_and_register(settings, run_id=999)
+    # Past int64 an id names nothing: a clean "not found", not the driver's overflow.
+    with pytest.raises(NotFoundError, match="training run with id"):
+        convert_and_register(settings, run_id=2**70)
+    with pytest.raises(NotFoundError, match="no checkpoint with id"):
+        show_checkpoint(settings, "9" * 30)
     assert list_checkpoints(settings)["total"] == 0
 
 

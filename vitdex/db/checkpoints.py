@@ -13,7 +13,8 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vitdex.db.models import Checkpoint, Dataset, DatasetItem, Image
+from vitdex.db.models import Checkpoint, Dataset, DatasetItem, Image, is_id
+from vitdex.db.repo import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
 #: What a checkpoint's ``status`` can be.
@@ -77,10 +78,7 @@ def name_taken(session: Session, name: str) -> bool:
 
 def get_checkpoint(session: Session, checkpoint_id: int) -> Checkpoint:
     """The checkpoint ``checkpoint_id``; :class:`NotFoundError` when there is none."""
-    checkpoint = session.get(Checkpoint, checkpoint_id, populate_existing=True)
-    if checkpoint is None:
-        raise NotFoundError(f"no checkpoint with id {checkpoint_id}")
-    return checkpoint
+    return get_row(session, Checkpoint, checkpoint_id, "checkpoint")
 
 
 def get_checkpoint_by_name(session: Session, name: str) -> Checkpoint:
@@ -92,16 +90,17 @@ def get_checkpoint_by_name(session: Session, name: str) -> Checkpoint:
 
 
 def find_checkpoint(session: Session, ref: str | int) -> Checkpoint:
-    """A checkpoint by id (an int, or a string of digits that is no checkpoint's name) or name."""
+    """A checkpoint by id (an int, or a string of digits) or by name.
+
+    Names cannot be all digits (see :func:`vitdex.training.registry.check_name`), so the
+    two never clash.
+    """
     if isinstance(ref, int):
         return get_checkpoint(session, ref)
     text = ref.strip()
-    named = session.scalar(select(Checkpoint).where(Checkpoint.name == text))
-    if named is not None:
-        return named
-    if text.isdigit():
+    if is_id(text):
         return get_checkpoint(session, int(text))
-    raise NotFoundError(f"no checkpoint named {text!r}")
+    return get_checkpoint_by_name(session, text)
 
 
 def list_checkpoints(

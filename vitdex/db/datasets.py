@@ -16,7 +16,8 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from vitdex.db.models import Dataset, DatasetItem, Image, Space, utcnow
+from vitdex.db.models import INT64_MAX, Dataset, DatasetItem, Image, Space, is_id, utcnow
+from vitdex.db.repo import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
 __all__ = [
@@ -40,9 +41,6 @@ __all__ = [
     "set_included",
     "set_items",
 ]
-
-#: Ids are int64 in the catalog; a larger number can name nothing.
-INT64_MAX = 2**63 - 1
 
 #: An item is an instance image (the subject) or a class image (prior preservation).
 ROLES = ("instance", "class")
@@ -72,11 +70,6 @@ class ItemRow:
     included: bool
     reason: str
     duplicate_of: int | None = None
-
-
-def is_id(text: str) -> bool:
-    """Whether ``text`` is written as an id (ASCII digits only)."""
-    return text.isascii() and text.isdigit()
 
 
 def _iso(value: datetime | None) -> str | None:
@@ -135,12 +128,7 @@ def create_dataset(
 
 def get_dataset(session: Session, dataset_id: int) -> Dataset:
     """One dataset by id, or :class:`NotFoundError`."""
-    if not 1 <= dataset_id <= INT64_MAX:
-        raise NotFoundError(f"no dataset with id {dataset_id}")
-    dataset = session.get(Dataset, dataset_id, populate_existing=True)
-    if dataset is None:
-        raise NotFoundError(f"no dataset with id {dataset_id}")
-    return dataset
+    return get_row(session, Dataset, dataset_id, "dataset")
 
 
 def find_dataset(session: Session, name_or_id: str | int) -> Dataset:

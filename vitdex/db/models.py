@@ -28,6 +28,14 @@ from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 
 # SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a real BIGINT.
 BigId = BigInteger().with_variant(Integer(), "sqlite")
+#: Ids are int64 in the catalog; a larger number can name nothing.
+INT64_MAX = 2**63 - 1
+
+
+def is_id(text: str) -> bool:
+    """Whether ``text`` is written as an id (ASCII digits only)."""
+    return text.isascii() and text.isdigit()
+
 
 NAMING = {
     "ix": "ix_%(table_name)s_%(column_0_N_name)s",

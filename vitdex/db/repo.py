@@ -10,12 +10,14 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import Any, TypeVar
 
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import (
+    INT64_MAX,
+    Base,
     Image,
     ImageLabel,
     ImageStatus,
@@ -28,6 +30,8 @@ from vitdex.db.models import (
 )
 from vitdex.errors import NotFoundError, SpaceMismatchError
 from vitdex.search.store import SearchFilter, image_payload
+
+_Row = TypeVar("_Row", bound=Base)
 
 #: SQLite allows 32766 bound parameters per statement; stay well below with IN lists.
 _CHUNK = 5000
@@ -63,6 +67,15 @@ def library_for(session: Session, folder: str) -> Library:
             session.delete(lib)
     session.flush()
     return new
+
+
+def get_row(session: Session, model: type[_Row], row_id: int, what: str) -> _Row:
+    """The row of ``model`` with id ``row_id`` (re-read from the database), or
+    :class:`NotFoundError` naming ``what``; ids outside int64 name nothing."""
+    row = session.get(model, row_id, populate_existing=True) if 1 <= row_id <= INT64_MAX else None
+    if row is None:
+        raise NotFoundError(f"no {what} with id {row_id}")
+    return row
 
 
 def get_library(session: Session, library_id: int) -> Library:

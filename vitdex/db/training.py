@@ -9,6 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import Checkpoint, Job, JobState, TrainingRun, utcnow
+from vitdex.db.repo import get_row
 from vitdex.errors import NotFoundError
 
 _ERROR_MAX = 4000
@@ -44,10 +45,7 @@ def create_run(
 
 def get_run(session: Session, run_id: int) -> TrainingRun:
     """The run ``run_id``; :class:`NotFoundError` when there is none."""
-    run = session.get(TrainingRun, run_id, populate_existing=True)
-    if run is None:
-        raise NotFoundError(f"no training run with id {run_id}")
-    return run
+    return get_row(session, TrainingRun, run_id, "training run")
 
 
 def run_of_job(session: Session, job_id: int) -> TrainingRun:

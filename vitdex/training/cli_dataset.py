@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import click
 from rich.table import Table
 
+from vitdex.db.models import INT64_MAX
+
 if TYPE_CHECKING:
     from vitdex.cli import Context
 
@@ -278,7 +280,7 @@ def _print_changed(result: dict[str, Any], verb: str) -> None:
 
 @dataset_group.command("include")
 @click.argument("dataset")
-@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
+@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, INT64_MAX))
 @click.option(
     "--role",
     type=_ROLES,
@@ -305,7 +307,7 @@ def include(
 
 @dataset_group.command("exclude")
 @click.argument("dataset")
-@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, 2**63 - 1))
+@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, INT64_MAX))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
 @_handle_errors

@@ -12,7 +12,7 @@ from litestar.response import File
 from litestar.status_codes import HTTP_200_OK
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.api.controllers.search import INT64_MAX
+from vitdex.db.models import INT64_MAX
 from vitdex.training import registry
 
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX, description="Checkpoint id")]

@@ -16,7 +16,6 @@ from litestar.response import File
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.search import (
-    INT64_MAX,
     K,
     Offset,
     Space,
@@ -28,7 +27,7 @@ from vitdex.api.errors import Conflict, Unavailable, Unprocessable
 from vitdex.api.schemas import ImageOut, ImagesPage, LabelCount, LabelsOut, SimilarOut
 from vitdex.config import Settings
 from vitdex.db import browse, repo
-from vitdex.db.models import ImageStatus
+from vitdex.db.models import INT64_MAX, ImageStatus
 from vitdex.errors import NotFoundError
 from vitdex.search.store import SearchFilter
 from vitdex.thumbnails import MAX_SIZE, MIN_SIZE, ensure_thumbnail

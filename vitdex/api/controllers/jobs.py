@@ -12,11 +12,11 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.api.controllers.search import INT64_MAX
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound
 from vitdex.config import Settings
 from vitdex.db import jobs
+from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
 
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]

@@ -29,11 +29,10 @@ from vitdex.api.errors import (
     UnsupportedMediaType,
 )
 from vitdex.api.schemas import ClassifyOut, HitOut, LabelScore, SimilarOut
+from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
 from vitdex.search.store import SearchFilter
 
-#: Largest value a catalog integer column (SQL BIGINT) holds.
-INT64_MAX = 2**63 - 1
 #: Largest k + offset one query may ask for.
 MAX_DEPTH = 10_000
 
