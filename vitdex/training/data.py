@@ -17,6 +17,7 @@ import torch
 from PIL import Image, ImageOps
 
 from vitdex.errors import ConfigError, ImageError, NotFoundError
+from vitdex.indexer.images import decode_image
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -104,10 +105,11 @@ def load_pixels(path: Path, resolution: int, aug: Augmentation) -> torch.Tensor:
     says (centre by default); the curated sets are square already, so this is a resize.
     """
     try:
-        with Image.open(path) as opened:
-            image = ImageOps.exif_transpose(opened).convert("RGB")
-    except (OSError, ValueError) as exc:
-        raise ImageError(f"cannot read training image {path}: {exc}") from exc
+        # The indexer's decoder: EXIF orientation, every mode and colour profile to sRGB,
+        # the bomb guard, and a reduced JPEG decode where the image is much larger.
+        image = decode_image(path, min_size=(resolution, resolution)).image
+    except ImageError as exc:
+        raise ImageError(f"cannot read training image {path}: {exc.message}") from exc
     width, height = image.size
     scale = resolution / min(width, height)
     size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
