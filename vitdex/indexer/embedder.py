@@ -43,6 +43,7 @@ __all__ = [
     "build_random_vit",
     "default_device",
     "default_precision",
+    "resolve_device",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,9 @@ def default_precision(device: torch.device | str) -> str:
     return "fp32"
 
 
-def _resolve_device(device: str) -> torch.device:
+def resolve_device(device: str) -> torch.device:
+    """``auto`` (CUDA, then MPS, then CPU), ``cpu``, ``cuda[:n]`` or ``mps``; an unusable
+    device is a :class:`ConfigError`."""
     if device == "auto":
         return default_device()
     try:
@@ -226,7 +229,7 @@ class Embedder:
         self.revision = revision
         self.batch_size = batch_size
         self._spaces = _parse_spaces(spaces)
-        self.device: torch.device = _resolve_device(device)
+        self.device: torch.device = resolve_device(device)
         self.precision: str = _resolve_precision(precision, self.device)
         self.dtype: torch.dtype = _DTYPES[self.precision]
         if compile is None:

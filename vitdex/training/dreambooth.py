@@ -28,6 +28,7 @@ import argparse
 import contextlib
 import dataclasses
 import json
+import math
 import os
 import random
 import re
@@ -86,22 +87,6 @@ __all__ = [
 _STATE_FORMAT = 1
 
 # --------------------------------------------------------------------------- helpers
-
-
-def _resolve_device(name: str) -> torch.device:
-    from vitdex.indexer.embedder import default_device
-
-    if name == "auto":
-        return default_device()
-    try:
-        device = torch.device(name)
-    except RuntimeError as exc:
-        raise ConfigError(f"invalid device {name!r}: use auto, cpu, cuda or mps") from exc
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError("device 'cuda' was asked for but torch sees no CUDA GPU")
-    if device.type not in {"cpu", "cuda", "mps"}:
-        raise ConfigError(f"unsupported device {name!r}: use auto, cpu, cuda or mps")
-    return device
 
 
 def _resolve_precision(name: str, device: torch.device) -> str:
@@ -224,13 +209,10 @@ def _publish(tmp: Path, target: Path) -> None:
 
 
 def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with tmp.open("w", encoding="utf-8") as fh:
-        json.dump(data, fh, indent=2)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    tmp.replace(path)
+    from vitdex.training.convert import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
     _fsync_dir(path.parent)
 
 
@@ -851,23 +833,26 @@ class _Run:
             cond = self.conditioning(captions, stage.train_text)
             generator = torch.Generator("cpu").manual_seed(_noise_seed(cfg.seed, micro))
             loss = self.model.loss(mean, std, cond, generator, n_instance)
-            if not torch.isfinite(loss):
-                raise VitdexError(
-                    f"the loss became {loss.item()} at step {step + 1}; lower the learning "
-                    "rate or use bf16/fp32 instead of fp16"
-                )
             scaled = loss / accum
             if self.scaler is not None:
                 self.scaler.scale(scaled).backward()
             else:
                 scaled.backward()
-            total_loss += float(loss.detach()) / accum
-        params = [p for group in self.optimizer.param_groups for p in group["params"]]
-        live = [p for p in params if p.requires_grad]
+            # One device sync per micro-batch, after backward; a bad loss still stops the
+            # run before the optimizer applies anything.
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise VitdexError(
+                    f"the loss became {value} at step {step + 1}; lower the learning "
+                    "rate or use bf16/fp32 instead of fp16"
+                )
+            total_loss += value / accum
         if self.scaler is not None:
             self.scaler.unscale_(self.optimizer)
         if cfg.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(live, cfg.max_grad_norm)
+            # Frozen parameters have no gradient; clipping skips them.
+            params = [p for group in self.optimizer.param_groups for p in group["params"]]
+            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
         if self.scaler is not None:
             self.scaler.step(self.optimizer)
             self.scaler.update()
@@ -1108,7 +1093,9 @@ def train(
     started = time.perf_counter()
     if on_progress is not None:
         on_progress(TrainProgress(phase="loading", step=0, total_steps=config.total_steps))
-    device = _resolve_device(config.device)
+    from vitdex.indexer.embedder import resolve_device
+
+    device = resolve_device(config.device)
     base = load_base(
         config.base_model,
         version=config.version,
