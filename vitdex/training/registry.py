@@ -185,32 +185,62 @@ def register_file(
     beside it and status ``ready``; an invalid one is registered as ``invalid`` (file kept,
     no sample) and :class:`CheckpointValidationError` is raised naming its id.
     """
-    from vitdex.training.convert import (
-        CheckpointValidationError,
-        check_version,
-        native_resolution,
-        resolve_device,
-        sha256_file,
-        validate_checkpoint,
-    )
+    from vitdex.training.convert import check_version, resolve_device, sha256_file
 
     say = progress or (lambda _msg: None)
     check_name(name)
-    device = resolve_device(check.device)
+    resolve_device(check.device)
     sessions = open_sessions(target)
     path = path.expanduser().resolve()
     source = source.expanduser().resolve()
     if not path.is_file():
         raise NotFoundError(f"no checkpoint file at {path}")
-    suffix = path.suffix.lower()
-    if suffix not in (".safetensors", ".ckpt"):
+    if path.suffix.lower() not in (".safetensors", ".ckpt"):
         raise ConfigError(f"{path} is neither .safetensors nor .ckpt")
     version = check_version(source, version)
     with sessions() as session:
         if db.name_taken(session, name):
             raise ConflictError(f"a checkpoint named {name!r} is already registered")
     say("hashing the file")
-    digest = sha256_file(path)
+    return _validate_and_register(
+        sessions,
+        path,
+        source,
+        name=name,
+        version=version,
+        half=half,
+        yaml_path=yaml_path,
+        digest=sha256_file(path),
+        origin=origin,
+        check=check,
+        say=say,
+    )
+
+
+def _validate_and_register(
+    sessions: sessionmaker[Session],
+    path: Path,
+    source: Path,
+    *,
+    name: str,
+    version: str,
+    half: bool,
+    yaml_path: Path | None,
+    digest: str,
+    origin: Provenance,
+    check: Check,
+    say: Progress,
+) -> Checkpoint:
+    """Register the checked, hashed file ``path``: ``invalid`` when validation fails, else
+    ``ready`` with its sample grid."""
+    from vitdex.training.convert import (
+        CheckpointValidationError,
+        native_resolution,
+        resolve_device,
+        validate_checkpoint,
+    )
+
+    device = resolve_device(check.device)
     fields: dict[str, Any] = {
         "name": name,
         "base_model": origin.base_model or str(source),
@@ -218,7 +248,7 @@ def register_file(
         "path": str(path),
         "sha256": digest,
         "size_bytes": path.stat().st_size,
-        "file_format": suffix.lstrip("."),
+        "file_format": path.suffix.lower().lstrip("."),
         "half": half,
         "run_id": origin.run_id,
         "dataset_id": origin.dataset_id,
@@ -385,7 +415,8 @@ def convert_and_register(
     result = convert(source, out, version=version, half=half, fmt=fmt, title=name)
     written: list[Path | None] = [result.path, result.yaml_path]
     try:
-        return register_file(
+        # convert() hashed the file as it wrote it and checked version and name.
+        return _validate_and_register(
             sessions,
             result.path,
             source,
@@ -393,9 +424,10 @@ def convert_and_register(
             version=result.version,
             half=half,
             yaml_path=result.yaml_path,
+            digest=result.sha256,
             origin=origin,
             check=check,
-            progress=say,
+            say=say,
         )
     except CheckpointValidationError:
         raise  # registered as invalid; its files stay for inspection
