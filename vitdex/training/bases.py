@@ -22,6 +22,7 @@ from vitdex.training.quiet import quiet_hub
 
 __all__ = [
     "BASE_VERSIONS",
+    "SD_VERSIONS",
     "SINGLE_FILE_SUFFIXES",
     "BaseVersion",
     "LoadedBase",
@@ -137,6 +138,10 @@ BASE_VERSIONS: dict[str, BaseVersion] = {
         ),
     )
 }
+
+
+#: The version names, in the registry's order.
+SD_VERSIONS: tuple[str, ...] = tuple(BASE_VERSIONS)
 
 
 def get_version(name: str) -> BaseVersion:

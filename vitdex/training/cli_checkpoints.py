@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 
-from vitdex.training.tiny import SD_VERSIONS
+from vitdex.training.bases import SD_VERSIONS
 
 if TYPE_CHECKING:
     from collections.abc import Callable

@@ -28,8 +28,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from vitdex.errors import ConfigError, VitdexError
+from vitdex.training.bases import SD_VERSIONS
 from vitdex.training.quiet import quiet_hub
-from vitdex.training.tiny import SD_VERSIONS
 
 if TYPE_CHECKING:
     import torch
@@ -109,19 +109,6 @@ class ConversionResult:
     yaml_path: Path | None
     tensors: int
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form."""
-        return {
-            "path": str(self.path),
-            "version": self.version,
-            "format": self.format,
-            "half": self.half,
-            "sha256": self.sha256,
-            "size_bytes": self.size_bytes,
-            "yaml_path": str(self.yaml_path) if self.yaml_path else None,
-            "tensors": self.tensors,
-        }
-
 
 @dataclass
 class ValidationReport:
@@ -131,12 +118,8 @@ class ValidationReport:
     tensors: dict[str, int]
     #: Largest absolute pixel difference between the two fixed-seed renders.
     sample_max_diff: float
-    #: The pipeline loaded from the single file (for rendering more samples); not JSON.
-    pipeline: Any = field(default=None, repr=False)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready form (without the pipeline)."""
-        return {"tensors": dict(self.tensors), "sample_max_diff": self.sample_max_diff}
+    #: The pipeline loaded from the single file (for rendering more samples).
+    pipeline: Any = field(repr=False)
 
 
 # --------------------------------------------------------------------------- reading
@@ -716,7 +699,6 @@ def convert(
     half: bool = False,
     fmt: str | None = None,
     title: str | None = None,
-    overwrite: bool = False,
 ) -> ConversionResult:
     """Write the diffusers pipeline in ``source`` as one original-layout file at ``out``.
 
@@ -728,7 +710,7 @@ def convert(
     source = source.expanduser().resolve()
     out = out.expanduser().resolve()
     file_format = _output_format(out, fmt)
-    if out.exists() and not overwrite:
+    if out.exists():
         raise ConfigError(f"{out} exists; choose another output file or delete it first")
     state, version = diffusers_to_ldm(source, version)
     if half:
@@ -780,7 +762,7 @@ _COMPONENTS = {
 }
 
 
-def load_single_file(path: Path, source: Path, version: str, *, device: str = "cpu") -> Any:
+def load_single_file(path: Path, source: Path, version: str) -> Any:
     """The pipeline in single file ``path`` via diffusers' ``from_single_file``, offline, with
     the component configs (and tokenizers, scheduler) of the diffusers folder ``source``."""
     import torch
@@ -793,7 +775,7 @@ def load_single_file(path: Path, source: Path, version: str, *, device: str = "c
             dtype=torch.float32,
         )
     pipe.set_progress_bar_config(disable=True)
-    return pipe if device == "cpu" else pipe.to(device)
+    return pipe
 
 
 def load_source(source: Path, version: str, *, half: bool = False, device: str = "cpu") -> Any:
@@ -905,7 +887,6 @@ def validate_checkpoint(
     version: str | None = None,
     half: bool = False,
     device: str = "cpu",
-    keep_pipeline: bool = False,
     progress: Callable[[str], None] | None = None,
 ) -> ValidationReport:
     """Check that single file ``path`` is the diffusers pipeline in ``source``.
@@ -953,6 +934,4 @@ def validate_checkpoint(
             f"the fixed-seed sample from {path} differs from the source's by up to "
             f"{max_diff:.3g} (allowed {SAMPLE_ATOL})"
         )
-    return ValidationReport(
-        tensors=counts, sample_max_diff=max_diff, pipeline=loaded if keep_pipeline else None
-    )
+    return ValidationReport(tensors=counts, sample_max_diff=max_diff, pipeline=loaded)

@@ -265,7 +265,6 @@ def _validate_and_register(
             version=version,
             half=half,
             device=device,
-            keep_pipeline=True,
             progress=say,
         )
     except CheckpointValidationError as exc:

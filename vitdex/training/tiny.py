@@ -11,10 +11,11 @@ import json
 from pathlib import Path
 from typing import Any
 
-__all__ = ["SD_VERSIONS", "build_random_sd", "write_tiny_tokenizer"]
+from vitdex.training.bases import SD_VERSIONS
+
+__all__ = ["build_random_sd", "write_tiny_tokenizer"]
 
 #: Versions a random pipeline can be built for.
-SD_VERSIONS = ("sd15", "sd21-base", "sd21", "sdxl")
 
 
 def _byte_symbols() -> list[str]:
