@@ -164,6 +164,7 @@ class ApiSettings(BaseSettings):
     max_upload_mb: float = Field(default=50.0, gt=0)
     #: rq's Redis; unset runs jobs in a background thread of the API process.
     redis_url: str | None = None
+    #: Prefix of the rq queue; the catalog's id is appended (see queue.rq_queue_name).
     queue_name: str = "vitdex"
 
     @field_validator("allowed_roots", "api_keys", mode="before")

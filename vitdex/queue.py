@@ -49,6 +49,15 @@ def job_function_path(kind: str) -> str:
         raise ConfigError(f"unknown job kind {kind!r} (known: {known})") from None
 
 
+def rq_queue_name(settings: Settings) -> str:
+    """The rq queue of this catalog: ``VITDEX_QUEUE_NAME`` and the catalog's id, so that
+    catalogs sharing one Redis never take each other's jobs off the queue."""
+    from vitdex.db import jobs as job_sql
+
+    catalog = job_sql.catalog_identity(settings.storage.resolved_database_url)
+    return f"{settings.api.queue_name}-{catalog[:12]}"
+
+
 def rq_job_id(catalog: str, job_id: int) -> str:
     """The rq id of a job row: fixed, so one row is never enqueued twice, and named by
     its catalog, so job 7 of one catalog is not job 7 of another sharing the Redis."""
@@ -58,10 +67,9 @@ def rq_job_id(catalog: str, job_id: int) -> str:
 def run_queued_job(job_id: int, kind: str, catalog: str) -> None:
     """What an rq worker runs: job row ``job_id`` of ``catalog``, by its ``kind``.
 
-    The worker's own ``VITDEX_DATABASE_URL`` must be that catalog: a worker of another
-    catalog listening on the same queue would otherwise run its own row with that id.
-    It refuses with an error that says so, and leaves the row to the right worker
-    (rq's retries give one the chance).
+    Each catalog has a queue of its own (:func:`rq_queue_name`); should a job reach a
+    worker whose ``VITDEX_DATABASE_URL`` is another catalog all the same, the worker
+    refuses it, saying so, rather than run its own row with that id.
     """
     from vitdex.config import load_settings
     from vitdex.db import jobs as job_sql
@@ -71,8 +79,8 @@ def run_queued_job(job_id: int, kind: str, catalog: str) -> None:
     if mine != catalog:
         raise ConfigError(
             f"job {job_id} belongs to catalog {catalog[:12]}, but this worker's "
-            f"VITDEX_DATABASE_URL is catalog {mine[:12]}: give each catalog its own "
-            "VITDEX_QUEUE_NAME, or point the worker at the catalog's database"
+            f"VITDEX_DATABASE_URL is catalog {mine[:12]}: point the worker at the "
+            "catalog's database"
         )
     _resolve(job_function_path(kind))(job_id)
 
@@ -210,7 +218,7 @@ class RqQueue:
         self._redis = connection
         self._kind_of = _KindLookup(settings)
         self._database_url = settings.storage.resolved_database_url
-        self.queue = Queue(settings.api.queue_name, connection=connection)
+        self.queue = Queue(rq_queue_name(settings), connection=connection)
 
     @property
     def catalog(self) -> str:

@@ -18,13 +18,15 @@ log = logging.getLogger(__name__)
 
 
 def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True) -> bool:
-    """Work on ``settings.api.queue_name`` until stopped (or, with ``burst``, until empty).
+    """Work on this catalog's queue until stopped (or, with ``burst``, until empty).
 
     Returns whether any job was run. ``preload`` loads the embedder first, so the first
     job does not pay for it and a broken model setting fails here, loudly.
     """
     from redis import Redis
     from rq import Queue, SimpleWorker
+
+    from vitdex.queue import rq_queue_name
 
     url = settings.api.redis_url
     if not url:
@@ -34,7 +36,7 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
 
         cached_embedder(settings.model).load()
     connection = Redis.from_url(url)
-    queue = Queue(settings.api.queue_name, connection=connection)
+    queue = Queue(rq_queue_name(settings), connection=connection)
     worker = SimpleWorker([queue], connection=connection)
     try:
         # with_scheduler: retries are scheduled (spaced out), and only a scheduler moves

@@ -240,39 +240,45 @@ def test_two_catalogs_sharing_redis_keep_their_jobs_apart(
     tmp_path: Path,
     rq_redis: tuple[Any, str],
     monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
 ) -> None:
     from rq import SimpleWorker
-    from rq.job import Job as RqJob
     from rq.job import JobStatus
 
     conn, queue_name = rq_redis
     lib = tmp_path / "lib"
     _photos(lib, 2)
-    # Catalog A is the test's database; catalog B another one, on the same Redis queue.
+    # Catalog A is the test's database; catalog B another one, on the same Redis.
     a_id, _ = _enqueue("index", {"paths": [str(lib)]})
     queue_a = RqQueue(load_settings())
     monkeypatch.setenv("VITDEX_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
     b_id, _ = _enqueue("index", {"paths": [str(lib)]})
     queue_b = RqQueue(load_settings())
     try:
+        assert a_id == b_id  # the same row id in both: once a collision in Redis
         assert queue_a.catalog != queue_b.catalog
+        assert queue_a.queue.name != queue_b.queue.name
+        assert queue_a.queue.name.startswith(queue_name)
         queue_a.submit(a_id)
-        queue_b.submit(b_id)  # the same row id in another catalog: a job of its own
-        assert queue_b.depth() == 2
-        if a_id == b_id:
-            assert rq_job_id(queue_a.catalog, a_id) != rq_job_id(queue_b.catalog, b_id)
+        queue_b.submit(b_id)
+        assert queue_a.depth() == 1 and queue_b.depth() == 1
 
-        # A worker of catalog A runs A's job and refuses B's, which stays queued in B.
+        # A worker of catalog A runs A's job; B's waits on B's own queue, untouched.
         monkeypatch.setenv("VITDEX_DATABASE_URL", vitdex_env["VITDEX_DATABASE_URL"])
-        worker = SimpleWorker([queue_a.queue], connection=conn)
-        worker.work(burst=True)
+        SimpleWorker([queue_a.queue], connection=conn).work(burst=True)
         assert _job(a_id)["state"] == JobState.SUCCEEDED
-        refused = RqJob.fetch(rq_job_id(queue_b.catalog, b_id), connection=conn)
-        # Refused, not lost: rq schedules a retry, which B's own worker would take.
-        assert refused.get_status() == JobStatus.SCHEDULED
-        assert f"job {b_id} belongs to catalog {queue_b.catalog[:12]}" in caplog.text
-        assert "VITDEX_QUEUE_NAME" in caplog.text
+        assert queue_b.depth() == 1
+
+        # Should B's job reach A's worker all the same, it is refused, not run as A's row.
+        stray = queue_a.queue.enqueue_call(
+            "vitdex.queue.run_queued_job",
+            args=(b_id, "index", queue_b.catalog),
+            job_id=f"{rq_job_id(queue_b.catalog, b_id)}-stray",
+        )
+        SimpleWorker([queue_a.queue], connection=conn).work(burst=True)
+        assert stray.get_status(refresh=True) == JobStatus.FAILED
+        result = stray.latest_result()
+        assert result is not None and result.exc_string is not None
+        assert f"job {b_id} belongs to catalog {queue_b.catalog[:12]}" in result.exc_string
         monkeypatch.setenv("VITDEX_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
         assert _job(b_id)["state"] == JobState.QUEUED
     finally:

@@ -13,6 +13,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
+from vitdex.queue import rq_queue_name
+
 if TYPE_CHECKING:
     from vitdex.api.deps import Services
 
@@ -59,9 +61,9 @@ class CatalogCollector(Collector):
             )
         except Exception as exc:
             log.warning("metrics: catalog unavailable: %s", exc)
-        api = self.services.settings.api
+        settings = self.services.settings
         try:
-            depth = queue_depth(api.redis_url, api.queue_name)
+            depth = queue_depth(settings.api.redis_url, rq_queue_name(settings))
         except Exception as exc:
             log.warning("metrics: queue unavailable: %s", exc)
         else:
