@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
@@ -15,14 +15,6 @@ def camera_time(value: datetime | None) -> str | None:
     """A capture time as the camera's clock showed it: ISO 8601 with no UTC offset, since
     EXIF's DateTimeOriginal carries none (it is not an RFC 3339 ``date-time``)."""
     return None if value is None else value.replace(tzinfo=None).isoformat()
-
-
-def utc_time(value: datetime | None) -> datetime | None:
-    """A catalog timestamp, always with its zone: stored in UTC, but SQLite returns it
-    without one."""
-    if value is None or value.tzinfo is not None:
-        return value
-    return value.replace(tzinfo=UTC)
 
 
 @dataclass
@@ -135,7 +127,7 @@ class ImageOut:
             gps_lat=img.gps_lat,
             gps_lon=img.gps_lon,
             error=img.error,
-            indexed_at=utc_time(img.indexed_at),
+            indexed_at=img.indexed_at,
             labels=[LabelScore(lab, round(s, 6)) for lab, s in labels],
         )
 

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from vitdex.db.models import Checkpoint, Dataset, DatasetItem, Image, is_id
+from vitdex.db.models import Checkpoint, Dataset, DatasetItem, Image, is_id, iso
 from vitdex.db.repo import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
@@ -182,14 +181,6 @@ def dataset_image_hash(session: Session, dataset_id: int) -> str:
     return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
-
-
 def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
     """The JSON form of a checkpoint row."""
     return {
@@ -211,5 +202,5 @@ def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
         "yaml_path": checkpoint.yaml_path,
         "sample_path": checkpoint.sample_path,
         "config": checkpoint.config,
-        "created_at": _iso(checkpoint.created_at),
+        "created_at": iso(checkpoint.created_at),
     }

@@ -10,13 +10,12 @@ from __future__ import annotations
 import enum
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from vitdex.db.models import INT64_MAX, Dataset, DatasetItem, Image, Space, is_id, utcnow
+from vitdex.db.models import INT64_MAX, Dataset, DatasetItem, Image, Space, is_id, iso, utcnow
 from vitdex.db.repo import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
@@ -70,14 +69,6 @@ class ItemRow:
     included: bool
     reason: str
     duplicate_of: int | None = None
-
-
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
 
 
 # --------------------------------------------------------------------------- datasets
@@ -371,6 +362,6 @@ def dataset_to_dict(
         "params": dict(dataset.params or {}),
         "export_path": dataset.export_path,
         "counts": dict(counts),
-        "created_at": _iso(dataset.created_at),
-        "updated_at": _iso(dataset.updated_at),
+        "created_at": iso(dataset.created_at),
+        "updated_at": iso(dataset.updated_at),
     }

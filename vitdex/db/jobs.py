@@ -18,7 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.db.models import CatalogInfo, Job, JobState, utcnow
+from vitdex.db.models import CatalogInfo, Job, JobState, iso, utcnow
 from vitdex.errors import ConfigError, NotFoundError, VitdexError
 
 #: States a job never leaves.
@@ -113,14 +113,6 @@ def request_cancel(session: Session, job_id: int) -> Job:
     return job
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    if value.tzinfo is None:  # SQLite hands back naive datetimes; they were stored as UTC
-        value = value.replace(tzinfo=UTC)
-    return value.isoformat()
-
-
 def job_to_dict(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
     """A JSON-ready view of a job, with progress (0..1) and an ETA when they are known."""
     total = job.total
@@ -150,9 +142,9 @@ def job_to_dict(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
         "error": job.error,
         "cancel_requested": bool(job.cancel_requested),
         "eta_seconds": eta,
-        "created_at": _iso(job.created_at),
-        "started_at": _iso(job.started_at),
-        "finished_at": _iso(job.finished_at),
+        "created_at": iso(job.created_at),
+        "started_at": iso(job.started_at),
+        "finished_at": iso(job.finished_at),
     }
 
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vitdex.db.models import Checkpoint, Job, JobState, TrainingRun, utcnow
+from vitdex.db.models import Checkpoint, Job, JobState, TrainingRun, iso, utcnow
 from vitdex.db.repo import get_row
 from vitdex.errors import NotFoundError
 
@@ -165,6 +165,6 @@ def _run_dict(
             if checkpoint is not None
             else None
         ),
-        "created_at": run.created_at.isoformat() if run.created_at else None,
-        "updated_at": run.updated_at.isoformat() if run.updated_at else None,
+        "created_at": iso(run.created_at),
+        "updated_at": iso(run.updated_at),
     }

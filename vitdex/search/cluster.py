@@ -10,7 +10,7 @@ from __future__ import annotations
 import importlib
 import math
 from collections.abc import Callable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.db import repo
-from vitdex.db.models import Cluster, ClusterMember, ClusterRun, Space
+from vitdex.db.models import Cluster, ClusterMember, ClusterRun, Space, iso
 from vitdex.errors import ConfigError, NotFoundError
 from vitdex.search.store import SearchFilter
 
@@ -292,12 +292,6 @@ def _store_run(
 # --------------------------------------------------------------------------- reading
 
 
-def _iso(value: datetime | None) -> str | None:
-    if value is None:
-        return None
-    return (value if value.tzinfo else value.replace(tzinfo=UTC)).isoformat()
-
-
 def _run_dict(run: ClusterRun, space_name: str) -> dict[str, Any]:
     return {
         "id": run.id,
@@ -309,7 +303,7 @@ def _run_dict(run: ClusterRun, space_name: str) -> dict[str, Any]:
         "n_images": run.n_images,
         "inertia": run.inertia,
         "score": run.score,
-        "created_at": _iso(run.created_at),
+        "created_at": iso(run.created_at),
     }
 
 

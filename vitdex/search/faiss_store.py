@@ -457,12 +457,7 @@ class FaissStore:
             exact_ids = delta_ids[best]
         else:
             exact_ids = np.broadcast_to(delta_ids, exact.shape)
-        labels = np.concatenate([labels, exact_ids], axis=1)
-        distances = np.concatenate([distances, exact], axis=1)
-        distances[labels == -1] = -np.inf
-        order = np.argsort(-distances, axis=1, kind="stable")[:, :k]
-        rows = np.arange(q.shape[0])[:, None]
-        return labels[rows, order], distances[rows, order]
+        return _merge_top(labels, distances, exact_ids, exact, k)
 
     def _rescore(
         self, q: npt.NDArray[np.float32], labels: npt.NDArray[np.int64], k: int
