@@ -12,6 +12,7 @@ from litestar.response import File
 from litestar.status_codes import HTTP_200_OK
 from sqlalchemy.orm import Session, sessionmaker
 
+from vitdex.api.controllers.jobs import Offset
 from vitdex.db.models import INT64_MAX
 from vitdex.training import registry
 
@@ -34,7 +35,7 @@ class CheckpointsController(Controller):
         ] = None,
         run_id: Annotated[int | None, QueryParameter(ge=1, le=INT64_MAX)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
-        offset: Annotated[int, QueryParameter(ge=0, le=INT64_MAX)] = 0,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Checkpoints, newest first, with the total that match."""
         return registry.list_checkpoints(

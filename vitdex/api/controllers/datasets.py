@@ -12,6 +12,7 @@ from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
 from sqlalchemy.orm import Session, sessionmaker
 
+from vitdex.api.controllers.jobs import Offset
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound
 from vitdex.config import Settings
@@ -19,7 +20,6 @@ from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
 
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX, description="Dataset id")]
-Offset = Annotated[int, QueryParameter(ge=0, le=INT64_MAX)]
 
 
 @dataclass

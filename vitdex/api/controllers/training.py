@@ -8,16 +8,14 @@ from typing import Annotated, Any, Literal
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sqlalchemy.orm import Session, sessionmaker
 
+from vitdex.api.controllers.jobs import Id, Offset
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.config import Settings
-from vitdex.db.models import INT64_MAX
-
-Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
 
 
 @dataclass
@@ -99,7 +97,7 @@ class TrainingController(Controller):
             QueryParameter(name="state"),
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
-        offset: Annotated[int, QueryParameter(ge=0, le=INT64_MAX)] = 0,
+        offset: Offset = 0,
     ) -> dict[str, Any]:
         """Runs, newest first, with state, step and loss."""
         from vitdex.training.runs import list_runs
