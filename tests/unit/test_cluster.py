@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -177,17 +178,17 @@ def test_bad_requests_are_refused(
         cluster_space(settings, sessions, space="nope")
     with pytest.raises(ConfigError, match="needs 2 or more"):
         cluster_space(settings, sessions, space="cls", filter=SearchFilter(path_prefix="/x"))
-    import importlib.util
-
-    if importlib.util.find_spec("sklearn") is None:
-        with pytest.raises(ConfigError, match="scikit-learn"):
+    # Without the cluster extra, HDBSCAN says what to install (None in sys.modules makes
+    # the import fail as if scikit-learn were absent).
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setitem(sys.modules, "sklearn.cluster", None)
+        with pytest.raises(ConfigError, match="needs scikit-learn"):
             cluster_space(settings, sessions, space="cls", method="hdbscan")
 
 
 def test_hdbscan_finds_the_groups_and_marks_outliers_as_noise(
     world: tuple[Settings, sessionmaker[Session], dict[int, str]],
 ) -> None:
-    pytest.importorskip("sklearn", reason="HDBSCAN needs the cluster extra (scikit-learn)")
     settings, sessions, group_of = world
     # Three photos unlike any other, off on the far side of the sphere from all three
     # groups: HDBSCAN should leave them out of every cluster.
