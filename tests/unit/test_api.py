@@ -386,9 +386,8 @@ def test_health_ready_metrics_openapi(
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         assert client.get("/health").json() == {"status": "ok"}
         ready = client.get("/ready")
-        if ready.status_code == 503 and "queue" in ready.text:
-            pytest.skip(f"no Redis at 127.0.0.1:6379: {ready.text}")
-        assert ready.status_code == 200 and ready.json()["ready"] is True
+        # The test Redis (started by .ci/run) must answer, like every other Redis test's.
+        assert ready.status_code == 200 and ready.json()["ready"] is True, ready.text
         qid = _image_id(client, indexed.photos[0])
         client.get(f"/api/v1/images/{qid}/similar")
         client.get("/api/v1/images/999999")
