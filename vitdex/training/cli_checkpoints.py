@@ -2,38 +2,14 @@
 
 from __future__ import annotations
 
-import functools
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 
+# vitdex.cli imports this module at its end (command registration), so these names exist.
+from vitdex.cli import Context, _handle_errors, _print_json
 from vitdex.training.bases import SD_VERSIONS
-
-if TYPE_CHECKING:
-    from collections.abc import Callable
-
-    from vitdex.cli import Context
-
-F = TypeVar("F", bound="Callable[..., Any]")
-
-
-def _handled(func: F) -> F:
-    """vitdex.cli's error handling; looked up at call time (vitdex.cli imports this module)."""
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vitdex.cli import _handle_errors
-
-        return _handle_errors(func)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _print_json(data: Any) -> None:
-    from vitdex.cli import _print_json as print_json
-
-    print_json(data)
 
 
 def _size(num: int) -> str:
@@ -111,7 +87,7 @@ def _print_checkpoint(data: dict[str, Any]) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the registered checkpoint as JSON.")
 @click.pass_obj
-@_handled
+@_handle_errors
 def convert_command(
     obj: Context,
     source: str,
@@ -180,7 +156,7 @@ def checkpoints_group() -> None:
 @click.option("--offset", type=click.IntRange(min=0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handled
+@_handle_errors
 def list_command(
     obj: Context, status: str | None, run_id: int | None, limit: int, offset: int, as_json: bool
 ) -> None:
@@ -222,7 +198,7 @@ def list_command(
 @click.argument("ref", metavar="ID_OR_NAME")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handled
+@_handle_errors
 def show_command(obj: Context, ref: str, as_json: bool) -> None:
     """One checkpoint: file, hash, how it was trained, and whether its files are present."""
     from vitdex.training.registry import show_checkpoint
@@ -243,7 +219,7 @@ def show_command(obj: Context, ref: str, as_json: bool) -> None:
 @click.option("--files", is_flag=True, help="Also delete the file, its YAML and its sample grid.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handled
+@_handle_errors
 def delete_command(obj: Context, ref: str, files: bool, as_json: bool) -> None:
     """Unregister a checkpoint (its files stay unless --files)."""
     from vitdex.training.registry import delete_checkpoint

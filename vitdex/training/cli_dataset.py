@@ -2,56 +2,17 @@
 
 from __future__ import annotations
 
-import functools
-from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar
+from typing import Any
 
 import click
 from rich.table import Table
 
+# vitdex.cli imports this module at its end (command registration), so these names exist.
+from vitdex.cli import Context, _handle_errors, _open_catalog, _print_json, out_console
 from vitdex.db.models import INT64_MAX
 
-if TYPE_CHECKING:
-    from vitdex.cli import Context
-
-F = TypeVar("F", bound=Callable[..., Any])
-
 _ROLES = click.Choice(["instance", "class"])
-
-
-def _handle_errors(func: F) -> F:
-    """``vitdex.cli._handle_errors``, looked up at call time.
-
-    ``vitdex.cli`` imports this module while it registers its commands, so this module
-    must not need ``vitdex.cli`` to be complete when it is imported itself.
-    """
-
-    @functools.wraps(func)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        from vitdex.cli import _handle_errors as handle
-
-        return handle(func)(*args, **kwargs)
-
-    return wrapper  # type: ignore[return-value]
-
-
-def _open_catalog(settings: Any) -> Any:
-    from vitdex.cli import _open_catalog as open_catalog
-
-    return open_catalog(settings)
-
-
-def _print_json(data: Any) -> None:
-    from vitdex.cli import _print_json as print_json
-
-    print_json(data)
-
-
-def _out() -> Any:
-    from vitdex.cli import out_console
-
-    return out_console
 
 
 @click.group("dataset")
@@ -88,12 +49,12 @@ def _print_items(items: list[dict[str, Any]], title: str) -> None:
             reason,
             item["path"],
         )
-    _out().print(table)
+    out_console.print(table)
 
 
 def _print_summary(dataset: dict[str, Any]) -> None:
     counts = dataset["counts"]
-    _out().print(
+    out_console.print(
         f"dataset {dataset['id']} {dataset['name']!r}: {counts['instance']} instance, "
         f"{counts['class']} class images ({counts['excluded']} candidates left out); "
         f"space {dataset['space']}",
@@ -250,7 +211,7 @@ def list_cmd(obj: Context, as_json: bool) -> None:
             ds["prompt"],
             ds["export_path"] or "",
         )
-    _out().print(table)
+    out_console.print(table)
 
 
 @dataset_group.command("show")
