@@ -110,7 +110,7 @@ def test_bad_arguments_exit_2(vitdex_env: dict[str, str], tmp_path: Path) -> Non
 
     unknown_space = vitdex("similar", "--id", "1", "--space", "nope", env=env, check=False)
     assert unknown_space.returncode == 2
-    assert "no space named 'nope'" in unknown_space.stderr
+    assert "the index is empty" in unknown_space.stderr  # no space exists yet
 
     bad_env = vitdex("status", env={**env, "VITDEX_BATCH_SIZE": "zero"}, check=False)
     assert bad_env.returncode == 2

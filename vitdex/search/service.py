@@ -22,7 +22,7 @@ from vitdex.indexer.images import decode_image
 from vitdex.indexer.pipeline import reconcile_space
 from vitdex.search.batching import MicroBatcher, OneResult
 from vitdex.search.factory import open_store
-from vitdex.search.store import SearchFilter, VectorStore
+from vitdex.search.store import SearchFilter, SearchHit, VectorStore
 
 
 @dataclass
@@ -81,6 +81,46 @@ class Classification:
             "query": self.query,
             "labels": [{"label": lab, "score": round(s, 6)} for lab, s in self.labels],
         }
+
+
+def resolve_space(session: Session, preferred: str, name: str | None) -> Space:
+    """The space ``name``, or with None the ``preferred`` one (else the first there is).
+
+    An empty catalog is :class:`NotFoundError`; an unknown name is a bad argument
+    (:class:`ConfigError`) that lists the known ones.
+    """
+    spaces = repo.list_spaces(session)
+    if not spaces:
+        raise NotFoundError("the index is empty: run `vitdex index FOLDER` first")
+    wanted = preferred if name is None else name
+    found = next((s for s in spaces if s.name == wanted), None)
+    if found is not None:
+        return found
+    if name is None:
+        return spaces[0]
+    known = ", ".join(s.name for s in spaces)
+    raise ConfigError(f"unknown space {name!r} (known spaces: {known})")
+
+
+def search_filtered(
+    session: Session,
+    space: Space,
+    store: VectorStore,
+    queries: np.ndarray,
+    k: int,
+    filter: SearchFilter | None,
+) -> list[list[SearchHit]]:
+    """The ``k`` nearest of each query among the images ``filter`` allows: Qdrant filters
+    on its own payload indexes, server side; FAISS searches exactly among the ids the
+    filter selects in SQL."""
+    if filter is None or filter.is_empty():
+        return store.search(queries, k)
+    if getattr(store, "uses_payloads", False):
+        payload_store: Any = store
+        hits: list[list[SearchHit]] = payload_store.search(queries, k, filter=filter)
+        return hits
+    allowed = np.asarray(repo.filter_image_ids(session, filter, space.id), np.int64)
+    return store.search(queries, k, allowed_ids=allowed)
 
 
 class SearchService:
@@ -144,13 +184,7 @@ class SearchService:
         return batcher.embed_one(decoded.image)
 
     def _space(self, session: Session, name: str | None) -> Space:
-        if name is None:
-            spaces = repo.list_spaces(session)
-            if not spaces:
-                raise NotFoundError("the index is empty: run `vitdex index FOLDER` first")
-            preferred = self.settings.model.spaces[0]
-            return next((s for s in spaces if s.name == preferred), spaces[0])
-        return repo.get_space(session, name)
+        return resolve_space(session, self.settings.model.spaces[0], name)
 
     def _store(self, session: Session, space: Space) -> VectorStore:
         with self._store_lock:
@@ -163,12 +197,20 @@ class SearchService:
                 self._stores[space.name] = store
             return store
 
-    def _embed_file(self, space: Space, data: bytes) -> np.ndarray:
+    def file_query(
+        self, session: Session, space: Space, store: VectorStore, data: bytes
+    ) -> tuple[int | None, np.ndarray]:
+        """The query vector of a photo's bytes and its catalog id: the stored vector of an
+        indexed photo with the same content, else the model's embedding (refused when the
+        model no longer matches the space) and no id."""
+        found = repo.find_indexed_by_sha(session, hashlib.sha256(data).hexdigest())
+        if found is not None and repo.has_vector(session, found.id, space.id):
+            return found.id, store.get(np.asarray([found.id]))[0]
         embedder = self.embedder([space.layer])
         spec = next(s for s in embedder.space_specs() if s.name == space.layer)
         repo.check_space_matches(space, {**asdict(spec), "name": space.name})
         vector: np.ndarray = self._embed_one([space.layer], data).vectors[space.layer]
-        return vector
+        return None, vector
 
     def similar(
         self,
@@ -203,25 +245,12 @@ class SearchService:
                     )
                 queries.append((img.path, image_id, store.get(np.asarray([image_id]))[0]))
             for file in files:
-                data = _read(file)
-                found = repo.find_indexed_by_sha(session, hashlib.sha256(data).hexdigest())
-                if found is not None and repo.has_vector(session, found.id, sp.id):
-                    queries.append((str(file), found.id, store.get(np.asarray([found.id]))[0]))
-                else:
-                    queries.append((str(file), None, self._embed_file(sp, data)))
+                found_id, vector = self.file_query(session, sp, store, _read(file))
+                queries.append((str(file), found_id, vector))
             if not queries:
                 return []
             matrix = np.stack([vec for _, _, vec in queries]).astype(np.float32)
-            if filter is None or filter.is_empty():
-                raw = store.search(matrix, k + 1)
-            elif getattr(store, "uses_payloads", False):
-                # Qdrant filters on its own payload indexes, server side.
-                payload_store: Any = store
-                raw = payload_store.search(matrix, k + 1, filter=filter)
-            else:
-                # FAISS: resolve the filter in SQL, search exactly among those ids.
-                allowed = np.asarray(repo.filter_image_ids(session, filter, sp.id), np.int64)
-                raw = store.search(matrix, k + 1, allowed_ids=allowed)
+            raw = search_filtered(session, sp, store, matrix, k + 1, filter)
             wanted = {h.id for hits in raw for h in hits}
             images = repo.get_images(session, sorted(wanted))
             labels = repo.labels_of(session, sorted(wanted))

@@ -32,9 +32,8 @@ audited and edited (:func:`include_images`, :func:`exclude_images`).
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -320,35 +319,6 @@ class _Seeds:
     described: list[dict[str, Any]]
 
 
-def _space(settings: Settings, session: Session, name: str | None) -> Space:
-    spaces = repo.list_spaces(session)
-    if not spaces:
-        raise NotFoundError("the index is empty: run `vitdex index FOLDER` first")
-    if name is None:
-        preferred = settings.model.spaces[0]
-        return next((s for s in spaces if s.name == preferred), spaces[0])
-    for space in spaces:
-        if space.name == name:
-            return space
-    known = ", ".join(s.name for s in spaces)
-    raise ConfigError(f"unknown space {name!r} (known spaces: {known})")
-
-
-def _embed_file(settings: Settings, search: SearchService, space: Space, data: bytes) -> Floats:
-    """Embed a query photo with the search service's model, refusing a foreign space."""
-    from vitdex.indexer.images import decode_image
-
-    embedder = search.embedder([space.layer])
-    spec = next(s for s in embedder.space_specs() if s.name == space.layer)
-    repo.check_space_matches(space, {**asdict(spec), "name": space.name})
-    height, width = embedder.input_size
-    decoded = decode_image(
-        data, max_megapixels=settings.index.max_megapixels, min_size=(width, height)
-    )
-    vector: Floats = embedder.embed([decoded.image]).vectors[space.layer][0]
-    return vector
-
-
 def _seed_vectors(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -379,17 +349,11 @@ def _seed_vectors(
                 raise NotFoundError(f"no such file: {seed}") from None
             except OSError as exc:
                 raise ImageError(f"cannot read {seed}: {exc.strerror or exc}") from None
-            found = repo.find_indexed_by_sha(session, hashlib.sha256(data).hexdigest())
-            if found is not None and repo.has_vector(session, found.id, space.id):
-                image_id = found.id
-                vector = store.get(np.asarray([found.id], np.int64))[0]
-            else:
-                if search is None:
-                    from vitdex.search.service import SearchService
+            if search is None:  # its model loads only if a file must be embedded
+                from vitdex.search.service import SearchService
 
-                    search = SearchService(settings, sessions)
-                image_id = None
-                vector = _embed_file(settings, search, space, data)
+                search = SearchService(settings, sessions)
+            image_id, vector = search.file_query(session, space, store, data)
             out.described.append({"file": str(seed), "image_id": image_id})
         unit = _unit(vector)[0]
         out.queries.append(unit)
@@ -408,18 +372,11 @@ def _search(
     label: str | None,
 ) -> list[int]:
     """Ids of the union of each query's ``depth`` nearest (optionally with ``label``)."""
+    from vitdex.search.service import search_filtered
+
     depth = max(1, min(depth, store.count()))
-    if label is None:
-        raw = store.search(queries, depth)
-    elif getattr(store, "uses_payloads", False):
-        # Qdrant filters on its own payload indexes, server side.
-        payload_store: Any = store
-        raw = payload_store.search(queries, depth, filter=SearchFilter(label=label))
-    else:
-        allowed = repo.filter_image_ids(session, SearchFilter(label=label), space.id)
-        if not allowed:
-            return []
-        raw = store.search(queries, depth, allowed_ids=np.asarray(allowed, np.int64))
+    flt = None if label is None else SearchFilter(label=label)
+    raw = search_filtered(session, space, store, queries, depth, flt)
     seen: dict[int, None] = {}
     for hits in raw:
         for hit in hits:
@@ -467,6 +424,7 @@ def create_dataset(
     model (the API's); one is made on demand otherwise.
     """
     from vitdex.search.factory import open_store
+    from vitdex.search.service import resolve_space
 
     options = options or CurateOptions()
     prompt = prompt.strip()
@@ -481,7 +439,7 @@ def create_dataset(
     with sessions() as session:
         # Fail on a taken name before any work (create_dataset checks again at insert).
         datasets.check_name(session, name)
-        space = _space(settings, session, options.space)
+        space = resolve_space(session, settings.model.spaces[0], options.space)
         store = open_store(settings, space.name, space.dim, space.metric)
         try:
             if store.count() == 0:

@@ -93,19 +93,6 @@ class Upload:
     file: UploadFile
 
 
-def _check_space(services: NamedDependency[Services], space: str | None) -> None:
-    """An unknown space is a bad parameter (400), not a missing resource."""
-    if space is None:
-        return
-    from vitdex.db import repo
-
-    with services.sessions() as session:
-        names = [s.name for s in repo.list_spaces(session)]
-    if space not in names:
-        known = ", ".join(names) or "none yet"
-        raise ConfigError(f"unknown space {space!r} (known spaces: {known})")
-
-
 def run_similar(
     services: NamedDependency[Services],
     *,
@@ -117,7 +104,6 @@ def run_similar(
     flt: NamedDependency[SearchFilter],
 ) -> SimilarOut:
     """Neighbours of an id or an uploaded image, one page of them (blocking: run in a thread)."""
-    _check_space(services, space)
     search = services.search
     depth = k + offset
     if upload is not None:
