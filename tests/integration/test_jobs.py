@@ -286,3 +286,32 @@ def test_two_catalogs_sharing_redis_keep_their_jobs_apart(
         queue_b.close()
         _clean_redis(conn, queue_name, queue_a.catalog, [a_id])
         _clean_redis(conn, queue_name, queue_b.catalog, [b_id])
+
+
+@pytest.mark.parametrize("will_retry", [True, False])
+def test_a_failed_attempt_is_queued_again_only_when_rq_will_retry_it(
+    vitdex_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, will_retry: bool
+) -> None:
+    job_id, _ = _enqueue("cluster", {"space": "cls"})
+    monkeypatch.setattr(job_sql, "_rq_will_retry", lambda: will_retry)
+    followed: list[tuple[JobState, str | None]] = []
+
+    def work(sessions: sessionmaker[Session]) -> None:
+        raise RuntimeError("the database went away")
+
+    with pytest.raises(RuntimeError):
+        job_sql.run_job_guarded(
+            job_id,
+            work,
+            what="test",
+            on_end=lambda _s, state, error: followed.append((state, error)),
+        )
+    job = _job(job_id)
+    if will_retry:
+        # Back in the queue for rq's retry; what follows the job (a run) is queued too.
+        assert job["state"] == JobState.QUEUED and job["finished_at"] is None
+        assert job["error"] == "attempt failed, retrying: RuntimeError: the database went away"
+        assert followed == [(JobState.QUEUED, "RuntimeError: the database went away")]
+    else:
+        assert job["state"] == JobState.FAILED and job["finished_at"]
+        assert followed == [(JobState.FAILED, "RuntimeError: the database went away")]

@@ -278,14 +278,20 @@ def _rq_will_retry() -> bool:
 
 
 def run_job_guarded(
-    job_id: int, work: Callable[[sessionmaker[Session]], None], *, what: str
+    job_id: int,
+    work: Callable[[sessionmaker[Session]], None],
+    *,
+    what: str,
+    on_end: Callable[[Session, JobState, str | None], None] | None = None,
 ) -> None:
     """Claim the job row, run ``work`` and record how it ended.
 
     ``work`` closes the row itself on success or cancellation. A :class:`VitdexError`
     (bad params, a missing folder) fails the job for good; any other error fails it
     too, unless rq has retries left, in which case the row goes back to queued and the
-    error is re-raised so rq retries it.
+    error is re-raised so rq retries it. ``on_end(session, state, error)`` lets a record
+    that follows the job (a training run) take the state the row was given when ``work``
+    did not finish: cancelled, failed, or queued again for a retry.
     """
     from vitdex.config import load_settings
 
@@ -295,22 +301,30 @@ def run_job_guarded(
         if start_job(session, job_id) is None:
             log.info("job %d: finished or cancelled before it started; skipped", job_id)
             return
+
+    def end(state: JobState, error: str | None, *, retry: bool = False) -> None:
+        with sessions() as session:
+            if retry:
+                requeue_for_retry(session, job_id, error or "")
+            else:
+                end_job(session, job_id, state, error=error)
+            if on_end is not None:
+                on_end(session, state, error)
+
     try:
         work(sessions)
     except JobCancelled:
-        with sessions() as session:
-            end_job(session, job_id, JobState.CANCELLED)
+        end(JobState.CANCELLED, None)
     except VitdexError as exc:
         log.warning("%s job %d failed: %s", what, job_id, exc.message)
-        with sessions() as session:
-            end_job(session, job_id, JobState.FAILED, error=exc.message)
+        end(JobState.FAILED, exc.message)
     except Exception as exc:
-        message = f"{type(exc).__name__}: {exc}"
-        with sessions() as session:
-            if _rq_will_retry():
-                requeue_for_retry(session, job_id, message)
-            else:
-                end_job(session, job_id, JobState.FAILED, error=message)
+        retry = _rq_will_retry()
+        end(
+            JobState.QUEUED if retry else JobState.FAILED,
+            f"{type(exc).__name__}: {exc}",
+            retry=retry,
+        )
         raise
 
 

@@ -85,26 +85,25 @@ def run_train_job(job_id: int, on_progress: ProgressCallback | None = None) -> N
     checkpoint: the run is left ``cancelled`` and ``vitdex train resume`` continues it.
     """
 
+    run_id: int | None = None
+
     def work(sessions: sessionmaker[Session]) -> None:
+        nonlocal run_id
         with sessions() as session:
             params = dict(job_sql.get_job(session, job_id).params or {})
-        run_id = params.get("run_id")
-        if not isinstance(run_id, int):
+        found = params.get("run_id")
+        if not isinstance(found, int):
             raise ConfigError(f"train job {job_id} names no run")
-        try:
-            _train_run(sessions, job_id, run_id, on_progress)
-        except job_sql.JobCancelled:
-            with sessions() as session:
-                run_sql.set_run_state(session, run_id, JobState.CANCELLED)
-            raise
-        except Exception as exc:
-            message = getattr(exc, "message", None) or f"{type(exc).__name__}: {exc}"
-            with sessions() as session:
-                session.rollback()
-                run_sql.set_run_state(session, run_id, JobState.FAILED, error=message)
-            raise
+        run_id = found
+        _train_run(sessions, job_id, run_id, on_progress)
 
-    job_sql.run_job_guarded(job_id, work, what="train")
+    def follow(session: Session, state: JobState, error: str | None) -> None:
+        # The run takes the state its job was given: cancelled, failed, or queued for
+        # rq's retry (not failed while its job waits to run again).
+        if run_id is not None:
+            run_sql.set_run_state(session, run_id, state, error=error)
+
+    job_sql.run_job_guarded(job_id, work, what="train", on_end=follow)
 
 
 def _train_run(
