@@ -541,7 +541,7 @@ class FaissStore:
         """
         cached = self._positions
         if cached is None or cached[0] != self._base_version:
-            id_map = faiss.vector_to_array(self._loaded().id_map).astype(np.int64, copy=False)
+            id_map = self._base_ids()
             table: npt.NDArray[np.int64] | None = None
             lo = 0
             if id_map.size:
@@ -659,11 +659,9 @@ class FaissStore:
         """Every stored id, sorted."""
         with self._lock:
             self._ready_for_read()
-            base_ids = self._base_ids()
-            if self._superseded:
-                base_ids = base_ids[~np.isin(base_ids, self._superseded_array())]
-            overlay_ids = faiss.vector_to_array(self._overlay_index().id_map)
-        return np.sort(np.concatenate([base_ids, overlay_ids.astype(np.int64, copy=False)]))
+            base_ids, keep, overlay_ids = self._live_ids()
+        live_base = base_ids if keep is None else base_ids[keep]
+        return np.sort(np.concatenate([live_base, overlay_ids]))
 
     def count(self) -> int:
         """How many vectors the store holds."""
@@ -939,6 +937,15 @@ class FaissStore:
         """The base's ids in storage order (a copy)."""
         ids = faiss.vector_to_array(self._loaded().id_map)
         return ids.astype(np.int64, copy=False)
+
+    def _live_ids(
+        self,
+    ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.bool_] | None, npt.NDArray[np.int64]]:
+        """The base's ids, which of them still hold (None: all), and the overlay's ids."""
+        base_ids = self._base_ids()
+        keep = ~np.isin(base_ids, self._superseded_array()) if self._superseded else None
+        overlay_ids = faiss.vector_to_array(self._overlay_index().id_map)
+        return base_ids, keep, overlay_ids.astype(np.int64, copy=False)
 
     def _codes(self, index: faiss.IndexIDMap2) -> npt.NDArray[np.float32]:
         """The raw vectors inside ``index`` [ntotal, dim] as a read-only view, no copy.
@@ -1352,13 +1359,10 @@ class FaissStore:
         the mapping and never gathered into one array, so compaction holds no second
         copy of the store in memory.
         """
-        base_ids = self._base_ids()
-        keep: npt.NDArray[np.bool_] | None = None
-        if self._superseded:
-            keep = ~np.isin(base_ids, self._superseded_array())
+        base_ids, keep, overlay_ids = self._live_ids()
+        if keep is not None:
             base_ids = base_ids[keep]
         overlay = self._overlay_index()
-        overlay_ids = faiss.vector_to_array(overlay.id_map).astype(np.int64, copy=False)
         n = int(base_ids.size + overlay_ids.size)
         codes = self._codes(self._loaded())
         rows = max(1, _COPY_BYTES // (4 * self.dim))
