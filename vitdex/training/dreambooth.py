@@ -751,7 +751,6 @@ class _Run:
         state = {
             "format": _STATE_FORMAT,
             "step": step,
-            "total_steps": self.total,
             "weights": weights,
             "optimizer_key": self.optimizer_key,
             "optimizer_name": self.optimizer_name,
@@ -760,13 +759,7 @@ class _Run:
             "grad_scaler": self.scaler.state_dict() if self.scaler is not None else None,
             "rng": _rng_state(),
             "loss": self.last_loss,
-            "cache_latents": self.config.cache_latents,
-            "data_position": {
-                "micro_batches": step * self.config.gradient_accumulation_steps,
-                "samples_per_stream": step
-                * self.config.gradient_accumulation_steps
-                * self.config.batch_size,
-            },
+            # The data position is not stored: it is a function of the config and step.
             "config": self.config.to_dict(),
         }
         torch.save(state, tmp / "state.pt")
@@ -872,9 +865,7 @@ class _Run:
         self.load_data()
         if self.stop_requested():
             found = list_checkpoints(self.output_dir)
-            return self.stopped(
-                found[-1][0] if found else 0, latest_checkpoint(self.output_dir), None
-            )
+            return self.stopped(found[-1][0] if found else 0, found[-1][1] if found else None, None)
         self.model.prepare(
             train_unet=any(s.train_unet for s in self.stages),
             train_text=any(s.train_text for s in self.stages),
@@ -1047,10 +1038,11 @@ def _finished(output_dir: Path, config: TrainConfig) -> TrainResult | None:
         recorded = TrainConfig.from_dict(data["user_config"])
     except (OSError, ValueError, KeyError, ConfigError):
         return None
-    if config_differences(recorded, config):
+    changed = config_differences(recorded, config)
+    if changed:
         raise ConfigError(
             f"{output_dir} holds a finished run with other settings "
-            f"({', '.join(config_differences(recorded, config))}); use a new output folder"
+            f"({', '.join(changed)}); use a new output folder"
         )
     lora = data.get("lora_file")
     return TrainResult(
