@@ -6,6 +6,7 @@ so neither ``..`` nor a symlink can climb out of an allowed root.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,11 @@ from vitdex.db import jobs, repo
 from vitdex.db.models import Library
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
 from vitdex.queue import JobQueue
+
+
+def inside(resolved: Path, roots: Iterable[Path]) -> bool:
+    """Whether the resolved path ``resolved`` is one of ``roots`` or lies under one."""
+    return any(resolved == root or resolved.is_relative_to(root) for root in roots)
 
 
 def allowed_folder(settings: Settings, raw: str) -> Path:
@@ -36,7 +42,7 @@ def allowed_folder(settings: Settings, raw: str) -> Path:
         raise NotFoundError(f"no such folder: {raw}") from None
     except (OSError, RuntimeError) as exc:  # permission, symlink loop
         raise ForbiddenError(f"cannot use {raw}: {exc}") from None
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    if not inside(resolved, roots):
         raise ForbiddenError(f"{raw} is outside the allowed roots (VITDEX_ALLOWED_ROOTS)")
     if not resolved.is_dir():
         raise ConfigError(f"not a folder: {raw}")

@@ -30,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitdex.config import Settings
 from vitdex.db import datasets
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, ImageError
+from vitdex.libraries import inside
 from vitdex.training.crop import check_resolution, face_detector, prepare_image, write_caption
 
 __all__ = [
@@ -115,7 +116,7 @@ def allowed_export_dir(settings: Settings, raw: str) -> Path:
         resolved = Path(raw).resolve()
     except (OSError, RuntimeError, ValueError) as exc:  # permission, symlink loop
         raise ForbiddenError(f"cannot use {raw}: {exc}") from None
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    if not inside(resolved, roots):
         raise ForbiddenError(f"{raw} is outside the allowed roots (VITDEX_ALLOWED_ROOTS)")
     return resolved
 

@@ -28,6 +28,7 @@ from vitdex.db import jobs as job_sql
 from vitdex.db import training as run_sql
 from vitdex.db.models import Job, JobState, TrainingRun, utcnow
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError
+from vitdex.libraries import inside
 from vitdex.training.config import TrainConfig
 
 #: Config fields the run fills in itself: callers may not set them.
@@ -50,8 +51,7 @@ def check_base_location(settings: Settings, base_model: str) -> None:
     if base_kind(base_model) == "hub":
         return
     resolved = Path(base_model).expanduser().resolve()
-    roots = [*settings.api.allowed_roots, settings.storage.home.resolve()]
-    if not any(resolved == root or resolved.is_relative_to(root) for root in roots):
+    if not inside(resolved, [*settings.api.allowed_roots, settings.storage.home.resolve()]):
         raise ForbiddenError(
             f"{base_model} is outside the allowed roots (VITDEX_ALLOWED_ROOTS) and VITDEX_HOME"
         )
