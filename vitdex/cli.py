@@ -75,11 +75,9 @@ def _print_json(data: Any) -> None:
 
 
 def _open_catalog(settings: Settings) -> Any:
-    from vitdex.db import ensure_schema, make_engine, session_factory
+    from vitdex.db.jobs import catalog_sessions
 
-    engine = make_engine(settings.storage.resolved_database_url)
-    ensure_schema(engine)
-    return session_factory(engine)
+    return catalog_sessions(settings.storage.resolved_database_url)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

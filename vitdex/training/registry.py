@@ -84,13 +84,12 @@ class Check:
 
 
 def open_sessions(target: Settings | sessionmaker[Session]) -> sessionmaker[Session]:
-    """Sessions of the catalog: the factory itself, or one opened (and migrated) from settings."""
+    """Sessions of the catalog: the factory itself, or the process's (migrated) one for
+    the settings' database."""
     if isinstance(target, Settings):
-        from vitdex.db.engine import ensure_schema, make_engine, session_factory
+        from vitdex.db.jobs import catalog_sessions
 
-        engine = make_engine(target.storage.resolved_database_url)
-        ensure_schema(engine)
-        return session_factory(engine)
+        return catalog_sessions(target.storage.resolved_database_url)
     return target
 
 
