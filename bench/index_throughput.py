@@ -28,7 +28,6 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
@@ -36,6 +35,8 @@ from collections.abc import Sequence
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
+
+from bench._legs import child_result, emit, fmt, ratio, run
 
 #: vitdex must index at least this many times faster than the pipeline baseline...
 TARGET_VS_PIPELINE = 5.0
@@ -120,10 +121,6 @@ def make_photos(
 # --------------------------------------------------------------------------- legs (children)
 
 
-def _emit(data: dict[str, Any]) -> None:
-    print("BENCH-RESULT " + json.dumps(data), flush=True)
-
-
 def leg_pipeline(model: Path, photos: Path) -> None:
     """The naive baseline: transformers' feature-extraction pipeline over file paths."""
     started = time.perf_counter()
@@ -136,7 +133,7 @@ def leg_pipeline(model: Path, photos: Path) -> None:
     # A generator makes the pipeline stream results; a list would return them all at the end.
     for _ in extractor(path for path in files):
         done.append(time.perf_counter())
-    _emit(
+    emit(
         {
             "images": len(files),
             "startup_s": ready - started,
@@ -172,7 +169,7 @@ def leg_model(model: Path, count: int, batch_size: int, precision: str) -> None:
         embedder.embed_pixels(chunk)
         total += chunk.shape[0]
     finished = time.perf_counter()
-    _emit(
+    emit(
         {
             "images": total,
             "startup_s": ready - started,
@@ -202,26 +199,6 @@ def _steady(done: Sequence[float], skip: int = 1) -> float | None:
 # --------------------------------------------------------------------------- legs (parent)
 
 
-def _run(cmd: list[str], env: dict[str, str], timeout: float) -> tuple[float, str]:
-    started = time.perf_counter()
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=timeout, check=False
-    )
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        raise RuntimeError(f"{' '.join(cmd[:4])}... exited {proc.returncode}:\n{tail}")
-    return wall, proc.stdout
-
-
-def _child_result(stdout: str) -> dict[str, Any]:
-    for line in reversed(stdout.splitlines()):
-        if line.startswith("BENCH-RESULT "):
-            result: dict[str, Any] = json.loads(line.removeprefix("BENCH-RESULT "))
-            return result
-    raise RuntimeError(f"no result in the leg's output:\n{stdout[-2000:]}")
-
-
 def _vitdex_command() -> list[str]:
     script = Path(sys.executable).with_name("vitdex")
     return [str(script)] if script.is_file() else [sys.executable, "-m", "vitdex"]
@@ -238,8 +215,8 @@ def run_leg(leg: str, ctx: dict[str, Any], run_no: int) -> dict[str, Any]:
     me = [sys.executable, "-m", "bench.index_throughput"]
     if leg == "pipeline":
         cmd = [*me, "--leg", "pipeline", "--model", ctx["model"], "--photos", ctx["photos"]]
-        wall, out = _run(cmd, env, ctx["timeout"])
-        data = _child_result(out)
+        wall, out = run(cmd, env, ctx["timeout"])
+        data = child_result(out)
         steady = data["steady_images_per_s"]
     elif leg == "model":
         cmd = [
@@ -247,8 +224,8 @@ def run_leg(leg: str, ctx: dict[str, Any], run_no: int) -> dict[str, Any]:
             *("--leg", "model", "--model", ctx["model"], "--images", str(count)),
             *("--batch-size", str(ctx["batch_size"]), "--precision", ctx["precision"]),
         ]
-        wall, out = _run(cmd, env, ctx["timeout"])
-        data = _child_result(out)
+        wall, out = run(cmd, env, ctx["timeout"])
+        data = child_result(out)
         steady = data["steady_images_per_s"]
     elif leg == "vitdex":
         home = Path(ctx["work"]) / f"vitdex-home-{run_no}"
@@ -262,7 +239,7 @@ def run_leg(leg: str, ctx: dict[str, Any], run_no: int) -> dict[str, Any]:
             }
         )
         cmd = [*_vitdex_command(), "index", ctx["photos"], "--json", "--no-progress"]
-        wall, out = _run(cmd, env, ctx["timeout"])
+        wall, out = run(cmd, env, ctx["timeout"])
         start = out.find("{")
         if start < 0:
             raise RuntimeError(f"vitdex index printed no JSON:\n{out[-2000:]}")
@@ -314,14 +291,6 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
-
-
-def _fmt(value: float | None, spec: str = ".2f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     """Medians per leg, the two ratios and their verdicts."""
     legs: dict[str, dict[str, Any]] = {}
@@ -337,14 +306,14 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
         value = legs.get(leg, {}).get(key)
         return float(value) if value is not None else None
 
-    vs_pipeline = _ratio(
+    vs_pipeline = ratio(
         get("vitdex", "steady_images_per_s"), get("pipeline", "steady_images_per_s")
     )
-    vs_model = _ratio(get("vitdex", "steady_images_per_s"), get("model", "steady_images_per_s"))
+    vs_model = ratio(get("vitdex", "steady_images_per_s"), get("model", "steady_images_per_s"))
     return {
         "legs": legs,
         "vitdex_vs_pipeline": vs_pipeline,
-        "vitdex_vs_pipeline_wall": _ratio(
+        "vitdex_vs_pipeline_wall": ratio(
             get("vitdex", "wall_images_per_s"), get("pipeline", "wall_images_per_s")
         ),
         "vitdex_vs_model": vs_model,
@@ -375,8 +344,8 @@ def print_table(summary: dict[str, Any], count: int) -> None:
     print("-" * len(header))
     for leg, row in summary["legs"].items():
         print(
-            f"{names.get(leg, leg):<24}{row['runs']:>5}{_fmt(row['wall_s'], '.1f'):>9}"
-            f"{_fmt(row['wall_images_per_s']):>14}{_fmt(row['steady_images_per_s']):>16}"
+            f"{names.get(leg, leg):<24}{row['runs']:>5}{fmt(row['wall_s'], '.1f'):>9}"
+            f"{fmt(row['wall_images_per_s']):>14}{fmt(row['steady_images_per_s']):>16}"
         )
     print()
 
@@ -385,12 +354,12 @@ def print_table(summary: dict[str, Any], count: int) -> None:
         return "n/a" if passed is None else ("PASS" if passed else "FAIL")
 
     print(
-        f"vitdex / pipeline (steady):    {_fmt(summary['vitdex_vs_pipeline'])}x   "
+        f"vitdex / pipeline (steady):    {fmt(summary['vitdex_vs_pipeline'])}x   "
         f"target >= {TARGET_VS_PIPELINE:g}x   {verdict('vitdex_vs_pipeline')}"
     )
-    print(f"vitdex / pipeline (wall):      {_fmt(summary['vitdex_vs_pipeline_wall'])}x")
+    print(f"vitdex / pipeline (wall):      {fmt(summary['vitdex_vs_pipeline_wall'])}x")
     print(
-        f"vitdex / model-only (steady):  {_fmt(summary['vitdex_vs_model'])}x   "
+        f"vitdex / model-only (steady):  {fmt(summary['vitdex_vs_model'])}x   "
         f"target >= {TARGET_VS_MODEL:g}x   {verdict('vitdex_vs_model')}"
     )
 
@@ -523,7 +492,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs[leg].append(result)
                 print(
                     f"round {run_no + 1}/{rounds} {leg:<8} wall {result['wall_s']:6.1f} s  "
-                    f"steady {_fmt(result['steady_images_per_s'])} img/s",
+                    f"steady {fmt(result['steady_images_per_s'])} img/s",
                     file=sys.stderr,
                 )
         summary = summarise(runs)

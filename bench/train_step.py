@@ -36,7 +36,6 @@ import os
 import resource
 import shutil
 import statistics
-import subprocess
 import sys
 import tempfile
 import threading
@@ -44,6 +43,8 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from bench._legs import child_result, emit, fmt, ratio, run
 
 LEGS = ("baseline", "bf16", "fp16", "checkpointing", "cache", "all", "diffusers")
 #: Legs that need a GPU (CPU autocast in fp16 is emulated and says nothing useful).
@@ -115,10 +116,6 @@ class _StepsDoneError(Exception):
     """Raised from the progress callback once the timed steps are done."""
 
 
-def _emit(data: dict[str, Any]) -> None:
-    print("BENCH-RESULT " + json.dumps(data), flush=True)
-
-
 def _leg_settings(leg: str, device: str) -> dict[str, Any]:
     settings: dict[str, Any] = {
         "mixed_precision": "no",
@@ -182,7 +179,7 @@ def leg_vitdex(
         pass
     finally:
         shutil.rmtree(work, ignore_errors=True)
-    _emit(_timings(stamps, warmup) | result | {"settings": _leg_settings(leg, device)})
+    emit(_timings(stamps, warmup) | result | {"settings": _leg_settings(leg, device)})
 
 
 def leg_diffusers(
@@ -244,7 +241,7 @@ def leg_diffusers(
         float(loss.detach())  # the example logs the loss every step (a device sync)
         stamps.append(time.perf_counter())
     memory = watch.stop()
-    _emit(_timings(stamps, warmup) | memory | {"settings": {"mixed_precision": "no"}})
+    emit(_timings(stamps, warmup) | memory | {"settings": {"mixed_precision": "no"}})
 
 
 def _timings(stamps: Sequence[float], warmup: int) -> dict[str, Any]:
@@ -290,28 +287,8 @@ def _run_leg(leg: str, ctx: dict[str, Any]) -> dict[str, Any]:
         *("--resolution", str(ctx["resolution"]), "--device", ctx["device"]),
         *("--warmup", str(ctx["warmup"]), "--steps", str(ctx["steps"])),
     ]
-    started = time.perf_counter()
-    proc = subprocess.run(
-        cmd, env=env, capture_output=True, text=True, timeout=ctx["timeout"], check=False
-    )
-    wall = time.perf_counter() - started
-    if proc.returncode != 0:
-        tail = (proc.stderr or proc.stdout)[-3000:]
-        raise RuntimeError(f"leg {leg} exited {proc.returncode}:\n{tail}")
-    for line in reversed(proc.stdout.splitlines()):
-        if line.startswith("BENCH-RESULT "):
-            data: dict[str, Any] = json.loads(line.removeprefix("BENCH-RESULT "))
-            data["wall_s"] = wall
-            return data
-    raise RuntimeError(f"leg {leg} printed no result:\n{proc.stdout[-2000:]}")
-
-
-def _fmt(value: float | None, spec: str = ".3f") -> str:
-    return "-" if value is None else format(value, spec)
-
-
-def _ratio(a: float | None, b: float | None) -> float | None:
-    return a / b if a is not None and b else None
+    wall, out = run(cmd, env, ctx["timeout"])
+    return child_result(out) | {"wall_s": wall}
 
 
 def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
@@ -331,8 +308,8 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
     base_s = float(base["s_per_step"]) if base else None
     base_peak = float(base["peak_mb"]) if base else None
     for row in legs.values():
-        row["speedup_vs_baseline"] = _ratio(base_s, row["s_per_step"])
-        row["peak_vs_baseline"] = _ratio(row["peak_mb"], base_peak)
+        row["speedup_vs_baseline"] = ratio(base_s, row["s_per_step"])
+        row["peak_vs_baseline"] = ratio(row["peak_mb"], base_peak)
     return {"legs": legs}
 
 
@@ -350,19 +327,19 @@ def print_table(summary: dict[str, Any], title: str, cuda: bool) -> None:
     for leg, row in summary["legs"].items():
         rate = 1 / row["s_per_step"] if row["s_per_step"] else None
         print(
-            f"{leg:<15}{_fmt(row['s_per_step']):>9}{_fmt(row['s_per_step_best']):>9}"
-            f"{_fmt(rate, '.2f'):>9}"
-            f"{_fmt(row['peak_mb'], '.0f'):>16}{_fmt(row['growth_mb'], '.0f'):>12}"
-            f"{_fmt(row['speedup_vs_baseline'], '.2f') + 'x':>15}"
-            f"{_fmt(row['peak_vs_baseline'], '.2f') + 'x':>14}"
+            f"{leg:<15}{fmt(row['s_per_step'], '.3f'):>9}{fmt(row['s_per_step_best'], '.3f'):>9}"
+            f"{fmt(rate, '.2f'):>9}"
+            f"{fmt(row['peak_mb'], '.0f'):>16}{fmt(row['growth_mb'], '.0f'):>12}"
+            f"{fmt(row['speedup_vs_baseline'], '.2f') + 'x':>15}"
+            f"{fmt(row['peak_vs_baseline'], '.2f') + 'x':>14}"
         )
     legs = summary["legs"]
     if "diffusers" in legs and "all" in legs:
-        speed = _ratio(legs["diffusers"]["s_per_step"], legs["all"]["s_per_step"])
-        peak = _ratio(legs["all"]["peak_mb"], legs["diffusers"]["peak_mb"])
+        speed = ratio(legs["diffusers"]["s_per_step"], legs["all"]["s_per_step"])
+        peak = ratio(legs["all"]["peak_mb"], legs["diffusers"]["peak_mb"])
         print()
-        print(f"vitdex 'all' vs diffusers' defaults: {_fmt(speed, '.2f')}x the speed, ", end="")
-        print(f"{_fmt(peak, '.2f')}x the peak memory")
+        print(f"vitdex 'all' vs diffusers' defaults: {fmt(speed, '.2f')}x the speed, ", end="")
+        print(f"{fmt(peak, '.2f')}x the peak memory")
 
 
 def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -449,7 +426,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 runs[leg].append(result)
                 print(
                     f"round {round_no + 1}/{repeats} {leg:<14}"
-                    f"{_fmt(result['s_per_step'])} s/step  peak {result['peak_mb']:.0f} MiB  "
+                    f"{fmt(result['s_per_step'], '.3f')} s/step  peak {result['peak_mb']:.0f} MiB  "
                     f"(wall {result['wall_s']:.1f} s)",
                     file=sys.stderr,
                 )

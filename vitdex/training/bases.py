@@ -33,6 +33,7 @@ __all__ = [
     "detect_version_from_configs",
     "get_version",
     "load_base",
+    "version_of",
 ]
 
 #: File endings accepted as single-file (original Stable Diffusion layout) checkpoints.
@@ -234,6 +235,14 @@ def _folder_configs(folder: Path) -> dict[str, dict[str, Any] | None]:
         "text_encoder": _read_json(folder / "text_encoder" / "config.json"),
         "text_encoder_2": _read_json(folder / "text_encoder_2" / "config.json"),
     }
+
+
+def version_of(base_model: str, version: str | None) -> str | None:
+    """The SD version of ``base_model``: as given, else detected from a local diffusers
+    folder's configs; None for hub ids and single files until they are loaded."""
+    if version is None and base_kind(base_model) == "folder":
+        return detect_version(base_model)
+    return version
 
 
 def detect_version(folder: str | Path) -> str:

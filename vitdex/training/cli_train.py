@@ -83,7 +83,6 @@ def _run_job(job_id: int, *, progress: bool) -> None:
 
 
 def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background: bool) -> None:
-    from vitdex.db import jobs as job_sql
     from vitdex.training.runs import show_run
 
     sessions = _open_catalog(obj.settings())
@@ -95,9 +94,8 @@ def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background
         else:
             out_console.print(f"run {run_id} queued as job {job_id}; `vitdex train list` shows it")
         return
-    with sessions() as session:
-        job = job_sql.get_job(session, job_id)
-        job_state, job_error = job.state, job.error
+    # The run follows its job (run_job_guarded's on_end): its job state and error say it.
+    job_state, job_error = run["job_state"], run["error"]
     result = {
         "run_id": run_id,
         "state": run["state"],

@@ -260,6 +260,14 @@ def _write(
     return prepared, skipped, methods, counters
 
 
+def _check_options(resolution: int, num_repeats: int | None, class_repeats: int) -> None:
+    check_resolution(resolution)
+    if num_repeats is not None and not 1 <= num_repeats <= 10_000:
+        raise ConfigError(f"num_repeats must lie between 1 and 10000, not {num_repeats}")
+    if not 1 <= class_repeats <= 10_000:
+        raise ConfigError(f"class_repeats must lie between 1 and 10000, not {class_repeats}")
+
+
 def export_dataset(
     settings: Settings,
     sessions: sessionmaker[Session],
@@ -281,11 +289,7 @@ def export_dataset(
     else 1. ``progress(done, total)`` is called after each image. Unreadable files are
     skipped and listed in the result; no readable instance image at all is an error.
     """
-    check_resolution(resolution)
-    if num_repeats is not None and not 1 <= num_repeats <= 10_000:
-        raise ConfigError(f"num_repeats must lie between 1 and 10000, not {num_repeats}")
-    if not 1 <= class_repeats <= 10_000:
-        raise ConfigError(f"class_repeats must lie between 1 and 10000, not {class_repeats}")
+    _check_options(resolution, num_repeats, class_repeats)
     with sessions() as session:
         row = datasets.find_dataset(session, dataset)
         dataset_id, name = row.id, row.name
@@ -387,11 +391,7 @@ def enqueue_export(
     """
     from vitdex.db import jobs
 
-    check_resolution(resolution)
-    if num_repeats is not None and not 1 <= num_repeats <= 10_000:
-        raise ConfigError(f"num_repeats must lie between 1 and 10000, not {num_repeats}")
-    if not 1 <= class_repeats <= 10_000:
-        raise ConfigError(f"class_repeats must lie between 1 and 10000, not {class_repeats}")
+    _check_options(resolution, num_repeats, class_repeats)
     out = allowed_export_dir(settings, path) if path is not None else None
     with sessions() as session:
         row = datasets.find_dataset(session, dataset)

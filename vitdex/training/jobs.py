@@ -112,7 +112,7 @@ def _train_run(
     run_id: int,
     on_progress: ProgressCallback | None,
 ) -> None:
-    from vitdex.training.bases import base_kind, detect_version, get_version
+    from vitdex.training.bases import get_version, version_of
     from vitdex.training.config import TrainConfig
     from vitdex.training.dreambooth import TrainProgress, train
     from vitdex.training.export import export_dataset
@@ -137,9 +137,7 @@ def _train_run(
     if not (data / "dataset.toml").is_file():
         if dataset_id is None:
             raise ConfigError(f"run {run_id} has no dataset (it was deleted) and no exported data")
-        version = config.version
-        if version is None and base_kind(config.base_model) == "folder":
-            version = detect_version(config.base_model)
+        version = version_of(config.base_model, config.version)
         resolution = config.resolution or (get_version(version).resolution if version else 512)
 
         def exported(done: int, total: int) -> None:

@@ -59,12 +59,10 @@ def check_base_location(settings: Settings, base_model: str) -> None:
 
 def _early_checks(config: TrainConfig) -> None:
     """Refuse what can be refused without loading the base (version, resolution)."""
-    from vitdex.training.bases import base_kind, check_resolution, detect_version, get_version
+    from vitdex.training.bases import check_resolution, get_version, version_of
 
     config.validate()
-    version = config.version
-    if version is None and base_kind(config.base_model) == "folder":
-        version = detect_version(config.base_model)
+    version = version_of(config.base_model, config.version)
     if version is not None:
         entry = get_version(version)
         check_resolution(entry, config.resolution or entry.resolution, force=config.force)
