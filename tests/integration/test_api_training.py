@@ -146,3 +146,31 @@ def test_bad_training_requests(client: Client, allowed: Path, tmp_path: Path) ->
     assert client.get("/api/v1/training-runs/999").status_code == 404
     assert client.post("/api/v1/training-runs/999/resume").status_code == 404
     assert client.get("/api/v1/training-runs").json()["runs"] == []
+
+
+def test_the_checkpoint_hashes_the_images_it_was_trained_on(client: Client, allowed: Path) -> None:
+    from vitdex.config import load_settings
+    from vitdex.db import checkpoints as checkpoint_sql
+    from vitdex.db.jobs import catalog_sessions
+
+    (listed,) = client.get("/api/v1/datasets").json()["datasets"]
+    shown = client.get(f"/api/v1/datasets/{listed['id']}", params={"role": "instance"}).json()
+    items = [i for i in shown["items"] if i["included"]]
+    assert len(items) >= 3
+    # One included photo breaks after curation: the export skips it, so the model never
+    # sees it and the checkpoint's dataset hash must not count it.
+    broken = next(i for i in items if i["reason"] != "seed")
+    Path(broken["path"]).write_bytes(b"not a photo any more")
+
+    run = client.post("/api/v1/training-runs", json=run_body(allowed, steps=1)).json()
+    assert wait_for_job(client, run["job_id"])["state"] == "succeeded"
+    done = client.get(f"/api/v1/training-runs/{run['id']}").json()
+    row = client.get(f"/api/v1/checkpoints/{done['checkpoint']['id']}").json()
+
+    trained = [i["image_id"] for i in items if i["image_id"] != broken["image_id"]]
+    sessions = catalog_sessions(load_settings().storage.resolved_database_url)
+    with sessions() as session:
+        assert row["dataset_hash"] == checkpoint_sql.images_hash(session, trained)
+        assert row["dataset_hash"] != checkpoint_sql.dataset_image_hash(
+            session, shown["dataset_id"]
+        )

@@ -6,7 +6,7 @@ Functions take a :class:`~sqlalchemy.orm.Session` and leave committing to the ca
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from sqlalchemy import func, select
@@ -162,22 +162,25 @@ def dataset_image_hash(session: Session, dataset_id: int) -> str:
     """
     if session.get(Dataset, dataset_id) is None:
         raise NotFoundError(f"no dataset with id {dataset_id}")
-    rows = session.execute(
-        select(Image.id, Image.sha256)
-        .join(DatasetItem, DatasetItem.image_id == Image.id)
-        .where(
+    image_ids = session.scalars(
+        select(DatasetItem.image_id).where(
             DatasetItem.dataset_id == dataset_id,
             DatasetItem.role == "instance",
             DatasetItem.included.is_(True),
         )
     ).all()
+    return images_hash(session, list(image_ids))
+
+
+def images_hash(session: Session, image_ids: Sequence[int]) -> str:
+    """sha256 over the sorted sha256s of ``image_ids`` (see :func:`dataset_image_hash`)."""
+    rows = session.execute(select(Image.id, Image.sha256).where(Image.id.in_(image_ids))).all()
     missing = [image_id for image_id, digest in rows if not digest]
+    missing += sorted(set(image_ids) - {image_id for image_id, _ in rows})
     if missing:
-        raise ConfigError(
-            f"dataset {dataset_id} includes images without a sha256 ({missing[:5]}); "
-            "index them again"
-        )
-    digests = sorted(str(digest) for _, digest in rows)
+        raise ConfigError(f"images without a sha256 ({missing[:5]}); index them again")
+    by_id = dict(rows)
+    digests = sorted(str(by_id[i]) for i in image_ids)
     return hashlib.sha256("\n".join(digests).encode("ascii")).hexdigest()
 
 

@@ -29,6 +29,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
 from vitdex.db import datasets
+from vitdex.db.checkpoints import images_hash
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, ImageError
 from vitdex.libraries import inside
 from vitdex.training.crop import check_resolution, face_detector, prepare_image, write_caption
@@ -50,6 +51,8 @@ log = logging.getLogger(__name__)
 INSTANCE_DIR = "instance"
 CLASS_DIR = "class"
 TOML_NAME = "dataset.toml"
+#: What the export holds, for the checkpoint trained on it (image ids and their hash).
+MANIFEST_NAME = "vitdex-export.json"
 CAPTION_EXTENSION = ".txt"
 #: Files an export writes into its image folders: 0000.png, 0000.txt, ...
 _OWN_FILE = re.compile(r"^\d{4,}\.(png|txt)$")
@@ -74,6 +77,8 @@ class ExportResult:
     skipped: list[dict[str, Any]] = field(default_factory=list)
     #: Crop methods used: {"face": n, "saliency": n, "centre": n}.
     methods: dict[str, int] = field(default_factory=dict)
+    #: sha256 over the exported instance images' sha256s (as the registry records it).
+    instance_hash: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -89,6 +94,7 @@ class ExportResult:
             "class_repeats": self.class_repeats,
             "skipped": self.skipped,
             "methods": self.methods,
+            "instance_hash": self.instance_hash,
         }
 
 
@@ -185,7 +191,7 @@ def _clear(out: Path) -> None:
         return
     foreign: list[Path] = []
     for entry in out.iterdir():
-        if entry.name == TOML_NAME and entry.is_file():
+        if entry.name in (TOML_NAME, MANIFEST_NAME) and entry.is_file():
             continue
         if entry.name in (INSTANCE_DIR, CLASS_DIR) and entry.is_dir() and not entry.is_symlink():
             foreign += [f for f in entry.iterdir() if not (_OWN_FILE.match(f.name) and f.is_file())]
@@ -354,9 +360,22 @@ def export_dataset(
         toml_path.write_text(config, encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot write {toml_path}: {exc.strerror or exc}") from None
+    # What was exported, for the checkpoint trained on it: the set as written, not the
+    # dataset as it may be edited while training runs.
+    written = [image_id for item_id, image_id, _, _ in plan if item_id in prepared]
     with sessions() as session:
         datasets.record_export(session, dataset_id, str(out), prepared)
         session.commit()
+        instance_hash = images_hash(session, written)
+    manifest = {
+        "dataset_id": dataset_id,
+        "instance_images": written,
+        "instance_hash": instance_hash,
+    }
+    try:
+        (out / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2) + "\n", encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot write {out / MANIFEST_NAME}: {exc.strerror or exc}") from None
     return ExportResult(
         dataset_id=dataset_id,
         name=name,
@@ -369,7 +388,19 @@ def export_dataset(
         class_repeats=class_repeats,
         skipped=skipped,
         methods=methods,
+        instance_hash=instance_hash,
     )
+
+
+def exported_instance_hash(folder: Path) -> str | None:
+    """The instance-image hash an export in ``folder`` recorded, or None (no export, or
+    one written before exports recorded it)."""
+    try:
+        manifest = json.loads((folder / MANIFEST_NAME).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    value = manifest.get("instance_hash") if isinstance(manifest, dict) else None
+    return value if isinstance(value, str) else None
 
 
 def enqueue_export(

@@ -115,7 +115,7 @@ def _train_run(
     from vitdex.training.bases import get_version, version_of
     from vitdex.training.config import TrainConfig
     from vitdex.training.dreambooth import TrainProgress, train
-    from vitdex.training.export import export_dataset
+    from vitdex.training.export import export_dataset, exported_instance_hash
     from vitdex.training.registry import Provenance, convert_and_register
     from vitdex.training.runs import checkpoint_name
 
@@ -188,7 +188,11 @@ def _train_run(
             name=name,
             out=out / f"{name}.safetensors",
             origin=Provenance(
-                config=result.config.to_dict(), steps=result.steps, final_loss=result.final_loss
+                # The images trained on, as exported; not the dataset as edited since.
+                dataset_hash=exported_instance_hash(data),
+                config=result.config.to_dict(),
+                steps=result.steps,
+                final_loss=result.final_loss,
             ),
         )
     with sessions() as session:
