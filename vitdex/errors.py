@@ -56,6 +56,14 @@ class ModelLoadError(VitdexError):
     exit_code = 3
 
 
+class QueueUnavailableError(VitdexError):
+    """The job queue (Redis) cannot be reached: the job row stays queued, and the next
+    recovery sweep, or the same request repeated, submits it."""
+
+    http_status = 503
+    exit_code = 3
+
+
 class NoClassifierError(VitdexError):
     """The checkpoint has no classification head, so it cannot classify."""
 
@@ -74,6 +82,12 @@ class ImageTooLargeError(ImageError):
     """The image has more pixels than VITDEX_MAX_MEGAPIXELS allows (decompression bomb guard)."""
 
 
+class PathRefusedError(ForbiddenError, ImageError):
+    """A photo path leads outside the folders it may be read from (a symlink out, say),
+    or is no regular file. Forbidden over HTTP (403); where photos are read in bulk
+    (indexing, exports, training) it is an unreadable image, failed with this reason."""
+
+
 class SpaceMismatchError(VitdexError):
     """A query or write targets a space built by another model or preprocessing."""
 
@@ -85,4 +99,13 @@ class StoreError(VitdexError):
     """The vector store is unreadable or disagrees with the catalog beyond repair."""
 
     http_status = 500
+    exit_code = 4
+
+
+class CatalogStorageError(VitdexError):
+    """The SQL catalog's storage failed: disk full, an I/O error, a read-only file or
+    database. Nothing the request did is wrong; the operator must make room or fix the
+    disk, so the API answers 503 and the CLI exits like a vector store failure (4)."""
+
+    http_status = 503
     exit_code = 4

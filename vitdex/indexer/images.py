@@ -14,21 +14,23 @@ from __future__ import annotations
 import functools
 import io
 import logging
-import math
 import os
 import re
 import threading
+from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
-from PIL import ExifTags, Image, UnidentifiedImageError, features
+from PIL import Image, UnidentifiedImageError, features
 
 from vitdex.errors import ImageError, ImageTooLargeError
+from vitdex.indexer.exif import ExifInfo as ExifInfo
+from vitdex.indexer.exif import read_exif
+from vitdex.paths import open_confined
 
 try:  # Pillow wheels ship LittleCMS; a source build may not have it
     from PIL import ImageCms
@@ -110,126 +112,6 @@ def _allowed_formats() -> list[str]:
     heif = register_optional_formats()
     Image.init()  # loads every plugin once; a no-op afterwards
     return [f for f in _WANTED_FORMATS if f in Image.OPEN and (heif or f != "HEIF")]
-
-
-# --- EXIF ----------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ExifInfo:
-    """The EXIF facts vitdex keeps about a photo; any field the file lacks is ``None``."""
-
-    #: DateTimeOriginal (else DateTimeDigitized, else DateTime): naive camera-local time.
-    taken_at: datetime | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
-    #: Raw EXIF orientation 1..8, already applied to :attr:`DecodedImage.image`. Decoders
-    #: that turn the image upright themselves (Pillow's TIFF, pillow-heif) leave 1 or None.
-    orientation: int | None = None
-    #: Decimal degrees, negative south of the equator.
-    gps_lat: float | None = None
-    #: Decimal degrees, negative west of Greenwich.
-    gps_lon: float | None = None
-
-
-_EMPTY_EXIF = ExifInfo()
-_DATE = re.compile(r"^\s*(\d{4})[:\-/.](\d{1,2})[:\-/.](\d{1,2})[ T]+(\d{1,2}):(\d{2}):(\d{2})")
-
-
-def _text(value: Any) -> str | None:
-    if isinstance(value, bytes):
-        value = value.decode("utf-8", "replace")
-    if not isinstance(value, str):
-        return None
-    value = value.replace("\x00", " ").strip()
-    return value or None
-
-
-def _parse_datetime(value: Any) -> datetime | None:
-    text = _text(value)
-    if text is None:
-        return None
-    match = _DATE.match(text)
-    if match is None:
-        return None
-    try:
-        # "0000:00:00 00:00:00" and similar placeholders fail here and count as missing.
-        year, month, day, hour, minute, second = (int(part) for part in match.groups())
-        return datetime(year, month, day, hour, minute, second)
-    except ValueError:
-        return None
-
-
-def _coordinate(value: Any, ref: Any, negative_ref: str, limit: float) -> float | None:
-    """Degrees/minutes/seconds rationals (or a single number) to signed decimal degrees."""
-    parts = value if isinstance(value, tuple | list) else (value,)
-    if not 1 <= len(parts) <= 3:
-        return None
-    try:
-        degrees = sum(float(p) / 60**i for i, p in enumerate(parts))
-    except (TypeError, ValueError, ZeroDivisionError):
-        return None
-    # IFDRational with a zero denominator reads as nan: a camera without a GPS fix.
-    if not math.isfinite(degrees) or abs(degrees) > limit:
-        return None
-    ref_text = (_text(ref) or "").upper()
-    return -abs(degrees) if ref_text.startswith(negative_ref) else float(degrees)
-
-
-def _orientation(value: Any) -> int | None:
-    if isinstance(value, tuple | list) and value:
-        value = value[0]
-    if isinstance(value, int) and 1 <= value <= 8:
-        return value
-    return None
-
-
-def _read_exif(img: Image.Image) -> ExifInfo:
-    """Parse the EXIF block; a broken or odd one gives missing fields, never an error."""
-    try:
-        exif = img.getexif()
-    except Exception:
-        return _EMPTY_EXIF
-    if not exif:
-        return _EMPTY_EXIF
-    fields: dict[str, Any] = {}
-    try:
-        sub: Any = exif.get_ifd(ExifTags.IFD.Exif)
-    except Exception:
-        sub = {}
-    try:
-        for tag in (
-            ExifTags.Base.DateTimeOriginal,
-            ExifTags.Base.DateTimeDigitized,
-            ExifTags.Base.DateTime,
-        ):
-            # Some writers put the capture date in IFD0 rather than the Exif sub-IFD.
-            taken = _parse_datetime(sub.get(tag)) or _parse_datetime(exif.get(tag))
-            if taken is not None:
-                fields["taken_at"] = taken
-                break
-    except Exception:
-        pass
-    try:
-        fields["camera_make"] = _text(exif.get(ExifTags.Base.Make))
-        fields["camera_model"] = _text(exif.get(ExifTags.Base.Model))
-        fields["orientation"] = _orientation(exif.get(ExifTags.Base.Orientation))
-    except Exception:
-        pass
-    try:
-        gps: Any = exif.get_ifd(ExifTags.IFD.GPSInfo)
-        lat = _coordinate(
-            gps.get(ExifTags.GPS.GPSLatitude), gps.get(ExifTags.GPS.GPSLatitudeRef), "S", 90
-        )
-        lon = _coordinate(
-            gps.get(ExifTags.GPS.GPSLongitude), gps.get(ExifTags.GPS.GPSLongitudeRef), "W", 180
-        )
-        # Half a position is no position.
-        if lat is not None and lon is not None:
-            fields["gps_lat"], fields["gps_lon"] = lat, lon
-    except Exception:
-        pass
-    return ExifInfo(**fields)
 
 
 # --- modes ---------------------------------------------------------------------------------
@@ -498,14 +380,14 @@ def _decode_stream(
         if fmt == "JPEG":
             # JPEG keeps EXIF in a header segment, so orientation is known before decoding,
             # which the draft request needs (a 90° photo is stored sideways).
-            exif = _read_exif(img)
+            exif = read_exif(img)
             if need is not None:
                 img.draft("RGB", _draft_request(exif.orientation, need))
             img.load()
         else:
             # PNG may keep eXIf after the pixel data, so it is only reliably there after load.
             img.load()
-            exif = _read_exif(img)
+            exif = read_exif(img)
 
         # Only modes whose values are RGB can mean what an RGB profile says (a grey or
         # CMYK photo with an RGB profile is mis-tagged; Pillow's conversion stands).
@@ -536,8 +418,14 @@ def decode_image(
     *,
     max_megapixels: float = 100.0,
     min_size: tuple[int, int] | None = None,
+    within: Sequence[Path] | None = None,
 ) -> DecodedImage:
     """Decode a photo from a path or from its bytes into an upright RGB image.
+
+    A path is opened through :func:`vitdex.paths.open_confined`: with ``within``
+    (resolved folders) it must resolve inside one of them, links included; without, its
+    final component must not be a link. Either way only a regular file is read, and a
+    refusal is a :class:`~vitdex.errors.PathRefusedError` (an :class:`ImageError`).
 
     ``max_megapixels`` is checked against the size in the file header before any pixel is
     decoded (:class:`ImageTooLargeError` when exceeded). Pillow's own, process-wide guard
@@ -551,16 +439,15 @@ def decode_image(
     animations and multi-page files.
 
     Every failure raises :class:`ImageError` with a short reason (empty file, not an image,
-    truncated or corrupt data, unsupported mode, file not found).
+    truncated or corrupt data, unsupported mode, file not found, a refused path).
     """
     try:
         if isinstance(source, bytes | bytearray | memoryview):
             if len(source) == 0:
                 raise ImageError("empty file")
             return _decode_stream(io.BytesIO(source), max_megapixels, min_size)
-        path = Path(source)
         try:
-            handle = path.open("rb")
+            handle = open_confined(source, within)
         except FileNotFoundError as exc:
             raise ImageError("file not found") from exc
         except OSError as exc:

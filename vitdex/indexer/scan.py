@@ -1,13 +1,21 @@
-"""Walk photo folders: every image file once, surviving symlink loops and dangling links."""
+"""Walk photo folders: every image file once, surviving symlink loops and dangling links.
+
+Links are followed only where they stay inside the folders photos may be read from
+(:func:`vitdex.paths.photo_roots`): a folder link leading out is not entered, and a file
+link leading out is listed with the link's own size and time (nothing about its target),
+so that reading it fails with its reason and the catalog shows why it was not indexed.
+"""
 
 from __future__ import annotations
 
 import logging
 import os
 import stat
-from collections.abc import Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+
+from vitdex.paths import inside
 
 log = logging.getLogger(__name__)
 
@@ -27,12 +35,14 @@ def scan(
     *,
     follow_symlinks: bool = True,
     on_file: Callable[[int], None] | None = None,
+    within: Sequence[Path] | None = None,
 ) -> Iterator[ScannedFile]:
     """Yield the image files under ``root`` (recursively), by extension, case-insensitive.
 
     Symlinked folders are followed once: a folder reached again through a link (a loop,
     or two links to one place) is skipped by its (device, inode). Dangling links and
     unreadable entries are logged and skipped; hidden files and folders are skipped.
+    With ``within`` (resolved folders), links are judged as the module docstring says.
     """
     seen_dirs: set[tuple[int, int]] = set()
     seen_files: set[tuple[int, int]] = set()
@@ -60,6 +70,18 @@ def scan(
                 if is_link and not follow_symlinks:
                     continue
                 st = entry.stat(follow_symlinks=True)
+                outside = (
+                    is_link
+                    and within is not None
+                    and not inside(Path(os.path.realpath(entry.path, strict=True)), within)
+                )
+                if outside and stat.S_ISDIR(st.st_mode):
+                    log.warning("not following %s: a folder link out of the library", entry.path)
+                    continue
+                if outside:
+                    # Listed as the link itself (nothing of the target is recorded): its
+                    # read is refused, and the catalog keeps the reason.
+                    st = entry.stat(follow_symlinks=False)
             except OSError as exc:
                 # A dangling link or a file that vanished between listing and stat.
                 log.info("skipping %s: %s", entry.path, exc)
@@ -71,7 +93,7 @@ def scan(
                     continue
                 seen_dirs.add(key)
                 subdirs.append(entry.path)
-            elif stat.S_ISREG(st.st_mode):
+            elif stat.S_ISREG(st.st_mode) or outside:
                 if "." + entry.name.rpartition(".")[2].lower() not in extensions:
                     continue
                 # The same file reached through a link and directly is indexed once.
@@ -79,6 +101,8 @@ def scan(
                 if fkey in seen_files:
                     continue
                 seen_files.add(fkey)
+                if outside:
+                    log.warning("%s links out of the library: it is not indexed", entry.path)
                 count += 1
                 if on_file is not None:
                     on_file(count)

@@ -4,10 +4,14 @@ A dataset folder holds ``NNNN.png`` (or .jpg/.jpeg/.webp) files, each with an op
 ``NNNN.txt`` caption beside it; a missing or empty caption falls back to the run's prompt.
 Which example comes next and how it is augmented are pure functions of (seed, position),
 so a resumed run needs only its step to continue with exactly the same data.
+
+Images and captions are read only from inside the dataset folder: a link inside it may
+point elsewhere in the folder, but a link out of it (to ``/etc/passwd``, say) is refused.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +22,10 @@ from PIL import Image, ImageOps
 
 from vitdex.errors import ConfigError, ImageError, NotFoundError
 from vitdex.indexer.images import decode_image
+from vitdex.paths import confine, read_confined
+
+#: How refusals name the folder training files may be read from.
+_SCOPE = "the training folder"
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -45,23 +53,39 @@ def load_examples(folder: str | Path, default_prompt: str) -> list[Example]:
     """The images in ``folder`` (sorted by name) with their captions.
 
     The caption is the stripped text of the image's ``.txt`` sidecar; without one (or when
-    it is empty) ``default_prompt`` is used.
+    it is empty) ``default_prompt`` is used. An image or caption that leads outside the
+    folder raises :class:`~vitdex.errors.PathRefusedError`: training would read it.
     """
     path = Path(folder).expanduser()
     if not path.is_dir():
         raise NotFoundError(f"dataset folder {path} does not exist")
+    within = (path.resolve(),)
     examples = []
     for image in sorted(path.iterdir()):
-        if image.suffix.lower() not in IMAGE_SUFFIXES or not image.is_file():
+        if image.suffix.lower() not in IMAGE_SUFFIXES:
+            continue
+        _check_link(image, within)
+        if not image.is_file():  # dangling links are skipped like other non-files
             continue
         sidecar = image.with_suffix(".txt")
         caption = ""
         if sidecar.is_file():
-            caption = sidecar.read_text(encoding="utf-8").strip()
+            caption = read_confined(sidecar, within, scope=_SCOPE).decode("utf-8").strip()
         examples.append(Example(image=image, caption=caption or default_prompt))
     if not examples:
         raise ConfigError(f"{path} holds no images ({', '.join(IMAGE_SUFFIXES)})")
     return examples
+
+
+def _check_link(path: Path, within: tuple[Path, ...]) -> None:
+    """Refuse a link out of the training folder, naming the folder in the reason.
+
+    The decoder and :func:`read_confined` refuse it too, in the library's words.
+    """
+    # A dangling link: the caller skips it, or the decoder says "file not found".
+    if path.is_symlink():
+        with contextlib.suppress(FileNotFoundError):
+            confine(path, within, scope=_SCOPE)
 
 
 def example_index(seed: int, stream: int, position: int, count: int) -> int:
@@ -103,11 +127,14 @@ def load_pixels(path: Path, resolution: int, aug: Augmentation) -> torch.Tensor:
 
     The shorter side is resized to ``resolution`` and the square is cut where ``aug``
     says (centre by default); the curated sets are square already, so this is a resize.
+    ``path`` must resolve inside its folder (:class:`~vitdex.errors.PathRefusedError`).
     """
+    within = (path.parent.resolve(),)
     try:
+        _check_link(path, within)
         # The indexer's decoder: EXIF orientation, every mode and colour profile to sRGB,
         # the bomb guard, and a reduced JPEG decode where the image is much larger.
-        image = decode_image(path, min_size=(resolution, resolution)).image
+        image = decode_image(path, min_size=(resolution, resolution), within=within).image
     except ImageError as exc:
         raise ImageError(f"cannot read training image {path}: {exc.message}") from exc
     width, height = image.size

@@ -28,10 +28,10 @@ from typing import Any
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
-from vitdex.db import datasets
+from vitdex.db import datasets, repo
 from vitdex.db.checkpoints import images_hash
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, ImageError
-from vitdex.libraries import inside
+from vitdex.paths import inside, photo_roots, read_confined
 from vitdex.training.crop import check_resolution, face_detector, prepare_image, write_caption
 
 __all__ = [
@@ -209,6 +209,8 @@ def _clear(out: Path) -> None:
     (out / TOML_NAME).unlink(missing_ok=True)
 
 
+#: One image to write: item id, image id, path, folder, the folders it may be read from.
+_Job = tuple[int, int, str, str, tuple[Path, ...]]
 _Written = tuple[
     dict[int, tuple[str, dict[str, Any]]], list[dict[str, Any]], dict[str, int], dict[str, int]
 ]
@@ -216,7 +218,7 @@ _Written = tuple[
 
 def _write(
     out: Path,
-    jobs: list[tuple[int, int, str, str]],
+    jobs: list[_Job],
     *,
     prompt: str,
     class_prompt: str,
@@ -225,7 +227,9 @@ def _write(
     detect_faces: bool,
     progress: Progress | None,
 ) -> _Written:
-    """Crop, resize and caption each ``(item id, image id, path, folder)`` into ``out``.
+    """Crop, resize and caption each ``(item id, image id, path, folder, within)`` into ``out``.
+
+    A photo that leads outside its library and the allowed roots is skipped, unread.
 
     Returns (caption and crop per item id, skipped files, crop methods, images per folder).
     """
@@ -237,11 +241,17 @@ def _write(
     counters = {INSTANCE_DIR: 0, CLASS_DIR: 0}
     report = progress or (lambda _done, _total: None)
     report(0, len(jobs))
-    for done, (item_id, image_id, path, role_dir) in enumerate(jobs, start=1):
+    for done, (item_id, image_id, path, role_dir, within) in enumerate(jobs, start=1):
         caption = prompt if role_dir == INSTANCE_DIR else class_prompt
         try:
+            try:
+                data = read_confined(path, within)
+            except FileNotFoundError:
+                raise ImageError("file not found") from None
+            except OSError as exc:  # kept apart from the export's own write errors
+                raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
             square, crop = prepare_image(
-                Path(path),
+                data,
                 resolution,
                 max_megapixels=max_megapixels,
                 detect_faces=detect_faces,
@@ -300,12 +310,14 @@ def export_dataset(
         row = datasets.find_dataset(session, dataset)
         dataset_id, name = row.id, row.name
         prompt, class_prompt = row.prompt, row.class_prompt
-        plan = [
-            (item.id, image.id, image.path, INSTANCE_DIR)
+        allowed = settings.api.allowed_roots
+        within = {lib.id: photo_roots(lib.root, allowed) for lib in repo.list_libraries(session)}
+        plan: list[_Job] = [
+            (item.id, image.id, image.path, INSTANCE_DIR, within[image.library_id])
             for item, image in datasets.included_items(session, dataset_id, "instance")
         ]
-        classes = [
-            (item.id, image.id, image.path, CLASS_DIR)
+        classes: list[_Job] = [
+            (item.id, image.id, image.path, CLASS_DIR, within[image.library_id])
             for item, image in datasets.included_items(session, dataset_id, "class")
         ]
     if not plan:
@@ -362,7 +374,7 @@ def export_dataset(
         raise ConfigError(f"cannot write {toml_path}: {exc.strerror or exc}") from None
     # What was exported, for the checkpoint trained on it: the set as written, not the
     # dataset as it may be edited while training runs.
-    written = [image_id for item_id, image_id, _, _ in plan if item_id in prepared]
+    written = [image_id for item_id, image_id, *_ in plan if item_id in prepared]
     with sessions() as session:
         datasets.record_export(session, dataset_id, str(out), prepared)
         session.commit()

@@ -4,15 +4,19 @@ from __future__ import annotations
 
 import functools
 import mimetypes
+import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Annotated
+from typing import IO, Annotated, Any, cast
 
 import anyio.to_thread
 from litestar import Controller, get
 from litestar.di import NamedDependency
 from litestar.params import Parameter
 from litestar.response import File
+from litestar.types import PathType
+from litestar.types.file_types import FileInfo, FileSystemProtocol
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.search import (
@@ -27,8 +31,9 @@ from vitdex.api.errors import Conflict, Unavailable, Unprocessable
 from vitdex.api.schemas import ImageOut, ImagesPage, LabelCount, LabelsOut, SimilarOut
 from vitdex.config import Settings
 from vitdex.db import browse, repo
-from vitdex.db.models import INT64_MAX, ImageStatus
-from vitdex.errors import NotFoundError
+from vitdex.db.models import INT64_MAX, Image, ImageStatus
+from vitdex.errors import ForbiddenError, NotFoundError
+from vitdex.paths import open_confined, photo_roots
 from vitdex.search.store import SearchFilter
 from vitdex.thumbnails import MAX_SIZE, MIN_SIZE, ensure_thumbnail
 
@@ -48,6 +53,56 @@ _MEDIA_TYPES = {
     "HEIF": "image/heif",
     "AVIF": "image/avif",
 }
+
+
+class _ConfinedFiles:
+    """Litestar's file access, through :func:`vitdex.paths.open_confined` only.
+
+    The response opens the file again when it streams the body; opening it the same
+    checked way means a link swapped in after the handler's check is refused, not sent.
+    """
+
+    def __init__(self, within: Sequence[Path]) -> None:
+        self.within = within
+
+    def info(self, path: PathType, **kwargs: Any) -> FileInfo:  # noqa: ARG002 (protocol)
+        """Facts of the file as opened (never of a link's target outside)."""
+        with open_confined(path, self.within) as handle:
+            st = os.fstat(handle.fileno())
+        return {
+            "created": st.st_ctime,
+            "gid": st.st_gid,
+            "ino": st.st_ino,
+            "islink": False,
+            "mode": st.st_mode,
+            "mtime": st.st_mtime,
+            "name": str(path),
+            "nlink": st.st_nlink,
+            "size": st.st_size,
+            "type": "file" if stat.S_ISREG(st.st_mode) else "other",
+            "uid": st.st_uid,
+        }
+
+    def open(
+        self,
+        file: PathType,
+        mode: str = "rb",
+        buffering: int = -1,  # noqa: ARG002 (the protocol's; the file is read in chunks)
+    ) -> IO[bytes]:
+        """The file opened for binary reading, or the refusal."""
+        if mode != "rb":
+            raise ValueError(f"photo files are opened read-only, not {mode!r}")
+        return open_confined(file, self.within)
+
+
+def _photo(
+    sessions: sessionmaker[Session], settings: Settings, image_id: int
+) -> tuple[Image, tuple[Path, ...]]:
+    """An image and the folders its file may be read from (its library, allowed roots)."""
+    with sessions() as session:
+        img = repo.get_image(session, image_id)
+        root = repo.get_library(session, img.library_id).root
+    return img, photo_roots(root, settings.api.allowed_roots)
 
 
 class ImagesController(Controller):
@@ -104,15 +159,18 @@ class ImagesController(Controller):
             int, Parameter(ge=MIN_SIZE, le=MAX_SIZE, description="Longest side in pixels")
         ] = 256,
     ) -> File:
-        """A JPEG thumbnail, made once and then served from the disk cache."""
-        with sessions() as session:
-            img = repo.get_image(session, image_id)
+        """A JPEG thumbnail, made once and then served from the disk cache.
+
+        403 when the photo's path now leads outside its library and the allowed roots.
+        """
+        img, within = _photo(sessions, settings, image_id)
         path = ensure_thumbnail(
             settings.storage.home,
             image_id,
             Path(img.path),
             img.sha256,
             size,
+            within=within,
             max_megapixels=settings.index.max_megapixels,
         )
         return File(
@@ -124,20 +182,40 @@ class ImagesController(Controller):
 
     # The media type follows the file's format; the document says so with a range.
     @get("/images/{image_id:int}/file", sync_to_thread=True, media_type="*/*")
-    def file(self, sessions: NamedDependency[sessionmaker[Session]], image_id: ImageId) -> File:
-        """The original file, streamed, with its content type."""
-        with sessions() as session:
-            img = repo.get_image(session, image_id)
+    def file(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        settings: NamedDependency[Settings],
+        image_id: ImageId,
+    ) -> File:
+        """The original file, streamed, with its content type.
+
+        Only a regular file that resolves inside its library or an allowed root is sent
+        (403 otherwise): a photo replaced by a link to ``/etc/passwd`` is refused.
+        """
+        img, within = _photo(sessions, settings, image_id)
         path = Path(img.path)
-        if not path.is_file():
-            raise NotFoundError(f"the file of image {image_id} is gone: {img.path}")
+        try:
+            with open_confined(path, within) as handle:
+                found = os.fstat(handle.fileno())
+        except (FileNotFoundError, NotADirectoryError):
+            raise NotFoundError(f"the file of image {image_id} is gone: {img.path}") from None
+        except OSError as exc:
+            raise ForbiddenError(
+                f"cannot read the file of image {image_id}: {exc.strerror}"
+            ) from None
         media_type = (
             _MEDIA_TYPES.get(img.format or "")
             or mimetypes.guess_type(path.name)[0]
             or "application/octet-stream"
         )
         return File(
-            path, media_type=media_type, content_disposition_type="inline", filename=path.name
+            path,
+            media_type=media_type,
+            content_disposition_type="inline",
+            filename=path.name,
+            stat_result=found,
+            file_system=cast(FileSystemProtocol, _ConfinedFiles(within)),
         )
 
     @get("/images/{image_id:int}/similar", raises=[Conflict, Unavailable])
