@@ -24,6 +24,7 @@ from vitdex.api.controllers import (
 )
 from vitdex.api.errors import document_errors, error_response
 from vitdex.api.metrics import Metrics, metrics_middleware
+from vitdex.api.validation import CheckedRequest, canonical_path_ints
 from vitdex.config import Settings, load_settings
 
 #: Room for the multipart framing around an upload of exactly the allowed size.
@@ -70,7 +71,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             TrainingController,
             CheckpointsController,
         ],
-        guards=[require_api_key],
+        # Authentication first: a caller without a key learns nothing about its ids.
+        guards=[require_api_key, canonical_path_ints],
         security=[{"bearer": []}, {"apiKey": []}] if auth else None,
     )
 
@@ -78,6 +80,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
         route_handlers=[HealthController, api],
         dependencies=deps.dependencies,
         exception_handlers={Exception: error_response},
+        request_class=CheckedRequest,
         middleware=[DefineMiddleware(metrics_middleware(_metrics_of))],
         on_startup=[deps.on_startup],
         on_shutdown=[deps.on_shutdown],

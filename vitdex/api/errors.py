@@ -6,7 +6,7 @@ import logging
 from typing import Any
 
 from litestar import Litestar, MediaType, Request, Response
-from litestar.exceptions import HTTPException, ValidationException
+from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 
 from vitdex.errors import VitdexError
@@ -32,6 +32,11 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
     elif isinstance(exc, HTTPException):
         status = exc.status_code
         body = {"status_code": status, "detail": exc.detail or "request failed"}
+        if isinstance(exc, NotFoundException) and isinstance(exc.__cause__, ValueError):
+            # The router matched the shape but could not parse a typed segment (``1.0``).
+            body["detail"] = (
+                f"no route matches {request.url.path}: ids in a path are plain decimal integers"
+            )
         if isinstance(exc, ValidationException):
             status = 400
             body["status_code"] = status

@@ -19,6 +19,7 @@ def serve_command(host: str | None, port: int | None, workers: int) -> None:
     """Serve the HTTP API (OpenAPI docs under /schema)."""
     import uvicorn
 
+    from vitdex.api.protocol import http_protocol
     from vitdex.config import load_settings
 
     # Read here only to resolve defaults and fail early on bad settings; every worker
@@ -30,5 +31,7 @@ def serve_command(host: str | None, port: int | None, workers: int) -> None:
         host=host or api.host,
         port=port or api.port,
         workers=workers,
+        # Requests uvicorn refuses before the app sees them get the API's JSON error too.
+        http=http_protocol(),
         log_level="info",
     )

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import ExceptionContext, make_url
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.errors import ConfigError
+from vitdex.errors import CatalogStorageError, ConfigError
 
 #: Alembic scripts live beside the package in the source tree (not importable code).
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
@@ -30,6 +30,58 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
     cursor.close()
 
 
+#: SQLite primary result codes that mean the catalog's storage failed, not the query.
+_SQLITE_STORAGE = {
+    8: "is read-only",  # SQLITE_READONLY
+    10: "cannot be read or written",  # SQLITE_IOERR (also a full disk at PRAGMA journal_mode)
+    13: "is out of space",  # SQLITE_FULL
+    14: "cannot be opened",  # SQLITE_CANTOPEN
+}
+#: PostgreSQL SQLSTATEs of the same kind: disk_full, io_error, read_only_sql_transaction.
+_POSTGRES_STORAGE = {
+    "53100": "is out of space",
+    "58030": "cannot be read or written",
+    "25006": "is read-only",
+}
+
+_ADVICE = {
+    "is read-only": "make the database (file and folder) writable, then run again",
+    "is out of space": "free space on its disk, then run again",
+}
+
+
+def _where(context: ExceptionContext) -> str:
+    url = context.engine.url if context.engine is not None else None
+    if url is None:
+        return ""
+    if url.get_backend_name() == "sqlite":
+        return f" {url.database}"
+    return f" {url.render_as_string(hide_password=True)}"
+
+
+def _storage_failure(context: ExceptionContext) -> None:
+    """Re-raise a disk-full, I/O or read-only failure as one :class:`CatalogStorageError`.
+
+    The driver's error would otherwise end as a 60-line traceback on the CLI and a bare
+    500 over HTTP; the user needs to know which database failed and that room (or a
+    writable disk) is what it lacks. Every other error passes through unchanged.
+    """
+    if context.is_pre_ping:
+        return
+    exc = context.original_exception
+    what: str | None = None
+    code = getattr(exc, "sqlite_errorcode", None)
+    if isinstance(code, int):
+        what = _SQLITE_STORAGE.get(code & 0xFF)
+    else:
+        what = _POSTGRES_STORAGE.get(str(getattr(exc, "sqlstate", "")))
+    if what is None:
+        return
+    reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    advice = _ADVICE.get(what, "free space on its disk or check the disk, then run again")
+    raise CatalogStorageError(f"the catalog{_where(context)} {what} ({reason}): {advice}") from exc
+
+
 def make_engine(url: str) -> Engine:
     """Create an engine for ``url``; SQLite files get their folder created and sane pragmas."""
     try:
@@ -42,11 +94,14 @@ def make_engine(url: str) -> Engine:
             Path(database).expanduser().parent.mkdir(parents=True, exist_ok=True)
         engine = create_engine(parsed, connect_args={"timeout": 30})
         event.listen(engine, "connect", _sqlite_pragmas)
-        return engine
-    if parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
+    elif parsed.get_backend_name() == "postgresql" and parsed.get_driver_name() in ("", "psycopg2"):
         # psycopg 3 is the driver we ship with; plain postgresql:// URLs should just work.
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed.set(drivername="postgresql+psycopg"), pool_pre_ping=True)
+    else:
+        engine = create_engine(parsed, pool_pre_ping=True)
+    # A full or failing disk is one clear error, on the CLI and over HTTP alike.
+    event.listen(engine, "handle_error", _storage_failure)
+    return engine
 
 
 def _alembic_config(engine: Engine) -> Any:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import functools
-import json
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -16,7 +15,7 @@ from litestar import Controller, Request, post
 from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
-from litestar.exceptions import ClientException, ValidationException
+from litestar.exceptions import ClientException, SerializationException, ValidationException
 from litestar.params import Body, Parameter
 
 from vitdex.api.deps import Services
@@ -154,13 +153,20 @@ async def _similar_body(
         form = await request.form()
         return None, await _read_upload(form.get("file"))
     if content_type == RequestEncodingType.JSON or content_type.endswith("+json"):
+        # The app's request class decodes it: too deep, NUL or past int64 is a 400 there.
         try:
-            body = json.loads(await request.body())
-        except ValueError:
+            body = await request.json()
+        except SerializationException:
             raise ValidationException("the JSON body is not valid JSON") from None
         image_id = body.get("image_id") if isinstance(body, dict) else None
-        if not isinstance(image_id, int) or isinstance(image_id, bool) or image_id < 1:
-            raise ValidationException('send {"image_id": N} with N a positive integer')
+        if (
+            not isinstance(image_id, int)
+            or isinstance(image_id, bool)
+            or not 1 <= image_id <= INT64_MAX
+        ):
+            raise ValidationException(
+                f'send {{"image_id": N}} with N an integer between 1 and {INT64_MAX}'
+            )
         return image_id, None
     raise ClientException(
         "send the image as multipart/form-data (field 'file') or JSON {\"image_id\": N}",
