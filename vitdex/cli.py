@@ -416,15 +416,22 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
 
 @cli.command()
 @click.option("--repair", is_flag=True, help="Delete stray vectors, queue lost ones again.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds --repair waits for running writers (index, ...) before refusing.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
 @_handle_errors
-def doctor(obj: Context, repair: bool, as_json: bool) -> None:
+def doctor(obj: Context, repair: bool, wait: float, as_json: bool) -> None:
     """Check that the catalog and the vector stores agree (exit 1 when they do not)."""
     from vitdex.doctor import diagnose
 
     settings = obj.settings()
-    report = diagnose(settings, _open_catalog(settings), repair=repair)
+    report = diagnose(settings, _open_catalog(settings), repair=repair, wait=wait)
     if as_json:
         _print_json(report)
     else:
@@ -463,6 +470,7 @@ def reindex(obj: Context, space_name: str, spec: str, as_json: bool) -> None:
     from vitdex.db import repo
     from vitdex.errors import ConfigError
     from vitdex.search.factory import open_store
+    from vitdex.search.lease import writing
 
     settings = obj.settings()
     if settings.vectors.vector_backend != "faiss":
@@ -473,14 +481,15 @@ def reindex(obj: Context, space_name: str, spec: str, as_json: bool) -> None:
         )
     with _open_catalog(settings)() as session:
         space = repo.get_space(session, space_name)
-    store: Any = open_store(settings, space.name, space.dim, space.metric)
-    with _progress(not as_json and err_console.is_terminal) as bar:
-        update = _updater(bar, f"building {spec}", 1.0)
-        result = store.reindex(
-            spec, progress=lambda stage, fraction: update(fraction, description=stage)
-        )
-    described = store.describe()
-    store.close()
+    with writing(settings):  # a writer: no repair runs meanwhile
+        store: Any = open_store(settings, space.name, space.dim, space.metric)
+        with _progress(not as_json and err_console.is_terminal) as bar:
+            update = _updater(bar, f"building {spec}", 1.0)
+            result = store.reindex(
+                spec, progress=lambda stage, fraction: update(fraction, description=stage)
+            )
+        described = store.describe()
+        store.close()
     result["memory_bytes_per_vector"] = described.get("memory_bytes_per_vector")
     if as_json:
         _print_json(result)
@@ -507,6 +516,7 @@ def migrate_store_cmd(
     from vitdex.db import repo
     from vitdex.errors import ConfigError
     from vitdex.search.factory import open_store
+    from vitdex.search.lease import writing
     from vitdex.search.migrate import migrate_store
 
     settings = obj.settings()
@@ -518,7 +528,8 @@ def migrate_store_cmd(
         )
     sessions = _open_catalog(settings)
     results = []
-    with sessions() as session:
+    # A writer for its whole run: a repair meanwhile could change the source under it.
+    with writing(settings), sessions() as session:
         spaces = [repo.get_space(session, n) for n in space_names] or repo.list_spaces(session)
 
         def payloads(ids: np.ndarray) -> list[dict[str, Any]]:

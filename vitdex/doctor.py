@@ -4,6 +4,11 @@ The catalog is the source of truth. A vector without an image row is a stray (de
 repair); an image whose vector is gone goes back to ``pending`` on repair, so the next
 ``vitdex index`` re-embeds it. A space built by another model than the configured one is
 reported, never silently mixed: ``vitdex index --reembed`` rebuilds it.
+
+Without ``--repair`` the doctor only reads. A repair takes the writing lease exclusively
+(:mod:`vitdex.search.lease`): a running writer's batch is in the store before its SQL
+commit and would look like strays, so with a writer running the repair waits a little,
+then refuses.
 """
 
 from __future__ import annotations
@@ -15,19 +20,55 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
 from vitdex.db import repo
+from vitdex.errors import ConflictError
 from vitdex.indexer.models import normalize_model_id
 from vitdex.search.factory import open_store
+from vitdex.search.lease import WriteLease
+from vitdex.search.store import compare
+
+#: What the report says of a disagreement seen while a writer runs.
+IN_FLIGHT = (
+    "another vitdex process is writing (index, library delete, migrate-store, reindex): "
+    "some of this may be its work in flight; check again when it has finished"
+)
 
 
 def diagnose(
-    settings: Settings, sessions: sessionmaker[Session], *, repair: bool = False
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    *,
+    repair: bool = False,
+    wait: float = 10.0,
 ) -> dict[str, Any]:
     """Compare every space's store with the catalog; with ``repair``, fix what can be fixed.
 
     Returns a JSON-ready report: per space the stray and missing ids (first 20 of each),
     whether its model matches the configured one, and what was repaired; ``ok`` is true
-    when nothing is wrong (after repair, when repairing).
+    when nothing is wrong (after repair, when repairing); ``writers_active`` whether a
+    writer was running (then strays may be its batch in flight). A repair waits up to
+    ``wait`` seconds for running writers to finish, then raises :class:`ConflictError`.
     """
+    lease = WriteLease.of(settings)
+    if repair:
+        if not lease.try_exclusive(wait):
+            raise ConflictError(
+                "another vitdex process is writing to this catalog (index, library delete, "
+                "migrate-store or reindex); a repair now could delete its vectors in "
+                "flight: run `vitdex doctor --repair` again when it has finished"
+            )
+        writers_active = False
+    else:
+        writers_active = lease.writers_active()
+    try:
+        report = _diagnose(settings, sessions, repair=repair, writers_active=writers_active)
+    finally:
+        lease.release()
+    return report
+
+
+def _diagnose(
+    settings: Settings, sessions: sessionmaker[Session], *, repair: bool, writers_active: bool
+) -> dict[str, Any]:
     model_id = normalize_model_id(settings.model.model)
     spaces_out: list[dict[str, Any]] = []
     problems = 0
@@ -37,13 +78,12 @@ def diagnose(
             store = open_store(settings, space.name, space.dim, space.metric)
             try:
                 catalog = np.asarray(repo.vector_image_ids(session, space.id), np.int64)
-                stored = np.unique(store.ids())
-                strays = np.setdiff1d(stored, catalog, assume_unique=True)
-                missing = np.setdiff1d(catalog, stored, assume_unique=True)
+                stored = store.count()
+                strays, missing = compare(store, catalog)
                 entry: dict[str, Any] = {
                     "name": space.name,
                     "vectors_in_catalog": len(catalog),
-                    "vectors_in_store": len(stored),
+                    "vectors_in_store": stored,
                     "strays": len(strays),
                     "missing": len(missing),
                     "stray_ids": strays[:20].tolist(),
@@ -61,6 +101,8 @@ def diagnose(
                     problems += 1
                 if len(strays) or len(missing):
                     problems += 1
+                    if writers_active:
+                        entry["advice"] = IN_FLIGHT
                     if repair:
                         if len(strays):
                             store.delete(strays)
@@ -84,6 +126,7 @@ def diagnose(
     return {
         "ok": problems == 0,
         "repair": repair,
+        "writers_active": writers_active,
         "backend": settings.vectors.vector_backend,
         "spaces": spaces_out,
         "configured_spaces_not_built": unbuilt,

@@ -7,6 +7,10 @@ reverse for long: :func:`reconcile_space` at the start of the next run deletes s
 and sends images whose vectors went missing back to ``pending``. New files are inserted
 as ``pending`` rows before any work on them, so a re-run picks up exactly where the last
 one stopped.
+
+A live writer's batch looks exactly like such damage, so a run holds the writing lease
+(:mod:`vitdex.search.lease`) shared from its start-up check to its end, and repairs at
+start only when it gets the lease exclusively, i.e. when no other writer runs.
 """
 
 from __future__ import annotations
@@ -28,13 +32,17 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitdex.config import Settings
 from vitdex.db import repo
 from vitdex.db.models import ImageStatus, JobState, Space, utcnow
+from vitdex.db.recovery import recover_orphans
 from vitdex.errors import ConfigError, ImageError
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import SUPPORTED_EXTENSIONS, DecodedImage, decode_image
 from vitdex.indexer.models import normalize_model_id
+from vitdex.indexer.repair import reconcile_space
 from vitdex.indexer.scan import ScannedFile, scan
+from vitdex.paths import photo_roots, read_confined
 from vitdex.search.factory import drop_store, open_store
-from vitdex.search.store import VectorStore, reconcile
+from vitdex.search.lease import WriteLease
+from vitdex.search.store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +90,8 @@ class IndexReport:
     failed: int = 0
     deleted: int = 0
     repaired: int = 0
+    #: The start-up check found another writer running and left the stores alone.
+    repair_skipped: bool = False
     cancelled: bool = False
     elapsed: float = 0.0
     images_per_s: float = 0.0
@@ -137,28 +147,6 @@ class _Batch:
         )
 
 
-def reconcile_space(session: Session, space: Space, store: VectorStore) -> tuple[int, int]:
-    """Make the store and the catalog agree for one space; returns (strays, missing).
-
-    Stray vectors (the store has them, the catalog does not) are deleted; images whose
-    vectors are missing go back to ``pending`` so the next run re-embeds them.
-    """
-    catalog_ids = np.asarray(repo.vector_image_ids(session, space.id), dtype=np.int64)
-    strays, missing = reconcile(store, catalog_ids)
-    if len(missing):
-        ids = [int(i) for i in missing]
-        repo.remove_vector_rows(session, ids, space.id)
-        repo.set_pending(session, ids)
-    if len(strays) or len(missing):
-        log.warning(
-            "space %s: removed %d stray vectors, %d images lost theirs and will be re-embedded",
-            space.name,
-            len(strays),
-            len(missing),
-        )
-    return len(strays), len(missing)
-
-
 class Indexer:
     """Runs index passes over folders with one embedder and one set of stores."""
 
@@ -179,6 +167,8 @@ class Indexer:
         self._stores: dict[str, VectorStore] = {}
         self._timings: dict[str, float] = defaultdict(float)
         self._min_size = (0, 0)
+        #: Library id → the folders its photos may be read from (vitdex.paths).
+        self._within: dict[int, tuple[Path, ...]] = {}
 
     # ------------------------------------------------------------------ set-up
 
@@ -255,6 +245,9 @@ class Indexer:
 
         with self.sessions() as session:
             if job_id is None:
+                # Close the rows of earlier runs whose process died (killed, power cut):
+                # this run takes over their work, and they would read running for ever.
+                recover_orphans(session, stale_after_s=self.settings.jobs.job_stale_after_s)
                 job_id = repo.create_job(
                     session, "index", {"paths": report.libraries, "reembed": reembed}
                 ).id
@@ -262,8 +255,9 @@ class Indexer:
                 repo.update_job(session, job_id, state=JobState.RUNNING, started_at=utcnow())
             report.job_id = job_id
             session.commit()
+            lease = WriteLease.of(self.settings)
             try:
-                self._run(session, roots, report, reembed=reembed, retry_failed=retry_failed)
+                self._run(session, roots, report, lease, reembed=reembed, retry_failed=retry_failed)
                 state = JobState.CANCELLED if report.cancelled else JobState.SUCCEEDED
                 error = None
             except KeyboardInterrupt:
@@ -275,6 +269,8 @@ class Indexer:
                 raise
             finally:
                 session.rollback()
+                # Whatever the run wrote is committed or, rolled back, a true stray now.
+                lease.release()
                 for store in self._stores.values():
                     store.flush()
                 report.elapsed = time.perf_counter() - started
@@ -291,21 +287,21 @@ class Indexer:
         session: Session,
         roots: list[Path],
         report: IndexReport,
+        lease: WriteLease,
         *,
         reembed: bool,
         retry_failed: bool,
     ) -> None:
         spaces = [] if reembed else self._existing_spaces(session)
-        for space in spaces:
-            strays, missing = reconcile_space(session, space, self._store(space))
-            report.repaired += strays + missing
         session.commit()
+        self._start_check(session, spaces, report, lease)
 
         tasks: list[_Task] = []
         gone: dict[int, str] = {}  # image id → old path, for files no longer there
         t0 = time.perf_counter()
         for root in roots:
             lib = repo.library_for(session, str(root))
+            self._within[lib.id] = photo_roots(lib.root, self.settings.api.allowed_roots)
             known = repo.known_images(session, str(root), [s.id for s in spaces])
             seen: set[str] = set()
             new_files: list[ScannedFile] = []
@@ -314,6 +310,7 @@ class Indexer:
                 SUPPORTED_EXTENSIONS,
                 follow_symlinks=self.settings.index.follow_symlinks,
                 on_file=self.progress.scanning,
+                within=self._within[lib.id],
             ):
                 seen.add(found.path)
                 report.scanned += 1
@@ -372,6 +369,24 @@ class Indexer:
             report.deleted += len(gone_ids)
             self._timings["delete"] += time.perf_counter() - t0
 
+    def _start_check(
+        self, session: Session, spaces: list[Space], report: IndexReport, lease: WriteLease
+    ) -> None:
+        """Repair what a killed run left behind, unless another writer runs; then hold
+        ``lease`` as a writer until the run ends."""
+        if lease.try_exclusive():
+            for space in spaces:
+                strays, missing = reconcile_space(session, space, self._store(space), lease)
+                report.repaired += strays + missing
+            session.commit()
+        elif spaces:
+            report.repair_skipped = True
+            log.warning(
+                "another vitdex process is writing to this catalog: start-up check skipped "
+                "(its vectors in flight would look like strays)"
+            )
+        lease.share()
+
     # ------------------------------------------------------------------ stages
 
     def _prepare(self, task: _Task, reusable: dict[str, int]) -> _Prepared:
@@ -379,7 +394,11 @@ class Indexer:
         out = _Prepared(task)
         t0 = time.perf_counter()
         try:
-            data = Path(task.path).read_bytes()
+            # A link out of the library (or swapped in since the scan) is refused here.
+            data = read_confined(task.path, self._within[task.library_id])
+        except ImageError as exc:
+            out.error = exc.message
+            return out
         except OSError as exc:
             out.error = f"cannot read file: {exc.strerror or exc}"
             return out

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import hashlib
+import logging
+import os
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -15,14 +17,16 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
 from vitdex.db import repo
-from vitdex.db.models import ImageStatus, Space
+from vitdex.db.models import Image, ImageStatus, Space
 from vitdex.errors import ConfigError, ImageError, NoClassifierError, NotFoundError
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import decode_image
-from vitdex.indexer.pipeline import reconcile_space
+from vitdex.indexer.repair import compare_space
 from vitdex.search.batching import MicroBatcher, OneResult
 from vitdex.search.factory import open_store
 from vitdex.search.store import SearchFilter, SearchHit, VectorStore
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -191,19 +195,37 @@ class SearchService:
             store = self._stores.get(space.name)
             if store is None:
                 store = open_store(self.settings, space.name, space.dim, space.metric)
-                # The start-up check: repair any disagreement before answering from it.
-                reconcile_space(session, space, store)
-                session.commit()
+                # The first-use check reports only: repairing here would race a writer in
+                # another process, whose batch is in the store before its SQL commit.
+                strays, missing = compare_space(session, space, store)
+                if strays or missing:
+                    log.warning(
+                        "space %s: the store holds %d vectors the catalog does not know and "
+                        "lacks %d it lists (a writer may be running; `vitdex doctor` tells)",
+                        space.name,
+                        strays,
+                        missing,
+                    )
                 self._stores[space.name] = store
             return store
 
     def file_query(
-        self, session: Session, space: Space, store: VectorStore, data: bytes
+        self,
+        session: Session,
+        space: Space,
+        store: VectorStore,
+        data: bytes,
+        *,
+        at: Image | None = None,
     ) -> tuple[int | None, np.ndarray]:
         """The query vector of a photo's bytes and its catalog id: the stored vector of an
-        indexed photo with the same content, else the model's embedding (refused when the
-        model no longer matches the space) and no id."""
-        found = repo.find_indexed_by_sha(session, hashlib.sha256(data).hexdigest())
+        indexed photo with the same content (``at``, the catalog image at the query's
+        path, first), else the model's embedding (refused when the model no longer
+        matches the space) and no id."""
+        sha = hashlib.sha256(data).hexdigest()
+        found = at if at is not None and at.sha256 == sha else None
+        if found is None or found.status != ImageStatus.INDEXED:
+            found = repo.find_indexed_by_sha(session, sha)
         if found is not None and repo.has_vector(session, found.id, space.id):
             return found.id, store.get(np.asarray([found.id]))[0]
         embedder = self.embedder([space.layer])
@@ -224,8 +246,10 @@ class SearchService:
     ) -> list[QueryResult]:
         """Nearest indexed images of each query file and each catalog id, best first.
 
-        A query that is itself in the catalog (by id, or a file with the same content)
-        uses its stored vector and is left out of its own hits unless ``include_self``.
+        A query by id, or a file at a path the catalog holds, is left out of its own hits
+        unless ``include_self``; exact copies of it at other paths are listed like any
+        neighbour. A file whose content the catalog holds (at any path) is searched with
+        that stored vector instead of a forward pass.
         ``filter`` keeps only images matching its metadata conditions (resolved in SQL,
         then searched exactly among those ids).
         """
@@ -245,8 +269,9 @@ class SearchService:
                     )
                 queries.append((img.path, image_id, store.get(np.asarray([image_id]))[0]))
             for file in files:
-                found_id, vector = self.file_query(session, sp, store, _read(file))
-                queries.append((str(file), found_id, vector))
+                at = _image_at(session, file)
+                _, vector = self.file_query(session, sp, store, _read(file), at=at)
+                queries.append((str(file), at.id if at is not None else None, vector))
             if not queries:
                 return []
             matrix = np.stack([vec for _, _, vec in queries]).astype(np.float32)
@@ -303,6 +328,22 @@ def _decode_size(embedder: Embedder) -> tuple[int, int]:
     """The decoder takes (width, height); the embedder reports (height, width)."""
     height, width = embedder.input_size
     return width, height
+
+
+def _image_at(session: Session, file: Path) -> Image | None:
+    """The catalog image at ``file``'s path, by the path as given (made absolute, links
+    kept, as the scanner records them) or as resolved; None for a file outside the
+    catalog, such as an HTTP upload's temporary copy."""
+    given = Path(os.path.normpath(Path(file).expanduser().absolute()))
+    try:
+        resolved = given.resolve()
+    except (OSError, RuntimeError, ValueError):  # a link loop: reading it fails later
+        resolved = given
+    for candidate in dict.fromkeys([given, resolved]):
+        found = repo.find_image_by_path(session, str(candidate))
+        if found is not None:
+            return found
+    return None
 
 
 def _read(file: Path) -> bytes:

@@ -23,6 +23,7 @@ __all__ = [
     "SearchHit",
     "VectorNotFoundError",
     "VectorStore",
+    "compare",
     "image_payload",
     "reconcile",
     "sanitize_space_name",
@@ -192,20 +193,34 @@ def check_vectors(
     return np.ascontiguousarray(arr)
 
 
-def reconcile(
+def compare(
     store: VectorStore, catalog_ids: npt.ArrayLike
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Make ``store`` agree with the catalog's list of ids that should have a vector.
+    """Where ``store`` and the catalog's list of ids that should have a vector disagree.
 
-    Returns ``(strays, missing)``, both sorted int64: ``strays`` were in the store but not
-    in the catalog and have been deleted from the store (a crash between a store write and
-    the SQL commit leaves these); ``missing`` are catalog ids without a vector, which the
-    caller marks for re-embedding.
+    Returns ``(strays, missing)``, both sorted int64: ``strays`` are in the store but not
+    in the catalog, ``missing`` in the catalog but not in the store. Changes nothing: while
+    a writer runs, both may be its work in flight (see :mod:`vitdex.search.lease`).
     """
     catalog = np.unique(np.asarray(catalog_ids, dtype=np.int64).ravel())
     stored = np.unique(np.asarray(store.ids(), dtype=np.int64).ravel())
     strays = np.setdiff1d(stored, catalog, assume_unique=True)
     missing = np.setdiff1d(catalog, stored, assume_unique=True)
+    return strays, missing
+
+
+def reconcile(
+    store: VectorStore, catalog_ids: npt.ArrayLike
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Make ``store`` agree with the catalog's list of ids that should have a vector.
+
+    Returns ``(strays, missing)`` as :func:`compare` does, after deleting the strays from
+    the store (a crash between a store write and the SQL commit leaves these); ``missing``
+    are catalog ids without a vector, which the caller marks for re-embedding. Only for a
+    caller holding the writing lease exclusively (:mod:`vitdex.search.lease`): a live
+    writer's batch looks exactly like strays.
+    """
+    strays, missing = compare(store, catalog_ids)
     if strays.size:
         store.delete(strays)
     return strays, missing
