@@ -180,6 +180,35 @@ class ApiSettings(BaseSettings):
         return [p.expanduser().resolve() for p in value]
 
 
+#: Seconds between two heartbeats of a running job (see vitdex.db.recovery).
+HEARTBEAT_S = 5.0
+#: A running job whose heartbeat is older than this many seconds is an orphan.
+STALE_AFTER_S = 60.0
+
+
+class JobSettings(BaseSettings):
+    """How a running job shows it is alive, and when a silent one counts as dead."""
+
+    model_config = _config()
+
+    #: VITDEX_JOB_HEARTBEAT_S: how often a running job writes its heartbeat.
+    job_heartbeat_s: float = Field(default=HEARTBEAT_S, gt=0, le=3600)
+    #: VITDEX_JOB_STALE_AFTER_S: a running job silent for longer is requeued (or, when
+    #: its cancel was asked for, cancelled). Keep it a few heartbeats long.
+    job_stale_after_s: float = Field(default=STALE_AFTER_S, gt=0, le=7 * 24 * 3600)
+
+    @field_validator("job_stale_after_s", mode="after")
+    @classmethod
+    def _longer_than_heartbeat(cls, value: float, info: ValidationInfo) -> float:
+        beat = info.data.get("job_heartbeat_s") or HEARTBEAT_S
+        if value < 2 * beat:
+            raise ValueError(
+                f"must be at least twice VITDEX_JOB_HEARTBEAT_S ({beat:g} s), or live jobs "
+                "would be taken for dead ones"
+            )
+        return value
+
+
 class Settings:
     """All settings, grouped by concern."""
 
@@ -190,12 +219,14 @@ class Settings:
         index: IndexSettings,
         vectors: VectorSettings,
         api: ApiSettings,
+        jobs: JobSettings | None = None,
     ) -> None:
         self.storage = storage
         self.model = model
         self.index = index
         self.vectors = vectors
         self.api = api
+        self.jobs = jobs if jobs is not None else JobSettings()
 
 
 def load_settings(**overrides: Any) -> Settings:
@@ -213,6 +244,7 @@ def load_settings(**overrides: Any) -> Settings:
         "index": IndexSettings,
         "vectors": VectorSettings,
         "api": ApiSettings,
+        "jobs": JobSettings,
     }
     built: dict[str, Any] = {}
     for name, cls in groups.items():

@@ -6,23 +6,18 @@ so neither ``..`` nor a symlink can climb out of an allowed root.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.config import Settings
+from vitdex.config import STALE_AFTER_S, Settings
 from vitdex.db import jobs, repo
-from vitdex.db.models import Library
+from vitdex.db.models import JobState, Library
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
+from vitdex.paths import inside as inside  # the one check, re-exported for older imports
 from vitdex.queue import JobQueue
-
-
-def inside(resolved: Path, roots: Iterable[Path]) -> bool:
-    """Whether the resolved path ``resolved`` is one of ``roots`` or lies under one."""
-    return any(resolved == root or resolved.is_relative_to(root) for root in roots)
 
 
 def allowed_folder(settings: Settings, raw: str) -> Path:
@@ -61,16 +56,25 @@ def library_dict(lib: Library, counts: dict[str, int] | None = None) -> dict[str
 
 
 def _enqueue_scan(
-    session: Session, queue: JobQueue, lib: Library, *, reembed: bool = False
+    session: Session,
+    queue: JobQueue,
+    lib: Library,
+    *,
+    reembed: bool = False,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> dict[str, Any]:
-    job, created = jobs.enqueue_job_row(
+    job, _ = jobs.enqueue_job_row(
         session,
         "index",
         {"paths": [lib.root], "reembed": reembed, "library_id": lib.id},
         dedupe_key=f"index:{lib.id}",
+        stale_after_s=stale_after_s,
     )
     session.commit()
-    if created:
+    # A scan found queued is submitted again: the queue may have lost it (Redis restarted
+    # empty, or down when it was made); a copy the queue still holds is kept.
+    # A dead running scan was recovered (queued again) by enqueue_job_row.
+    if job.state == JobState.QUEUED:
         queue.submit(job.id, kind="index")
     return jobs.job_to_dict(job)
 
@@ -83,17 +87,23 @@ def add_library(
     with sessions() as session:
         lib = repo.library_for(session, str(folder))
         session.commit()
-        job = _enqueue_scan(session, queue, lib)
+        job = _enqueue_scan(session, queue, lib, stale_after_s=settings.jobs.job_stale_after_s)
         return library_dict(lib), job
 
 
 def scan_library(
-    sessions: sessionmaker[Session], queue: JobQueue, library_id: int, *, reembed: bool = False
+    sessions: sessionmaker[Session],
+    queue: JobQueue,
+    library_id: int,
+    *,
+    reembed: bool = False,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> dict[str, Any]:
-    """Enqueue a scan of a registered library (one at a time per library)."""
+    """Enqueue a scan of a registered library (one at a time per library); a scan
+    already queued is submitted again, one whose process died is recovered first."""
     with sessions() as session:
         lib = repo.get_library(session, library_id)
-        return _enqueue_scan(session, queue, lib, reembed=reembed)
+        return _enqueue_scan(session, queue, lib, reembed=reembed, stale_after_s=stale_after_s)
 
 
 def list_libraries(sessions: sessionmaker[Session]) -> list[dict[str, Any]]:
@@ -113,11 +123,19 @@ def get_library(sessions: sessionmaker[Session], library_id: int) -> dict[str, A
 def delete_library(
     settings: Settings, sessions: sessionmaker[Session], library_id: int
 ) -> dict[str, Any]:
-    """Forget a library: its rows and vectors go, its photos stay where they are."""
-    from vitdex.search.factory import open_store
+    """Forget a library: its rows and vectors go, its photos stay where they are.
 
-    with sessions() as session:
+    Refused while a scan of it is queued or running; a scan whose process died counts
+    only until it is recovered (requeued, or cancelled if its cancel was asked for).
+    """
+    from vitdex.db.recovery import recover_orphans
+    from vitdex.search.factory import open_store
+    from vitdex.search.lease import writing
+
+    with writing(settings), sessions() as session:  # a writer: no repair meanwhile
         lib = repo.get_library(session, library_id)
+        recover_orphans(session, stale_after_s=settings.jobs.job_stale_after_s)
+        session.commit()
         active, _ = jobs.list_jobs(session, kind="index", state="running")
         queued, _ = jobs.list_jobs(session, kind="index", state="queued")
         if any((job.params or {}).get("library_id") == lib.id for job in [*active, *queued]):

@@ -12,13 +12,16 @@ import logging
 import queue as stdlib_queue
 import threading
 from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from vitdex.config import Settings
-from vitdex.errors import ConfigError
+from vitdex.config import STALE_AFTER_S, Settings
+from vitdex.errors import ConfigError, QueueUnavailableError
 
 if TYPE_CHECKING:
     from redis import Redis
+    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
@@ -95,8 +98,12 @@ def _resolve(path: str) -> Callable[[int], None]:
 class JobQueue(Protocol):
     """Runs job rows somewhere: in this process or on rq workers."""
 
-    def submit(self, job_id: int, *, kind: str | None = None) -> None:
-        """Run the (committed) job row ``job_id``; ``kind`` saves reading it from SQL."""
+    def submit(self, job_id: int, *, kind: str | None = None, replace: bool = False) -> None:
+        """Run the (committed, queued) job row ``job_id``; ``kind`` saves reading it from
+        SQL. Submitting a row the queue already holds does nothing, unless ``replace``
+        says the copy it holds is dead (the row was an orphan, recovered): then it is
+        queued afresh. Raises :class:`QueueUnavailableError` when the queue cannot be
+        reached (the row stays queued; a recovery sweep submits it later)."""
         ...
 
     def depth(self) -> int:
@@ -142,13 +149,14 @@ class ThreadQueue:
         self._thread = threading.Thread(target=self._loop, name="vitdex-jobs", daemon=True)
         self._thread.start()
 
-    def submit(self, job_id: int, *, kind: str | None = None) -> None:
-        """Queue the job row; a row already submitted to this queue is not queued again."""
+    def submit(self, job_id: int, *, kind: str | None = None, replace: bool = False) -> None:
+        """Queue the job row; a row already submitted to this queue is not queued again
+        (unless ``replace``: it ran, or began to, and was recovered since)."""
         path = job_function_path(kind or self._kind_of(job_id))
         with self._lock:
             if self._closed:
                 raise RuntimeError("the job queue is closed")
-            if job_id in self._submitted:
+            if job_id in self._submitted and not replace:
                 return
             self._submitted.add(job_id)
         self._items.put((job_id, path))
@@ -216,6 +224,7 @@ class RqQueue:
                 raise ConfigError("VITDEX_REDIS_URL is not set")
             connection = Redis.from_url(url)
         self._redis = connection
+        self._stale_after_s = settings.jobs.job_stale_after_s
         self._kind_of = _KindLookup(settings)
         self._database_url = settings.storage.resolved_database_url
         self.queue = Queue(rq_queue_name(settings), connection=connection)
@@ -227,8 +236,25 @@ class RqQueue:
 
         return job_sql.catalog_identity(self._database_url)
 
-    def submit(self, job_id: int, *, kind: str | None = None) -> None:
-        """Enqueue the job row under its fixed id (see :func:`rq_job_id`)."""
+    def submit(self, job_id: int, *, kind: str | None = None, replace: bool = False) -> None:
+        """Enqueue the job row under its fixed id (see :func:`rq_job_id`).
+
+        A copy rq still holds is kept while it may run, and replaced when rq no longer
+        knows it, ended it, or holds it as started by a worker that is gone (``replace``,
+        or started longer ago than the stale threshold while the row still waits).
+        """
+        from redis.exceptions import ConnectionError as RedisConnectionError
+        from redis.exceptions import TimeoutError as RedisTimeoutError
+
+        try:
+            self._submit(job_id, kind=kind, replace=replace)
+        except (RedisConnectionError, RedisTimeoutError) as exc:
+            raise QueueUnavailableError(
+                f"the job queue (Redis) is unavailable ({exc}); job {job_id} stays queued "
+                "and is submitted again once Redis is back"
+            ) from None
+
+    def _submit(self, job_id: int, *, kind: str | None, replace: bool) -> None:
         from rq import Retry
         from rq.exceptions import DuplicateJobError
 
@@ -254,26 +280,60 @@ class RqQueue:
         try:
             enqueue()
         except DuplicateJobError:
-            if not self._drop_if_done(job_id):
-                log.info("job %d is already in rq; not enqueued again", job_id)
+            if not self._drop_if_dead(job_id, started_is_dead=replace):
                 return
             enqueue()
 
-    def _drop_if_done(self, job_id: int) -> bool:
-        """Delete a *finished* rq job under the row's id (kept for its result TTL, and
-        the row was resubmitted, say to resume it); True if it is gone now."""
+    def _drop_if_dead(self, job_id: int, *, started_is_dead: bool) -> bool:
+        """Delete rq's copy of the row's job when it will not run the row: ended (kept
+        for its result TTL), or started by a worker that died (``started_is_dead``;
+        started before the row went back to queued; or longer ago than the stale
+        threshold, while a live worker claims the row within seconds of starting it).
+        True if no copy is left."""
+        from rq.exceptions import NoSuchJobError
         from rq.job import Job as RqJob
         from rq.job import JobStatus
 
         try:
             existing = RqJob.fetch(rq_job_id(self.catalog, job_id), connection=self._redis)
-        except Exception:
+            status = existing.get_status(refresh=True)
+        except NoSuchJobError:
             return True  # expired in between
         ended = {JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED}
-        if existing.get_status(refresh=True) not in ended:
+        dead = status in ended
+        if status == JobStatus.STARTED and not dead:
+            started = existing.started_at
+            if started is not None and started.tzinfo is None:
+                started = started.replace(tzinfo=UTC)
+            age = (datetime.now(UTC) - started).total_seconds() if started else float("inf")
+            queued_since = self._queued_since(job_id)
+            # Started before the row went back to queued: an earlier attempt's copy, whose
+            # process was found dead (a live one would have kept the row running).
+            earlier = started is None or (queued_since is not None and started < queued_since)
+            dead = started_is_dead or age > self._stale_after_s or earlier
+        if not dead:
+            log.info("job %d is already in rq (%s); not enqueued again", job_id, status)
             return False
+        log.info("job %d: rq's copy is %s and will not run it; enqueued afresh", job_id, status)
         existing.delete()
         return True
+
+    def _queued_since(self, job_id: int) -> datetime | None:
+        """When the row was last put in ``queued`` (nothing updates a queued row), or
+        None when it is not queued."""
+        from sqlalchemy import select
+
+        from vitdex.db import jobs as job_sql
+        from vitdex.db.models import Job, JobState
+
+        with job_sql.catalog_sessions(self._database_url)() as session:
+            found = session.execute(
+                select(Job.state, Job.updated_at).where(Job.id == job_id)
+            ).first()
+        if found is None or found.state != JobState.QUEUED:
+            return None
+        since: datetime = found.updated_at
+        return since if since.tzinfo is not None else since.replace(tzinfo=UTC)
 
     def depth(self) -> int:
         """Jobs waiting in the rq queue."""
@@ -296,3 +356,109 @@ def make_queue(settings: Settings, **kwargs: Any) -> JobQueue:
     if settings.api.redis_url:
         return RqQueue(settings, **kwargs)
     return ThreadQueue(settings)
+
+
+@dataclass
+class RecoveryReport:
+    """What :func:`recover_jobs` did, by job id."""
+
+    #: Orphans (running, their process gone) put back to queued.
+    requeued: list[int] = field(default_factory=list)
+    #: Orphans whose cancel was asked for: cancelled.
+    cancelled: list[int] = field(default_factory=list)
+    #: Orphans recovered too often: failed.
+    failed: list[int] = field(default_factory=list)
+    #: Queued rows handed to the queue (those it already held are left as they are).
+    submitted: list[int] = field(default_factory=list)
+    #: Why submitting stopped (the queue is unreachable), or None.
+    unavailable: str | None = None
+
+
+def recover_orphans(
+    sessions: sessionmaker[Session],
+    queue: JobQueue | None,
+    *,
+    stale_after_s: float = STALE_AFTER_S,
+) -> RecoveryReport:
+    """Requeue (or cancel) orphaned running jobs and submit those requeued to ``queue``.
+
+    The cheap part of :func:`recover_jobs` (one query over the running rows), run first
+    by every path that lists or cancels jobs, so a dead job never reads running for much
+    longer than ``stale_after_s``. With ``queue`` None (a CLI without Redis) requeued
+    rows wait for ``vitdex serve`` or ``vitdex train resume``. Never raises for an
+    unreachable queue: that is reported, and the rows stay queued.
+    """
+    from vitdex.db import recovery
+
+    with sessions() as session:
+        found = recovery.recover_orphans(session, stale_after_s=stale_after_s)
+        session.commit()
+    report = RecoveryReport(
+        requeued=[job_id for job_id, _ in found.requeued],
+        cancelled=found.cancelled,
+        failed=found.failed,
+    )
+    if queue is not None:
+        _submit_all(queue, found.requeued, report, replace=True)
+    return report
+
+
+def recover_jobs(
+    sessions: sessionmaker[Session],
+    queue: JobQueue,
+    *,
+    stale_after_s: float = STALE_AFTER_S,
+    limit: int = 10_000,
+) -> RecoveryReport:
+    """The recovery sweep: SQL is the record of truth for jobs.
+
+    Requeues orphaned running jobs (:func:`recover_orphans`), then submits every queued
+    row, oldest first (at most ``limit``), to ``queue``: a row the queue already holds
+    (waiting, scheduled for a retry, or just started) is left alone, one it lost (Redis
+    restarted empty, or down when the row was made) or ended is enqueued again. Run at
+    API start-up and by ``vitdex worker`` at start-up and periodically. Never raises
+    for an unreachable queue: ``report.unavailable`` says so.
+    """
+    from sqlalchemy import select
+
+    from vitdex.db.models import Job, JobState
+
+    report = recover_orphans(sessions, queue, stale_after_s=stale_after_s)
+    if report.unavailable is not None:
+        return report
+    with sessions() as session:
+        rows = session.execute(
+            select(Job.id, Job.kind)
+            .where(Job.state == JobState.QUEUED)
+            .order_by(Job.id)
+            .limit(limit)
+        ).all()
+    recovered = set(report.requeued)
+    waiting = [(job_id, kind) for job_id, kind in rows if job_id not in recovered]
+    _submit_all(queue, waiting, report, replace=False)
+    if report.requeued or report.cancelled or report.failed or report.unavailable:
+        log.warning(
+            "job recovery: %d orphans requeued, %d cancelled, %d failed; %d rows submitted%s",
+            len(report.requeued),
+            len(report.cancelled),
+            len(report.failed),
+            len(report.submitted),
+            f"; stopped: {report.unavailable}" if report.unavailable else "",
+        )
+    return report
+
+
+def _submit_all(
+    queue: JobQueue, rows: list[tuple[int, str]], report: RecoveryReport, *, replace: bool
+) -> None:
+    for job_id, kind in rows:
+        try:
+            queue.submit(job_id, kind=kind, replace=replace)
+        except QueueUnavailableError as exc:
+            report.unavailable = exc.message
+            log.warning("job recovery stopped: %s", exc.message)
+            return
+        except ConfigError as exc:  # a row of a kind this version does not know
+            log.warning("job %d not submitted: %s", job_id, exc.message)
+            continue
+        report.submitted.append(job_id)

@@ -161,25 +161,21 @@ def _wait_for_redis(connection: Redis, url: str, stop: threading.Event) -> bool:
             signal.signal(sig, handler)
 
 
-def run_worker(
-    settings: Settings,
-    *,
-    burst: bool = False,
-    preload: bool = True,
-    sweep: Callable[[], object] | None = None,
-    sweep_every_s: float = 60.0,
-) -> bool:
+def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True) -> bool:
     """Work on this catalog's queue until stopped (or, with ``burst``, until empty).
 
     Returns whether any job was run. ``preload`` loads the embedder first, so the first
-    job does not pay for it and a broken model setting fails here, loudly. ``sweep``
-    (recovering orphaned and lost jobs) runs before each start of the work loop and
-    every ``sweep_every_s`` while it runs.
+    job does not pay for it and a broken model setting fails here, loudly. The recovery
+    sweep (:func:`vitdex.queue.recover_jobs`: jobs whose process died are queued again,
+    queued rows that Redis lost are submitted again) runs each time the work loop starts
+    and every half ``VITDEX_JOB_STALE_AFTER_S`` while it runs, from the scheduler thread,
+    since the main thread is busy with the job.
     """
     from redis import Redis
     from rq import Queue
 
-    from vitdex.queue import rq_queue_name
+    from vitdex.db.jobs import catalog_sessions
+    from vitdex.queue import RqQueue, recover_jobs, rq_queue_name
 
     url = settings.api.redis_url
     if not url:
@@ -194,22 +190,37 @@ def run_worker(
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())
     worked = False
     connection = Redis.from_url(url)
+    sessions = catalog_sessions(settings.storage.resolved_database_url)
+    stale_after_s = settings.jobs.job_stale_after_s
+    # Not closed on its own: it shares (and would close) the worker's connection.
+    jobs_queue = RqQueue(settings, connection=connection)
+
+    def sweep() -> None:
+        report = recover_jobs(sessions, jobs_queue, stale_after_s=stale_after_s)
+        if report.requeued or report.cancelled or report.failed or report.submitted:
+            log.info(
+                "recovery sweep: requeued %s, cancelled %s, failed %s, submitted %s",
+                report.requeued,
+                report.cancelled,
+                report.failed,
+                report.submitted,
+            )
+
     try:
         while not stop.is_set():
             if not _wait_for_redis(connection, url, stop):
                 break
-            if sweep is not None:
-                try:
-                    sweep()
-                except Exception:
-                    log.exception("job recovery sweep failed; it runs again later")
+            try:
+                sweep()
+            except Exception:
+                log.exception("job recovery sweep failed; it runs again later")
             worker = worker_class([Queue(name, connection=connection)], connection=connection)
             worker.stop_event = stop
             scheduler = SchedulerThread(
                 name,
                 connection,
                 periodic=sweep,
-                periodic_every_s=sweep_every_s,
+                periodic_every_s=stale_after_s / 2,
             )
             scheduler.start()
             try:

@@ -110,6 +110,23 @@ class Services:
             log.info("resumed %d jobs left over by the previous process", len(kinds))
         return len(kinds)
 
+    def recover_jobs(self) -> None:
+        """With Redis: the recovery sweep (orphans requeued, queued rows rq lost
+        submitted again); the worker runs it too, this covers a start with none."""
+        from vitdex.queue import recover_jobs
+
+        recover_jobs(self.sessions, self.queue, stale_after_s=self.settings.jobs.job_stale_after_s)
+
+    def recover_orphans(self) -> None:
+        """Requeue (or cancel) jobs whose process died, before jobs are listed or
+        cancelled: a dead job never reads running for long. One query; an unreachable
+        queue only leaves the recovered rows queued for the next sweep."""
+        from vitdex.queue import recover_orphans
+
+        recover_orphans(
+            self.sessions, self.queue, stale_after_s=self.settings.jobs.job_stale_after_s
+        )
+
     @property
     def queue(self) -> JobQueue:
         """The job queue: rq on Redis when VITDEX_REDIS_URL is set, else a thread here."""
@@ -157,6 +174,8 @@ async def on_startup(app: Litestar) -> None:
         await anyio.to_thread.run_sync(services.open)
         if not services.settings.api.redis_url:
             await anyio.to_thread.run_sync(services.resume_embedded_jobs)
+        else:
+            await anyio.to_thread.run_sync(services.recover_jobs)
     except Exception as exc:
         # Keep serving: /health answers, /ready says what is wrong, and the catalog is
         # opened again by the first request that needs it.

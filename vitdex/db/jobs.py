@@ -18,6 +18,7 @@ from typing import Any
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
+from vitdex.config import STALE_AFTER_S
 from vitdex.db.models import CatalogInfo, Job, JobState, iso, utcnow
 from vitdex.errors import ConfigError, NotFoundError, VitdexError
 
@@ -41,14 +42,20 @@ def enqueue_job_row(
     params: Mapping[str, Any],
     *,
     dedupe_key: str | None = None,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> tuple[Job, bool]:
     """A new queued job row, or the active one with the same ``dedupe_key``.
 
     Returns ``(job, created)``; ``created`` is False when a queued or running job with
     the same key already exists (re-enqueueing the same scan does not duplicate work).
+    Orphaned running jobs are recovered first, so the one found is never a dead job: a
+    found job that reads ``queued`` must be submitted again (its queue may have lost it).
     The key is stored as ``params["dedupe_key"]``. The caller commits, then submits.
     """
     if dedupe_key is not None:
+        from vitdex.db.recovery import recover_orphans
+
+        recover_orphans(session, stale_after_s=stale_after_s)
         active = session.scalars(
             select(Job)
             .where(Job.kind == kind, Job.state.in_([s.value for s in ACTIVE_STATES]))
@@ -99,16 +106,20 @@ def list_jobs(
     return jobs, total
 
 
-def request_cancel(session: Session, job_id: int) -> Job:
-    """Ask a job to stop. A queued job is cancelled at once; a running one stops at its
-    next check (the next batch); a finished job is returned unchanged."""
+def request_cancel(session: Session, job_id: int, *, stale_after_s: float = STALE_AFTER_S) -> Job:
+    """Ask a job to stop. A queued job, or a running one whose process is gone (an
+    orphan), is cancelled at once; a live running one stops at its next check (the next
+    batch); a finished job is returned unchanged."""
+    from vitdex.db.recovery import follow_runs
+
     job = get_job(session, job_id)
     if job.state in FINISHED_STATES:
         return job
     job.cancel_requested = True
-    if job.state == JobState.QUEUED:
+    if job.state == JobState.QUEUED or is_orphan(job, stale_after_s=stale_after_s):
         job.state = JobState.CANCELLED
         job.finished_at = utcnow()
+        follow_runs(session, job, JobState.CANCELLED, None)
     session.flush()
     return job
 
@@ -151,14 +162,19 @@ def job_to_dict(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
 # --------------------------------------------------------------------------- runners
 
 
-def start_job(session: Session, job_id: int) -> Job | None:
+def start_job(session: Session, job_id: int, *, stale_after_s: float = STALE_AFTER_S) -> Job | None:
     """Claim a job row for running; ``None`` when it must be skipped.
 
-    Finished rows (cancelled while queued, or already run) are skipped; a row whose
-    cancel was requested before it started becomes cancelled. Commits.
+    Finished rows (cancelled while queued, or already run) are skipped, and so is a row
+    another live process is running (a row submitted twice, say by a recovery sweep,
+    runs once); a row whose cancel was requested before it started becomes cancelled.
+    Commits.
     """
-    job = session.get(Job, job_id, populate_existing=True)
+    job = session.get(Job, job_id, populate_existing=True, with_for_update=True)
     if job is None or job.state in FINISHED_STATES:
+        return None
+    if job.state == JobState.RUNNING and not is_orphan(job, stale_after_s=stale_after_s):
+        session.rollback()
         return None
     if job.cancel_requested:
         job.state, job.finished_at = JobState.CANCELLED, utcnow()
@@ -168,6 +184,7 @@ def start_job(session: Session, job_id: int) -> Job | None:
     # Who runs it: a job left "running" by a process that died can then be told apart
     # from one still at work (see owner_gone).
     job.params = {**(job.params or {}), "owner": {"host": socket.gethostname(), "pid": os.getpid()}}
+    job.heartbeat_at = job.started_at
     session.commit()
     return job
 
@@ -187,6 +204,30 @@ def owner_gone(job: Job) -> bool:
     except PermissionError:  # alive, another user's
         return False
     return False
+
+
+def is_orphan(
+    job: Job, *, stale_after_s: float = STALE_AFTER_S, now: datetime | None = None
+) -> bool:
+    """Whether ``job`` reads running but lost its process: its owner on this host is
+    gone, or, owned on another host, its heartbeat is older than ``stale_after_s``.
+
+    A running row with neither heartbeat nor owner (``vitdex index`` run in the
+    foreground, which writes neither) is never taken for an orphan: nothing can tell.
+    """
+    if job.state != JobState.RUNNING:
+        return False
+    owner = (job.params or {}).get("owner") or {}
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        # On this host the process itself says it: a live owner whose beats are late (a
+        # SQLite write lock held long, a machine swapping) is still at work.
+        return owner_gone(job)
+    beat = job.heartbeat_at
+    if beat is None:
+        return False
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)
+    return ((now or utcnow()) - beat).total_seconds() > stale_after_s
 
 
 def set_progress(
@@ -294,13 +335,16 @@ def run_job_guarded(
     did not finish: cancelled, failed, or queued again for a retry.
     """
     from vitdex.config import load_settings
+    from vitdex.db.recovery import Heartbeat
 
     settings = load_settings()
     sessions = catalog_sessions(settings.storage.resolved_database_url)
     with sessions() as session:
-        if start_job(session, job_id) is None:
-            log.info("job %d: finished or cancelled before it started; skipped", job_id)
+        if start_job(session, job_id, stale_after_s=settings.jobs.job_stale_after_s) is None:
+            log.info("job %d: finished, cancelled or run elsewhere; skipped", job_id)
             return
+    # Beats while the work runs, so a process that dies is told from one at work.
+    heartbeat = Heartbeat(sessions, job_id, interval=settings.jobs.job_heartbeat_s).start()
 
     def end(state: JobState, error: str | None, *, retry: bool = False) -> None:
         with sessions() as session:
@@ -314,11 +358,14 @@ def run_job_guarded(
     try:
         work(sessions)
     except JobCancelled:
+        heartbeat.stop()
         end(JobState.CANCELLED, None)
     except VitdexError as exc:
+        heartbeat.stop()
         log.warning("%s job %d failed: %s", what, job_id, exc.message)
         end(JobState.FAILED, exc.message)
     except Exception as exc:
+        heartbeat.stop()
         retry = _rq_will_retry()
         end(
             JobState.QUEUED if retry else JobState.FAILED,
@@ -326,6 +373,8 @@ def run_job_guarded(
             retry=retry,
         )
         raise
+    finally:
+        heartbeat.stop()
 
 
 # --------------------------------------------------------------------------- catalog

@@ -230,6 +230,9 @@ class Job(Base):
     started_at: Mapped[datetime | None]
     finished_at: Mapped[datetime | None]
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
+    #: Written every few seconds while a job runs (vitdex.db.recovery): a running job
+    #: whose heartbeat stopped lost its process and is an orphan.
+    heartbeat_at: Mapped[datetime | None]
 
 
 class ClusterRun(Base):

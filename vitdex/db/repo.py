@@ -7,6 +7,7 @@ one indexing batch (its vectors' rows, labels and image updates) commits as one 
 from __future__ import annotations
 
 import os
+import socket
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -532,8 +533,21 @@ def vector_image_ids(session: Session, space_id: int) -> list[int]:
 
 
 def create_job(session: Session, kind: str, params: Mapping[str, Any]) -> Job:
-    """A new job row, running from now."""
-    job = Job(kind=kind, params=dict(params), state=JobState.RUNNING, started_at=utcnow())
+    """A new job row, running from now in this process (a foreground run).
+
+    Its owner (host, pid) is recorded, marked foreground: should the process die, the
+    recovery sweep closes the row as interrupted instead of leaving it running for ever
+    (no queue would run it again; the next run of the command resumes the work).
+    """
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "foreground": True}
+    now = utcnow()
+    job = Job(
+        kind=kind,
+        params={**params, "owner": owner},
+        state=JobState.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+    )
     session.add(job)
     session.flush()
     return job

@@ -138,6 +138,23 @@ def _submit(obj: Context, job_id: int) -> None:
         queue.close()
 
 
+def _recover(obj: Context) -> None:
+    """Requeue (or cancel) runs whose process died before they are shown, so a killed
+    ``vitdex train`` or worker does not read running for ever. With Redis the requeued
+    jobs are submitted; without, ``vitdex train resume`` (or ``vitdex serve``) runs them."""
+    from vitdex.queue import JobQueue, make_queue, recover_orphans
+
+    settings = obj.settings()
+    queue: JobQueue | None = make_queue(settings) if settings.api.redis_url else None
+    try:
+        recover_orphans(
+            _open_catalog(settings), queue, stale_after_s=settings.jobs.job_stale_after_s
+        )
+    finally:
+        if queue is not None:
+            queue.close()
+
+
 @train_group.command("start")
 @click.argument("dataset")
 @click.option(
@@ -245,7 +262,13 @@ def resume_command(
     """Continue run RUN_ID from its last checkpoint (same final weights as an unbroken run)."""
     from vitdex.training.runs import resume_run
 
-    run, job_id = resume_run(_open_catalog(obj.settings()), run_id, force=force)
+    settings = obj.settings()
+    run, job_id = resume_run(
+        _open_catalog(settings),
+        run_id,
+        force=force,
+        stale_after_s=settings.jobs.job_stale_after_s,
+    )
     if background:
         _submit(obj, job_id)
     else:
@@ -266,6 +289,7 @@ def list_command(obj: Context, state: str | None, as_json: bool) -> None:
 
     from vitdex.training.runs import list_runs
 
+    _recover(obj)
     runs = list_runs(_open_catalog(obj.settings()), state=state)
     if as_json:
         _print_json(runs)
@@ -297,6 +321,7 @@ def show_command(obj: Context, run_id: int, as_json: bool) -> None:
     """One run with its full training config."""
     from vitdex.training.runs import show_run
 
+    _recover(obj)
     run = show_run(_open_catalog(obj.settings()), run_id)
     if as_json:
         _print_json(run)
@@ -315,11 +340,16 @@ def show_command(obj: Context, run_id: int, as_json: bool) -> None:
 @click.pass_obj
 @_handle_errors
 def cancel_command(obj: Context, run_id: int, as_json: bool) -> None:
-    """Ask a queued or running run to stop (it saves a checkpoint first)."""
+    """Ask a queued or running run to stop (it saves a checkpoint first); a queued run,
+    or one whose process died, is cancelled at once."""
     from vitdex.training.runs import cancel_run
 
-    run = cancel_run(_open_catalog(obj.settings()), run_id)
+    settings = obj.settings()
+    stale = settings.jobs.job_stale_after_s
+    run = cancel_run(_open_catalog(settings), run_id, stale_after_s=stale)
     if as_json:
         _print_json(run)
+    elif run["state"] == "cancelled":
+        out_console.print(f"run {run_id}: cancelled")
     else:
         out_console.print(f"run {run_id}: cancel requested")

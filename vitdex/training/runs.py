@@ -22,7 +22,7 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.config import Settings
+from vitdex.config import STALE_AFTER_S, Settings
 from vitdex.db import datasets as dataset_sql
 from vitdex.db import jobs as job_sql
 from vitdex.db import training as run_sql
@@ -129,21 +129,33 @@ def create_run(
 
 
 def resume_run(
-    sessions: sessionmaker[Session], run_id: int, *, force: bool = False
+    sessions: sessionmaker[Session],
+    run_id: int,
+    *,
+    force: bool = False,
+    stale_after_s: float = STALE_AFTER_S,
 ) -> tuple[TrainingRun, int]:
-    """A new job row that continues run ``run_id`` from its last checkpoint.
+    """The job that continues run ``run_id`` from its last checkpoint.
 
-    A run whose job is still queued or running is refused, unless the process that ran
-    it is gone (killed on this host) or ``force`` says it is (another host's worker).
+    A run whose job waits in ``queued`` (say, recovered after its process died) is
+    resumed by that very job: its id is returned, for the caller to run or submit (a
+    row submitted twice runs once). Otherwise a new job row is made; a run whose job is
+    running is refused, unless the process that ran it is gone (killed: no heartbeat,
+    or no process on this host) or ``force`` says it is (another host's worker).
     """
     with sessions() as session:
         run = run_sql.get_run(session, run_id)
         if run.state == JobState.SUCCEEDED:
             raise ConflictError(f"training run {run_id} has already finished")
         if run.job_id is not None:
-            job = session.get(Job, run.job_id)
+            job = session.get(Job, run.job_id, populate_existing=True)
+            if job is not None and job.state == JobState.QUEUED and not job.cancel_requested:
+                run.state, run.error = JobState.QUEUED, None
+                session.commit()
+                return run, job.id
             if job is not None and job.state in job_sql.ACTIVE_STATES:
-                if not (force or job_sql.owner_gone(job)):
+                gone = job_sql.is_orphan(job, stale_after_s=stale_after_s)
+                if not (force or gone):
                     raise ConflictError(
                         f"training run {run_id} is {job.state} as job {job.id}; cancel it "
                         "first or wait (force the resume if its process is gone)"
@@ -158,15 +170,18 @@ def resume_run(
         return run, job.id
 
 
-def cancel_run(sessions: sessionmaker[Session], run_id: int) -> dict[str, Any]:
-    """Ask the run's job to stop; it saves a checkpoint first, so the run can resume."""
+def cancel_run(
+    sessions: sessionmaker[Session], run_id: int, *, stale_after_s: float = STALE_AFTER_S
+) -> dict[str, Any]:
+    """Ask the run's job to stop; it saves a checkpoint first, so the run can resume. A
+    queued run, or one whose process died, is cancelled at once."""
     with sessions() as session:
         run = run_sql.get_run(session, run_id)
         if run.job_id is None:
             raise ConflictError(f"training run {run_id} has no job to cancel")
-        job = job_sql.request_cancel(session, run.job_id)
-        if job.state == JobState.CANCELLED and run.state == JobState.QUEUED:
-            run.state = JobState.CANCELLED  # it never started: nothing will update it
+        job = job_sql.request_cancel(session, run.job_id, stale_after_s=stale_after_s)
+        if job.state == JobState.CANCELLED and run.state in job_sql.ACTIVE_STATES:
+            run.state = JobState.CANCELLED  # nothing runs it: nothing else will update it
         session.commit()
         return run_sql.run_to_dict(session, run_sql.get_run(session, run_id))
 

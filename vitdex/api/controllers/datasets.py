@@ -14,7 +14,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.jobs import Offset
 from vitdex.api.deps import Services
-from vitdex.api.errors import Conflict, Forbidden, NotFound
+from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
@@ -168,7 +168,7 @@ class DatasetsController(Controller):
         "/{dataset_id:int}/export",
         status_code=HTTP_202_ACCEPTED,
         sync_to_thread=True,
-        raises=[Forbidden, Conflict],
+        raises=[Forbidden, Conflict, Unavailable],
     )
     def export(
         self,

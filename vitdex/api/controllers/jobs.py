@@ -13,7 +13,7 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.deps import Services
-from vitdex.api.errors import Conflict, Forbidden, NotFound
+from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.config import Settings
 from vitdex.db import jobs
 from vitdex.db.models import INT64_MAX
@@ -94,7 +94,12 @@ class LibrariesController(Controller):
     path = "/libraries"
     tags: Sequence[str] = ["libraries"]
 
-    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True, raises=[Forbidden, NotFound])
+    @post(
+        "/",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[Forbidden, NotFound, Unavailable],
+    )
     def add(
         self,
         data: JSONBody[LibraryIn],
@@ -102,7 +107,10 @@ class LibrariesController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
     ) -> dict[str, Any]:
-        """Register a library (a folder inside the allowed roots) and enqueue its indexing."""
+        """Register a library (a folder inside the allowed roots) and enqueue its indexing.
+
+        503 when the job queue (Redis) is down: the job stays queued and is submitted
+        when Redis is back (by the recovery sweep, or by this same request repeated)."""
         from vitdex.libraries import add_library
 
         library, job = add_library(settings, sessions, services.queue, data.path)
@@ -124,19 +132,33 @@ class LibrariesController(Controller):
 
         return get_library(sessions, library_id)
 
-    @post("/{library_id:int}/scan", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    @post(
+        "/{library_id:int}/scan",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[Unavailable],
+    )
     def scan(
         self,
+        settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
         library_id: Id,
         data: JSONBody[ScanIn | None] = None,
     ) -> dict[str, Any]:
-        """Enqueue a rescan (returns the running one if a scan is already queued or running)."""
+        """Enqueue a rescan (returns the running one if a scan is already queued or running;
+        one whose process died is recovered and queued again instead)."""
         from vitdex.libraries import scan_library
 
         reembed = data.reembed if data else False
-        return {"job": scan_library(sessions, services.queue, library_id, reembed=reembed)}
+        job = scan_library(
+            sessions,
+            services.queue,
+            library_id,
+            reembed=reembed,
+            stale_after_s=settings.jobs.job_stale_after_s,
+        )
+        return {"job": job}
 
     @delete("/{library_id:int}", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
     def remove(
@@ -161,6 +183,7 @@ class JobsController(Controller):
     def list_all(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
         # "state" is a name Litestar reserves for the app state; the query key stays "state".
         job_state: Annotated[
             str | None, QueryParameter(name="state", description="queued, running, ...")
@@ -169,7 +192,8 @@ class JobsController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Offset = 0,
     ) -> dict[str, Any]:
-        """Jobs, newest first."""
+        """Jobs, newest first (jobs whose process died are recovered first)."""
+        services.recover_orphans()
         with sessions() as session:
             rows, total = jobs.list_jobs(
                 session, state=job_state, kind=kind, limit=limit, offset=offset
@@ -183,19 +207,29 @@ class JobsController(Controller):
 
     @get("/{job_id:int}", sync_to_thread=True)
     def get_one(
-        self, sessions: NamedDependency[sessionmaker[Session]], job_id: Id
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
+        job_id: Id,
     ) -> dict[str, Any]:
         """One job: state, progress, counts, ETA, error."""
+        services.recover_orphans()
         with sessions() as session:
             return jobs.job_to_dict(jobs.get_job(session, job_id))
 
     @delete("/{job_id:int}", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
     def cancel(
-        self, sessions: NamedDependency[sessionmaker[Session]], job_id: Id
+        self,
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+        job_id: Id,
     ) -> dict[str, Any]:
-        """Ask the job to stop; it stops at its next batch and leaves the catalog consistent."""
+        """Ask the job to stop; it stops at its next batch and leaves the catalog consistent.
+
+        A queued job, or one whose process died, is cancelled at once."""
         with sessions() as session:
-            job = jobs.request_cancel(session, job_id)
+            stale = settings.jobs.job_stale_after_s
+            job = jobs.request_cancel(session, job_id, stale_after_s=stale)
             session.commit()
             return jobs.job_to_dict(job)
 
@@ -206,7 +240,7 @@ class ClustersController(Controller):
     path = "/clusters"
     tags: Sequence[str] = ["clusters"]
 
-    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True, raises=[NotFound])
+    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True, raises=[NotFound, Unavailable])
     def create(
         self,
         data: JSONBody[ClusterIn],

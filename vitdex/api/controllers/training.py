@@ -91,6 +91,7 @@ class TrainingController(Controller):
     def list_all(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
         # ``state`` is a reserved parameter name in Litestar; the query key stays "state".
         state_filter: Annotated[
             Literal["queued", "running", "succeeded", "failed", "cancelled"] | None,
@@ -99,25 +100,31 @@ class TrainingController(Controller):
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Offset = 0,
     ) -> dict[str, Any]:
-        """Runs, newest first, with state, step and loss."""
+        """Runs, newest first, with state, step and loss (a run whose process died is
+        recovered first: queued again, to resume from its checkpoint)."""
         from vitdex.training.runs import list_runs
 
+        services.recover_orphans()
         return {"runs": list_runs(sessions, state=state_filter, limit=limit, offset=offset)}
 
     @get("/{run_id:int}", sync_to_thread=True)
     def get_one(
-        self, sessions: NamedDependency[sessionmaker[Session]], run_id: Id
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
+        run_id: Id,
     ) -> dict[str, Any]:
         """One run with its config, job state and checkpoint."""
         from vitdex.training.runs import show_run
 
+        services.recover_orphans()
         return show_run(sessions, run_id)
 
     @post(
         "/{run_id:int}/resume",
         status_code=HTTP_202_ACCEPTED,
         sync_to_thread=True,
-        raises=[Conflict],
+        raises=[Conflict, Unavailable],
     )
     def resume(
         self,
@@ -134,9 +141,13 @@ class TrainingController(Controller):
 
     @post("/{run_id:int}/cancel", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
     def cancel(
-        self, sessions: NamedDependency[sessionmaker[Session]], run_id: Id
+        self,
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+        run_id: Id,
     ) -> dict[str, Any]:
-        """Ask the run to stop; it saves a checkpoint first, so it can resume."""
+        """Ask the run to stop; it saves a checkpoint first, so it can resume. A run whose
+        process died is cancelled at once."""
         from vitdex.training.runs import cancel_run
 
-        return cancel_run(sessions, run_id)
+        return cancel_run(sessions, run_id, stale_after_s=settings.jobs.job_stale_after_s)
