@@ -112,7 +112,7 @@ def _in_process() -> InProcess:
     settings = load_settings()
     sessions = session_factory(make_engine(settings.storage.resolved_database_url))
     service = SearchService(settings, sessions)
-    service.similar(ids=[1], k=K)  # opens the store and reconciles it, once
+    service.similar(ids=[1], k=K)  # opens the store and checks it against the catalog, once
     store = service._stores[SPACE]
 
     def similar(image_id: int) -> Any:
