@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -74,3 +78,94 @@ def index_folder(folder: Path) -> None:
         Indexer(settings, session_factory(engine), embedder).run([folder])
     finally:
         engine.dispose()
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+@contextmanager
+def served(env: dict[str, str], *, start_timeout: float = 60) -> Iterator[str]:
+    """``vitdex serve`` in a process of its own with ``env`` on top of this one's, on a
+    free port; yields its base URL once ``/health`` answers, and stops it afterwards."""
+    import httpx
+
+    port = free_port()
+    code = "from vitdex.api.serve import serve_command; serve_command()"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+    )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + start_timeout
+        while True:
+            if proc.poll() is not None:
+                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                raise AssertionError(f"the server exited with {proc.returncode}:\n{out[-3000:]}")
+            try:
+                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise AssertionError("the server did not answer /health in time")
+            time.sleep(0.2)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=15)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+class OwnRedis:
+    """A ``redis-server`` without persistence on a free port, started and killed by the
+    test, never the shared one: killed and started again, it is a Redis that lost
+    everything."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.port = free_port()
+        self.workdir = workdir
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self) -> None:
+        """Start it empty and wait until it answers."""
+        from redis import Redis
+
+        if shutil.which("redis-server") is None:
+            raise AssertionError("these tests start a Redis of their own: install redis-server")
+        self.proc = subprocess.Popen(
+            [
+                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
+                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        conn = Redis.from_url(self.url)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                conn.ping()
+                break
+            except Exception:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        conn.close()
+
+    def kill(self) -> None:
+        """SIGKILL it: everything it held is gone (no persistence)."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=20)
+        self.proc = None

@@ -11,17 +11,14 @@ from __future__ import annotations
 
 import errno
 import os
-import socket
 import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
 
-from tests.helpers import as_json, run_vitdex
+from tests.helpers import as_json, run_vitdex, served
 from tests.photos import make_photo
 
 pytestmark = pytest.mark.slow
@@ -106,53 +103,19 @@ def test_cli_says_one_line_on_a_full_catalog_disk(
     assert status["indexed"] == 3 and status["images"] == 3, status
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
 def test_api_answers_503_on_a_full_catalog_disk(
     env: dict[str, str], small_disk: Path, tmp_path: Path
 ) -> None:
     run_vitdex("index", str(_photos(tmp_path / "first", 0)), env=env)
-    port = _free_port()
-    code = "from vitdex.api.serve import serve_command; serve_command()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 60
-        while True:
-            assert proc.poll() is None, proc.stdout.read().decode() if proc.stdout else ""
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "the server did not answer /health in time"
-            time.sleep(0.2)
-        with httpx.Client(base_url=base, timeout=60) as client:
-            assert client.get("/api/v1/libraries").status_code == 200
-            filler = _fill(small_disk)
-            second = _photos(tmp_path / "second", 10)
-            answer = client.post("/api/v1/libraries", json={"path": str(second)})
-            assert answer.status_code == 503, answer.text
-            assert answer.headers["content-type"].startswith("application/json")
-            body = answer.json()
-            assert body["status_code"] == 503, body
-            assert "catalog" in body["detail"] and "free space" in body["detail"], body
-            filler.unlink()
-            assert client.get("/api/v1/libraries").status_code == 200
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
+    with served(env) as base, httpx.Client(base_url=base, timeout=60) as client:
+        assert client.get("/api/v1/libraries").status_code == 200
+        filler = _fill(small_disk)
+        second = _photos(tmp_path / "second", 10)
+        answer = client.post("/api/v1/libraries", json={"path": str(second)})
+        assert answer.status_code == 503, answer.text
+        assert answer.headers["content-type"].startswith("application/json")
+        body = answer.json()
+        assert body["status_code"] == 503, body
+        assert "catalog" in body["detail"] and "free space" in body["detail"], body
+        filler.unlink()
+        assert client.get("/api/v1/libraries").status_code == 200

@@ -101,8 +101,9 @@ def test_sigkilled_run_resumes(
     # Killed a few steps in: a checkpoint exists, the result does not.
     assert not (home / "training" / "run-1" / "final").exists()
 
+    # Its process is gone: listing the runs recovers it, queued again to resume.
     listed = as_json(vitdex("train", "list", "--json"))
-    assert listed[0]["state"] == "running"  # what a killed process leaves behind
+    assert (listed[0]["state"], listed[0]["job_state"]) == ("queued", "queued"), listed[0]
     resumed = as_json(vitdex("train", "resume", "1", "--json"))
     assert resumed["state"] == "succeeded" and resumed["steps"] == 30
 

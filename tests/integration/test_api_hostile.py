@@ -8,11 +8,7 @@ Run on SQLite and PostgreSQL: the out-of-int64 id reached PostgreSQL's driver as
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,21 +16,12 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.helpers import index_folder
+from tests.helpers import index_folder, served
 from tests.photos import make_photo
 
-#: The server gets this long to answer /health before the test gives up.
-START_TIMEOUT_S = 60
 #: Deeper than any decoder recursion limit, as sent in the fault campaign.
 DEEP_ARRAYS = 100_000
 DEEP_OBJECTS = 50_000
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -45,43 +32,9 @@ def server(vitdex_env: dict[str, str], tmp_path: Path) -> Iterator[tuple[str, Pa
         make_photo(lib / f"p{i}.jpg", size=(64, 48), seed=i)
     index_folder(lib)
 
-    port = _free_port()
-    env = {
-        **os.environ,
-        **vitdex_env,
-        "VITDEX_ALLOWED_ROOTS": str(tmp_path),
-        "VITDEX_MAX_UPLOAD_MB": "1",
-    }
-    code = "from vitdex.api.serve import serve_command; serve_command()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                pytest.fail(f"the server exited with {proc.returncode}:\n{out[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not answer /health in time")
-            time.sleep(0.2)
+    env = {**vitdex_env, "VITDEX_ALLOWED_ROOTS": str(tmp_path), "VITDEX_MAX_UPLOAD_MB": "1"}
+    with served(env) as base:
         yield base, lib
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def _json_error(response: httpx.Response, status: int) -> dict[str, Any]:

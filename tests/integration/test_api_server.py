@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -14,18 +13,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.helpers import index_folder
+from tests.helpers import index_folder, served
 from tests.photos import make_photo
-
-#: The server gets this long to answer /health before the test gives up.
-START_TIMEOUT_S = 60
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 @pytest.fixture
@@ -36,38 +25,8 @@ def server(vitdex_env: dict[str, str], tmp_path: Path) -> Iterator[str]:
         make_photo(lib / f"p{i}.jpg", size=(96, 72), seed=i, taken_at=datetime(2023, 1, 1 + i))
     index_folder(lib)
 
-    port = _free_port()
-    env = {**os.environ, **vitdex_env, "VITDEX_API_KEYS": "secret"}
-    code = "from vitdex.api.serve import serve_command; serve_command()"
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            if proc.poll() is not None:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                pytest.fail(f"the server exited with {proc.returncode}:\n{out[-3000:]}")
-            try:
-                if httpx.get(f"{base}/health", timeout=1).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail("the server did not answer /health in time")
-            time.sleep(0.2)
+    with served({**vitdex_env, "VITDEX_API_KEYS": "secret"}) as base:
         yield base
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 def test_served_over_http(server: str) -> None:

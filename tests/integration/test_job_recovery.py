@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -26,7 +24,7 @@ from litestar.testing import TestClient
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from tests.helpers import wait_for_job
+from tests.helpers import OwnRedis, wait_for_job
 from tests.photos import make_photo
 from vitdex.api import create_app
 from vitdex.config import load_settings
@@ -42,50 +40,6 @@ Client = TestClient[Litestar]
 HEARTBEAT_S = 0.3
 STALE_AFTER_S = 2.0
 PHOTOS = 40
-
-
-class OwnRedis:
-    """A ``redis-server`` without persistence on a free port, started and killed here."""
-
-    def __init__(self, workdir: Path) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.workdir = workdir
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        """Start it empty and wait until it answers."""
-        from redis import Redis
-
-        if shutil.which("redis-server") is None:
-            pytest.fail("these tests start a Redis of their own: install redis-server")
-        self.proc = subprocess.Popen(
-            [
-                *("redis-server", "--port", str(self.port), "--bind", "127.0.0.1"),
-                *("--save", "", "--appendonly", "no", "--dir", str(self.workdir)),
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        conn = Redis.from_url(self.url)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                conn.ping()
-                break
-            except Exception:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        conn.close()
-
-    def kill(self) -> None:
-        """SIGKILL it: everything it held is gone (no persistence)."""
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(timeout=20)
-        self.proc = None
 
 
 @pytest.fixture

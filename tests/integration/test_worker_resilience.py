@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -21,18 +20,12 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import OwnRedis
 from tests.photos import make_photo
 from vitdex.config import load_settings
 from vitdex.db import JobState
 from vitdex.db import jobs as job_sql
 from vitdex.queue import RqQueue, make_queue, rq_queue_name
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -44,50 +37,11 @@ def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
     pytest.fail(f"timed out after {timeout} s waiting for {what}")
 
 
-class PrivateRedis:
-    """A redis-server without persistence on its own port: it can be killed and
-    restarted empty, as a Redis that loses its data would be."""
-
-    def __init__(self, tmp: Path) -> None:
-        self.port = _free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.tmp = tmp
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> None:
-        from redis import Redis
-
-        self.proc = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        conn = Redis.from_url(self.url)
-
-        def up() -> bool:
-            try:
-                return bool(conn.ping())
-            except Exception:
-                return False
-
-        try:
-            _wait(up, 15, f"redis-server on port {self.port}")
-        finally:
-            conn.close()
-
-    def kill(self) -> None:
-        if self.proc is not None:
-            self.proc.kill()
-            self.proc.wait(10)
-            self.proc = None
-
-
 @pytest.fixture
 def private_redis(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch, vitdex_env: dict[str, str]
-) -> Iterator[PrivateRedis]:
-    server = PrivateRedis(tmp_path)
+) -> Iterator[OwnRedis]:
+    server = OwnRedis(tmp_path)
     server.start()
     monkeypatch.setenv("VITDEX_REDIS_URL", server.url)
     monkeypatch.setenv("VITDEX_QUEUE_NAME", f"vitdex-test-{uuid.uuid4().hex[:10]}")
@@ -156,7 +110,7 @@ def _job(job_id: int) -> dict[str, Any]:
 
 
 def test_worker_outlives_redis_and_runs_jobs_after_it_returns(
-    private_redis: PrivateRedis, tmp_path: Path
+    private_redis: OwnRedis, tmp_path: Path
 ) -> None:
     big = tmp_path / "big"
     for i in range(60):
@@ -200,7 +154,7 @@ def test_worker_outlives_redis_and_runs_jobs_after_it_returns(
 
 
 def test_a_killed_worker_leaves_no_scheduler_behind(
-    private_redis: PrivateRedis, tmp_path: Path
+    private_redis: OwnRedis, tmp_path: Path
 ) -> None:
     from redis import Redis
     from rq import Queue
