@@ -219,14 +219,14 @@ class Settings:
         index: IndexSettings,
         vectors: VectorSettings,
         api: ApiSettings,
-        jobs: JobSettings | None = None,
+        jobs: JobSettings,
     ) -> None:
         self.storage = storage
         self.model = model
         self.index = index
         self.vectors = vectors
         self.api = api
-        self.jobs = jobs if jobs is not None else JobSettings()
+        self.jobs = jobs
 
 
 def load_settings(**overrides: Any) -> Settings:

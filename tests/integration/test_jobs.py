@@ -21,6 +21,7 @@ from tests.photos import make_photo
 from vitdex.config import load_settings
 from vitdex.db import Image, ImageStatus, JobState, repo
 from vitdex.db import jobs as job_sql
+from vitdex.db.recovery import owner_gone
 from vitdex.queue import RqQueue, ThreadQueue, make_queue, rq_job_id
 from vitdex.search.cluster import get_cluster_run
 from vitdex.search.factory import open_store
@@ -224,15 +225,15 @@ def test_a_claimed_job_knows_whether_its_process_is_gone(vitdex_env: dict[str, s
     with _sessions()() as session:
         job = job_sql.start_job(session, job_id)
         assert job is not None and job.params["owner"]["pid"] == os.getpid()
-        assert not job_sql.owner_gone(job)  # this very process
+        assert not owner_gone(job)  # this very process
         dead = subprocess.Popen([sys.executable, "-c", "pass"])
         dead.wait()
         job.params = {**job.params, "owner": {**job.params["owner"], "pid": dead.pid}}
-        assert job_sql.owner_gone(job)
+        assert owner_gone(job)
         job.params = {**job.params, "owner": {"host": "elsewhere", "pid": dead.pid}}
-        assert not job_sql.owner_gone(job)  # another host: nothing here can tell
+        assert not owner_gone(job)  # another host: nothing here can tell
         job.params = {"paths": ["/nowhere"]}
-        assert not job_sql.owner_gone(job)  # never claimed
+        assert not owner_gone(job)  # never claimed
 
 
 def test_two_catalogs_sharing_redis_keep_their_jobs_apart(

@@ -8,8 +8,8 @@ import subprocess
 import sys
 from datetime import timedelta
 
-from vitdex.db.jobs import is_orphan
 from vitdex.db.models import Job, JobState, utcnow
+from vitdex.db.recovery import is_orphan
 
 
 def _running(owner: dict[str, object] | None, beat_age_s: float | None) -> Job:

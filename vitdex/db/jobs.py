@@ -19,7 +19,9 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import STALE_AFTER_S
-from vitdex.db.models import CatalogInfo, Job, JobState, iso, utcnow
+from vitdex.db.models import ERROR_MAX, CatalogInfo, Job, JobState, iso, utcnow
+from vitdex.db.recovery import Heartbeat, is_orphan, recover_orphans
+from vitdex.db.training import follow_job
 from vitdex.errors import ConfigError, NotFoundError, VitdexError
 
 #: States a job never leaves.
@@ -27,7 +29,6 @@ FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 #: States in which a job still holds (or will do) its work; dedupe looks only at these.
 ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
 
-_ERROR_MAX = 4000
 
 log = logging.getLogger(__name__)
 
@@ -53,8 +54,6 @@ def enqueue_job_row(
     The key is stored as ``params["dedupe_key"]``. The caller commits, then submits.
     """
     if dedupe_key is not None:
-        from vitdex.db.recovery import recover_orphans
-
         recover_orphans(session, stale_after_s=stale_after_s)
         active = session.scalars(
             select(Job)
@@ -110,8 +109,6 @@ def request_cancel(session: Session, job_id: int, *, stale_after_s: float = STAL
     """Ask a job to stop. A queued job, or a running one whose process is gone (an
     orphan), is cancelled at once; a live running one stops at its next check (the next
     batch); a finished job is returned unchanged."""
-    from vitdex.db.recovery import follow_runs
-
     job = get_job(session, job_id)
     if job.state in FINISHED_STATES:
         return job
@@ -119,7 +116,7 @@ def request_cancel(session: Session, job_id: int, *, stale_after_s: float = STAL
     if job.state == JobState.QUEUED or is_orphan(job, stale_after_s=stale_after_s):
         job.state = JobState.CANCELLED
         job.finished_at = utcnow()
-        follow_runs(session, job, JobState.CANCELLED, None)
+        follow_job(session, job, JobState.CANCELLED, None)
     session.flush()
     return job
 
@@ -189,47 +186,6 @@ def start_job(session: Session, job_id: int, *, stale_after_s: float = STALE_AFT
     return job
 
 
-def owner_gone(job: Job) -> bool:
-    """Whether ``job`` was claimed by a process on this host that no longer exists.
-
-    False when its owner is alive, unknown, or on another host (nothing here can tell).
-    """
-    owner = (job.params or {}).get("owner") or {}
-    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
-        return False
-    try:
-        os.kill(owner["pid"], 0)
-    except ProcessLookupError:
-        return True
-    except PermissionError:  # alive, another user's
-        return False
-    return False
-
-
-def is_orphan(
-    job: Job, *, stale_after_s: float = STALE_AFTER_S, now: datetime | None = None
-) -> bool:
-    """Whether ``job`` reads running but lost its process: its owner on this host is
-    gone, or, owned on another host, its heartbeat is older than ``stale_after_s``.
-
-    A running row with neither heartbeat nor owner (``vitdex index`` run in the
-    foreground, which writes neither) is never taken for an orphan: nothing can tell.
-    """
-    if job.state != JobState.RUNNING:
-        return False
-    owner = (job.params or {}).get("owner") or {}
-    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
-        # On this host the process itself says it: a live owner whose beats are late (a
-        # SQLite write lock held long, a machine swapping) is still at work.
-        return owner_gone(job)
-    beat = job.heartbeat_at
-    if beat is None:
-        return False
-    if beat.tzinfo is None:
-        beat = beat.replace(tzinfo=UTC)
-    return ((now or utcnow()) - beat).total_seconds() > stale_after_s
-
-
 def set_progress(
     session: Session,
     job_id: int,
@@ -261,7 +217,7 @@ def end_job(
     session.rollback()  # whatever the failed work left half-done must not commit here
     job = session.get_one(Job, job_id, populate_existing=True)
     job.state = state
-    job.error = error[:_ERROR_MAX] if error else None
+    job.error = error[:ERROR_MAX] if error else None
     job.finished_at = utcnow()
     if counts is not None:
         job.counts = dict(counts)
@@ -273,7 +229,7 @@ def requeue_for_retry(session: Session, job_id: int, error: str) -> None:
     session.rollback()
     job = session.get_one(Job, job_id, populate_existing=True)
     job.state = JobState.QUEUED
-    job.error = f"attempt failed, retrying: {error}"[:_ERROR_MAX]
+    job.error = f"attempt failed, retrying: {error}"[:ERROR_MAX]
     job.finished_at = None
     session.commit()
 
@@ -335,7 +291,6 @@ def run_job_guarded(
     did not finish: cancelled, failed, or queued again for a retry.
     """
     from vitdex.config import load_settings
-    from vitdex.db.recovery import Heartbeat
 
     settings = load_settings()
     sessions = catalog_sessions(settings.storage.resolved_database_url)
@@ -358,14 +313,11 @@ def run_job_guarded(
     try:
         work(sessions)
     except JobCancelled:
-        heartbeat.stop()
         end(JobState.CANCELLED, None)
     except VitdexError as exc:
-        heartbeat.stop()
         log.warning("%s job %d failed: %s", what, job_id, exc.message)
         end(JobState.FAILED, exc.message)
     except Exception as exc:
-        heartbeat.stop()
         retry = _rq_will_retry()
         end(
             JobState.QUEUED if retry else JobState.FAILED,

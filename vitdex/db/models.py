@@ -94,6 +94,10 @@ class JobState(enum.StrEnum):
     CANCELLED = "cancelled"
 
 
+#: Longest error text kept on a job or run row (a traceback's tail is noise to a user).
+ERROR_MAX = 4000
+
+
 class Base(DeclarativeBase):
     """Declarative base with stable constraint names (Alembic needs them)."""
 

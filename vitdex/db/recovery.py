@@ -1,33 +1,77 @@
 """Jobs whose process died: a heartbeat while a job runs, and what becomes of an orphan.
 
-SQL is the record of truth for jobs. A process that runs a job (``run_job_guarded``)
-writes ``jobs.heartbeat_at`` every few seconds; a ``running`` row whose heartbeat is
-older than the stale threshold, or whose owner process on this host is gone, lost its
-process (a SIGKILLed worker or ``vitdex train``) and is an *orphan*. An orphan goes back
-to ``queued`` (the work it committed is kept: indexing skips what is indexed, training
-resumes from its newest checkpoint), or to ``cancelled`` when its cancel was asked for.
+SQL is the record of truth for jobs. A process that runs a job records itself as the
+row's owner (host, pid) and writes ``jobs.heartbeat_at`` every few seconds. A
+``running`` row whose owner on this host is gone, or, owned on another host, whose
+heartbeat is older than the stale threshold, lost its process (a SIGKILLed worker or
+``vitdex train``) and is an *orphan*. An orphan goes back to ``queued`` (the work it
+committed is kept: indexing skips what is indexed, training resumes from its newest
+checkpoint), to ``cancelled`` when its cancel was asked for, or to ``failed`` when it
+was run in a terminal (no queue would run it again) or has been recovered too often.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import threading
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import STALE_AFTER_S
-from vitdex.db.jobs import is_orphan
-from vitdex.db.models import Job, JobState, TrainingRun, iso, utcnow
+from vitdex.db.models import ERROR_MAX, Job, JobState, iso, utcnow
+from vitdex.db.training import follow_job
 
 log = logging.getLogger(__name__)
 
 #: An orphan recovered this many times is failed instead: its work kills its process
 #: (out of memory, say), and running it again would only do so again.
 MAX_RECOVERIES = 3
-_ERROR_MAX = 4000
+
+
+def owner_gone(job: Job) -> bool:
+    """Whether ``job`` was claimed by a process on this host that no longer exists.
+
+    False when its owner is alive, unknown, or on another host (nothing here can tell).
+    """
+    owner = (job.params or {}).get("owner") or {}
+    if owner.get("host") != socket.gethostname() or not isinstance(owner.get("pid"), int):
+        return False
+    try:
+        os.kill(owner["pid"], 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
+def is_orphan(
+    job: Job, *, stale_after_s: float = STALE_AFTER_S, now: datetime | None = None
+) -> bool:
+    """Whether ``job`` reads running but lost its process: its owner on this host is
+    gone, or, owned on another host, its heartbeat is older than ``stale_after_s``.
+
+    A running row that names no owner and has no heartbeat (written by an older
+    version) is never taken for an orphan: nothing can tell.
+    """
+    if job.state != JobState.RUNNING:
+        return False
+    owner = (job.params or {}).get("owner") or {}
+    if owner.get("host") == socket.gethostname() and isinstance(owner.get("pid"), int):
+        # On this host the process itself says it: a live owner whose beats are late (a
+        # SQLite write lock held long, a machine swapping) is still at work.
+        return owner_gone(job)
+    beat = job.heartbeat_at
+    if beat is None:
+        return False
+    if beat.tzinfo is None:
+        beat = beat.replace(tzinfo=UTC)
+    return ((now or utcnow()) - beat).total_seconds() > stale_after_s
 
 
 class Heartbeat:
@@ -75,17 +119,6 @@ class Heartbeat:
                 self.beat()
             except Exception as exc:  # keep beating: the next write may well succeed
                 log.warning("job %d: heartbeat not written: %s", self.job_id, exc)
-
-
-def follow_runs(session: Session, job: Job, state: JobState, error: str | None) -> None:
-    """Give the training runs that follow ``job`` its new state (they read like their job
-    everywhere runs are listed)."""
-    if job.kind != "train":
-        return
-    for run in session.scalars(select(TrainingRun).where(TrainingRun.job_id == job.id)):
-        run.state = state
-        run.error = error[:_ERROR_MAX] if error else None
-        run.updated_at = utcnow()
 
 
 @dataclass
@@ -150,9 +183,9 @@ def recover_orphans(session: Session, *, stale_after_s: float = STALE_AFTER_S) -
             job.finished_at = None
             report.requeued.append((job.id, job.kind))
         job.state = state
-        job.error = error[:_ERROR_MAX]
+        job.error = error[:ERROR_MAX]
         # A run that follows the job reads queued, not failed: it resumes from its checkpoint.
-        follow_runs(session, job, state, error if state != JobState.QUEUED else None)
+        follow_job(session, job, state, error if state != JobState.QUEUED else None)
         log.warning("job %d (%s): %s", job.id, job.kind, error)
     session.flush()
     return report

@@ -8,11 +8,9 @@ from typing import Any
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from vitdex.db.models import Checkpoint, Job, JobState, TrainingRun, iso, utcnow
+from vitdex.db.models import ERROR_MAX, Checkpoint, Job, JobState, TrainingRun, iso, utcnow
 from vitdex.db.repo import get_row
 from vitdex.errors import NotFoundError
-
-_ERROR_MAX = 4000
 
 
 def create_run(
@@ -88,10 +86,22 @@ def set_run_state(
         run.job_id = job_id
     if version is not None:
         run.version = version
-    run.error = error[:_ERROR_MAX] if error else None
+    run.error = error[:ERROR_MAX] if error else None
     run.updated_at = utcnow()
     session.commit()
     return run
+
+
+def follow_job(session: Session, job: Job, state: JobState, error: str | None) -> None:
+    """Give the training runs that follow ``job`` its new state, so they read like their
+    job wherever runs are listed (a job cancelled or recovered outside its run). Flushes
+    nothing; the caller commits."""
+    if job.kind != "train":
+        return
+    for run in session.scalars(select(TrainingRun).where(TrainingRun.job_id == job.id)):
+        run.state = state
+        run.error = error[:ERROR_MAX] if error else None
+        run.updated_at = utcnow()
 
 
 def set_run_progress(session: Session, run_id: int, *, step: int, loss: float | None) -> None:

@@ -27,6 +27,7 @@ from vitdex.db import datasets as dataset_sql
 from vitdex.db import jobs as job_sql
 from vitdex.db import training as run_sql
 from vitdex.db.models import Job, JobState, TrainingRun, utcnow
+from vitdex.db.recovery import is_orphan
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError
 from vitdex.libraries import inside
 from vitdex.training.config import TrainConfig
@@ -154,7 +155,7 @@ def resume_run(
                 session.commit()
                 return run, job.id
             if job is not None and job.state in job_sql.ACTIVE_STATES:
-                gone = job_sql.is_orphan(job, stale_after_s=stale_after_s)
+                gone = is_orphan(job, stale_after_s=stale_after_s)
                 if not (force or gone):
                     raise ConflictError(
                         f"training run {run_id} is {job.state} as job {job.id}; cancel it "
@@ -179,9 +180,8 @@ def cancel_run(
         run = run_sql.get_run(session, run_id)
         if run.job_id is None:
             raise ConflictError(f"training run {run_id} has no job to cancel")
-        job = job_sql.request_cancel(session, run.job_id, stale_after_s=stale_after_s)
-        if job.state == JobState.CANCELLED and run.state in job_sql.ACTIVE_STATES:
-            run.state = JobState.CANCELLED  # nothing runs it: nothing else will update it
+        # A job cancelled at once (queued, or its process gone) takes its run along.
+        job_sql.request_cancel(session, run.job_id, stale_after_s=stale_after_s)
         session.commit()
         return run_sql.run_to_dict(session, run_sql.get_run(session, run_id))
 
