@@ -22,6 +22,7 @@ from vitdex.config import Settings
 from vitdex.db import repo
 from vitdex.errors import ConflictError
 from vitdex.indexer.models import normalize_model_id
+from vitdex.indexer.repair import repair_space
 from vitdex.search.factory import open_store
 from vitdex.search.lease import WriteLease
 from vitdex.search.store import compare
@@ -60,14 +61,19 @@ def diagnose(
     else:
         writers_active = lease.writers_active()
     try:
-        report = _diagnose(settings, sessions, repair=repair, writers_active=writers_active)
+        report = _diagnose(settings, sessions, lease, repair=repair, writers_active=writers_active)
     finally:
         lease.release()
     return report
 
 
 def _diagnose(
-    settings: Settings, sessions: sessionmaker[Session], *, repair: bool, writers_active: bool
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    lease: WriteLease,
+    *,
+    repair: bool,
+    writers_active: bool,
 ) -> dict[str, Any]:
     model_id = normalize_model_id(settings.model.model)
     spaces_out: list[dict[str, Any]] = []
@@ -104,12 +110,7 @@ def _diagnose(
                     if writers_active:
                         entry["advice"] = IN_FLIGHT
                     if repair:
-                        if len(strays):
-                            store.delete(strays)
-                        if len(missing):
-                            ids = [int(i) for i in missing]
-                            repo.remove_vector_rows(session, ids, space.id)
-                            repo.set_pending(session, ids)
+                        repair_space(session, space, store, strays, missing, lease)
                         session.commit()
                         store.flush()
                         entry["repaired"] = True

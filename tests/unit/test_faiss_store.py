@@ -23,7 +23,7 @@ from vitdex.search import (
     SearchHit,
     VectorNotFoundError,
     VectorStore,
-    reconcile,
+    compare,
     sanitize_space_name,
 )
 from vitdex.search.faiss_store import _HEADER
@@ -479,14 +479,15 @@ def test_missing_meta_with_data_is_refused(folder: Path) -> None:
         open_store(folder).count()
 
 
-def test_reconcile_removes_strays_and_reports_missing(folder: Path) -> None:
+def test_compare_finds_strays_and_missing_and_changes_nothing(folder: Path) -> None:
     with open_store(folder) as store:
         store.upsert(np.arange(1, 11), unit(10))
-        strays, missing = reconcile(store, np.arange(5, 16))
+        strays, missing = compare(store, np.arange(5, 16))
         np.testing.assert_array_equal(strays, [1, 2, 3, 4])
         np.testing.assert_array_equal(missing, [11, 12, 13, 14, 15])
-        np.testing.assert_array_equal(store.ids(), np.arange(5, 11))
-        strays, missing = reconcile(store, np.arange(5, 11))
+        np.testing.assert_array_equal(store.ids(), np.arange(1, 11))
+        store.delete(strays)
+        strays, missing = compare(store, np.arange(5, 11))
         assert strays.size == 0 and missing.size == 0
 
 

@@ -17,7 +17,7 @@ _EXPORTS = {
     "VectorNotFoundError": "vitdex.search.store",
     "VectorStore": "vitdex.search.store",
     "image_payload": "vitdex.search.store",
-    "reconcile": "vitdex.search.store",
+    "compare": "vitdex.search.store",
     "sanitize_space_name": "vitdex.search.store",
 }
 

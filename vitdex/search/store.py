@@ -25,7 +25,6 @@ __all__ = [
     "VectorStore",
     "compare",
     "image_payload",
-    "reconcile",
     "sanitize_space_name",
 ]
 
@@ -206,23 +205,6 @@ def compare(
     stored = np.unique(np.asarray(store.ids(), dtype=np.int64).ravel())
     strays = np.setdiff1d(stored, catalog, assume_unique=True)
     missing = np.setdiff1d(catalog, stored, assume_unique=True)
-    return strays, missing
-
-
-def reconcile(
-    store: VectorStore, catalog_ids: npt.ArrayLike
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Make ``store`` agree with the catalog's list of ids that should have a vector.
-
-    Returns ``(strays, missing)`` as :func:`compare` does, after deleting the strays from
-    the store (a crash between a store write and the SQL commit leaves these); ``missing``
-    are catalog ids without a vector, which the caller marks for re-embedding. Only for a
-    caller holding the writing lease exclusively (:mod:`vitdex.search.lease`): a live
-    writer's batch looks exactly like strays.
-    """
-    strays, missing = compare(store, catalog_ids)
-    if strays.size:
-        store.delete(strays)
     return strays, missing
 
 
