@@ -12,7 +12,10 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    from vitdex.indexer.pipeline import IndexReport
 
 
 def run_vitdex(
@@ -63,8 +66,9 @@ def wait_for_job(client: _Client, job_id: int, timeout: float = 120) -> dict[str
     raise AssertionError(f"job {job_id} did not finish: {job}")
 
 
-def index_folder(folder: Path) -> None:
-    """Index ``folder`` with the model and catalog the VITDEX_* environment names."""
+def index_folder(folder: Path) -> IndexReport:
+    """Index ``folder`` with the model and catalog the VITDEX_* environment names; what
+    the run did."""
     from vitdex.config import load_settings
     from vitdex.db import ensure_schema, make_engine, session_factory
     from vitdex.indexer.embedder import Embedder
@@ -75,7 +79,7 @@ def index_folder(folder: Path) -> None:
     try:
         ensure_schema(engine)
         embedder = Embedder.from_settings(settings.model)
-        Indexer(settings, session_factory(engine), embedder).run([folder])
+        return Indexer(settings, session_factory(engine), embedder).run([folder])
     finally:
         engine.dispose()
 

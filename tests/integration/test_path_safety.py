@@ -19,15 +19,14 @@ from litestar import Litestar
 from litestar.testing import TestClient
 
 import vitdex.paths
+from tests.helpers import index_folder
 from tests.photos import make_photo
 from vitdex.api import create_app
 from vitdex.config import load_settings
-from vitdex.db import datasets, ensure_schema, make_engine, repo, session_factory
+from vitdex.db import datasets, make_engine, repo, session_factory
 from vitdex.db.datasets import ItemRow
 from vitdex.errors import ImageError, PathRefusedError
-from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import decode_image
-from vitdex.indexer.pipeline import Indexer, IndexReport
 from vitdex.paths import open_confined, read_confined
 from vitdex.training.data import Augmentation, load_examples, load_pixels
 from vitdex.training.export import export_dataset
@@ -65,17 +64,6 @@ def _make(tmp_path: Path) -> Setup:
     return Setup(lib, outside, secret)
 
 
-def _index(folder: Path) -> IndexReport:
-    settings = load_settings()
-    engine = make_engine(settings.storage.resolved_database_url)
-    try:
-        ensure_schema(engine)
-        embedder = Embedder.from_settings(settings.model)
-        return Indexer(settings, session_factory(engine), embedder).run([folder])
-    finally:
-        engine.dispose()
-
-
 @pytest.fixture
 def setup(vitdex_env: dict[str, str], tmp_path: Path) -> Setup:
     return _make(tmp_path)
@@ -101,7 +89,7 @@ def _refused(client: Client, image_id: object) -> None:
 
 
 def test_links_out_are_not_indexed_and_not_served(setup: Setup, client: Client) -> None:
-    report = _index(setup.lib)
+    report = index_folder(setup.lib)
     lib = setup.lib
     failed = {f["path"]: f["error"] for f in report.failures}
     # Recorded as failed, with the reason: not silently left out, not indexed.
@@ -129,7 +117,7 @@ def test_links_out_are_not_indexed_and_not_served(setup: Setup, client: Client) 
 
 
 def test_a_photo_replaced_by_a_link_out_is_refused(setup: Setup, client: Client) -> None:
-    _index(setup.lib)
+    index_folder(setup.lib)
     images = _images(client)
     victims = [setup.lib / "p01.jpg", setup.lib / "p02.jpg"]
     ids = [images[str(p)]["id"] for p in victims]
@@ -146,7 +134,7 @@ def test_a_photo_replaced_by_a_link_out_is_refused(setup: Setup, client: Client)
         assert big.status_code == 403
 
     # A re-index reads neither target: both fail with the reason, no vectors kept.
-    report = _index(setup.lib)
+    report = index_folder(setup.lib)
     failed = {f["path"]: f["error"] for f in report.failures}
     assert all("leads outside" in failed[str(v)] for v in victims)
     after = _images(client)
@@ -167,7 +155,7 @@ def test_the_allowed_roots_widen_where_links_may_point(
     (lib / "shared.jpg").symlink_to(shared)
     (lib / "x.jpg").symlink_to(secret)
     monkeypatch.setenv("VITDEX_ALLOWED_ROOTS", str(allowed))
-    report = _index(lib)
+    report = index_folder(lib)
     assert [f["path"] for f in report.failures] == [str(lib / "x.jpg")]
     with TestClient(create_app(), raise_server_exceptions=False) as client:
         images = _images(client)
@@ -177,7 +165,7 @@ def test_the_allowed_roots_widen_where_links_may_point(
 
 
 def test_export_skips_a_photo_that_links_out(setup: Setup) -> None:
-    _index(setup.lib)
+    index_folder(setup.lib)
     settings = load_settings()
     engine = make_engine(settings.storage.resolved_database_url)
     sessions = session_factory(engine)

@@ -20,10 +20,11 @@ from litestar.connection import ASGIConnection
 from litestar.exceptions import ValidationException
 from litestar.handlers.base import BaseRouteHandler
 
+from vitdex.db.models import INT64_MAX
+
 #: How an integer is written in a path: no sign but ``-``, no leading zeros, no spaces.
 _CANONICAL_INT = re.compile(r"0|-?[1-9][0-9]*")
-INT64_MIN = -(2**63)
-INT64_MAX = 2**63 - 1
+INT64_MIN = -INT64_MAX - 1
 
 
 def canonical_path_ints(

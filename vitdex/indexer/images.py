@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from importlib import metadata
 from importlib.util import find_spec
 from pathlib import Path
-from typing import IO, Any
+from typing import IO, Any, BinaryIO
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError, features
@@ -44,6 +44,8 @@ __all__ = [
     "DecodedImage",
     "ExifInfo",
     "decode_image",
+    "open_photo",
+    "read_photo",
     "register_optional_formats",
     "to_rgb",
     "to_srgb",
@@ -413,6 +415,26 @@ def _decode_stream(
     return DecodedImage(image=result, width=width, height=height, format=fmt, exif=exif)
 
 
+def open_photo(path: str | os.PathLike[str], within: Sequence[Path] | None) -> BinaryIO:
+    """``path`` opened through :func:`vitdex.paths.open_confined`, every failure an
+    :class:`ImageError` with its reason (the photo is recorded failed, not the run)."""
+    try:
+        return open_confined(path, within)
+    except FileNotFoundError as exc:
+        raise ImageError("file not found") from exc
+    except OSError as exc:
+        raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+
+
+def read_photo(path: str | os.PathLike[str], within: Sequence[Path] | None) -> bytes:
+    """The bytes of a photo, read as :func:`open_photo` opens it (same errors)."""
+    with open_photo(path, within) as handle:
+        try:
+            return handle.read()
+        except OSError as exc:
+            raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
+
+
 def decode_image(
     source: Path | bytes,
     *,
@@ -446,13 +468,7 @@ def decode_image(
             if len(source) == 0:
                 raise ImageError("empty file")
             return _decode_stream(io.BytesIO(source), max_megapixels, min_size)
-        try:
-            handle = open_confined(source, within)
-        except FileNotFoundError as exc:
-            raise ImageError("file not found") from exc
-        except OSError as exc:
-            raise ImageError(f"cannot read file: {exc.strerror or exc}") from exc
-        with handle:
+        with open_photo(source, within) as handle:
             if os.fstat(handle.fileno()).st_size == 0:
                 raise ImageError("empty file")
             return _decode_stream(handle, max_megapixels, min_size)

@@ -35,11 +35,11 @@ from vitdex.db.models import ImageStatus, JobState, Space, utcnow
 from vitdex.db.recovery import recover_orphans
 from vitdex.errors import ConfigError, ImageError
 from vitdex.indexer.embedder import Embedder
-from vitdex.indexer.images import SUPPORTED_EXTENSIONS, DecodedImage, decode_image
+from vitdex.indexer.images import SUPPORTED_EXTENSIONS, DecodedImage, decode_image, read_photo
 from vitdex.indexer.models import normalize_model_id
 from vitdex.indexer.repair import reconcile_space
 from vitdex.indexer.scan import ScannedFile, scan
-from vitdex.paths import photo_roots, read_confined
+from vitdex.paths import photo_roots
 from vitdex.search.factory import drop_store, open_store
 from vitdex.search.lease import WriteLease
 from vitdex.search.store import VectorStore
@@ -395,12 +395,9 @@ class Indexer:
         t0 = time.perf_counter()
         try:
             # A link out of the library (or swapped in since the scan) is refused here.
-            data = read_confined(task.path, self._within[task.library_id])
+            data = read_photo(task.path, self._within[task.library_id])
         except ImageError as exc:
             out.error = exc.message
-            return out
-        except OSError as exc:
-            out.error = f"cannot read file: {exc.strerror or exc}"
             return out
         out.sha256 = hashlib.sha256(data).hexdigest()
         out.read_s = time.perf_counter() - t0

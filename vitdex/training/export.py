@@ -31,7 +31,8 @@ from vitdex.config import Settings
 from vitdex.db import datasets, repo
 from vitdex.db.checkpoints import images_hash
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, ImageError
-from vitdex.paths import inside, photo_roots, read_confined
+from vitdex.indexer.images import read_photo
+from vitdex.paths import inside, photo_roots
 from vitdex.training.crop import check_resolution, face_detector, prepare_image, write_caption
 
 __all__ = [
@@ -244,12 +245,8 @@ def _write(
     for done, (item_id, image_id, path, role_dir, within) in enumerate(jobs, start=1):
         caption = prompt if role_dir == INSTANCE_DIR else class_prompt
         try:
-            try:
-                data = read_confined(path, within)
-            except FileNotFoundError:
-                raise ImageError("file not found") from None
-            except OSError as exc:  # kept apart from the export's own write errors
-                raise ImageError(f"cannot read file: {exc.strerror or exc}") from None
+            # Read failures are the photo's (skipped), kept apart from the export's own.
+            data = read_photo(path, within)
             square, crop = prepare_image(
                 data,
                 resolution,
