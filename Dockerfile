@@ -16,7 +16,6 @@ ENV PYTHONUNBUFFERED=1 \
 WORKDIR /app
 COPY pyproject.toml README.md alembic.ini ./
 COPY vitdex ./vitdex
-COPY migrations ./migrations
 # Editable, so the Alembic scripts under /app/migrations travel with the package.
 RUN pip install -e '.[heif,postgres,qdrant,cluster,train]'
 

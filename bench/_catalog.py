@@ -23,8 +23,8 @@ from vitdex.config import Settings
 from vitdex.db.engine import ensure_schema, make_engine
 from vitdex.db.models import Image, ImageLabel, ImageStatus, ImageVector, Library, Space
 from vitdex.indexer.models import normalize_model_id
-from vitdex.search.factory import store_folder
-from vitdex.search.faiss_store import FaissStore
+from vitdex.vectors.factory import store_folder
+from vitdex.vectors.faiss.store import FaissStore
 
 SPACE = "cls"
 CHUNK = 20_000

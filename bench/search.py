@@ -39,8 +39,8 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
-from vitdex.search.faiss_index import parse_index_spec, search_parameters
-from vitdex.search.faiss_store import FaissStore
+from vitdex.vectors.faiss.ann import parse_index_spec, search_parameters
+from vitdex.vectors.faiss.store import FaissStore
 
 TARGET_RECALL = 0.95
 TARGET_SPEEDUP = 20.0

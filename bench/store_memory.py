@@ -58,8 +58,8 @@ def _serve(leg: str, folder: str, dim: int) -> dict[str, Any]:
     import faiss
 
     from bench.search import make_vectors
-    from vitdex.search.faiss_index import parse_index_spec, search_parameters
-    from vitdex.search.faiss_store import FaissStore
+    from vitdex.vectors.faiss.ann import parse_index_spec, search_parameters
+    from vitdex.vectors.faiss.store import FaissStore
 
     singles = make_vectors(200, dim, seed=2)
     batches = [make_vectors(100, dim, seed=3 + b) for b in range(10)]
@@ -127,7 +127,7 @@ def _run_leg(leg: str, folder: Path, dim: int) -> dict[str, Any]:
 def build(folder: Path, n: int, dim: int, spec: str) -> dict[str, float]:
     """Write ``n`` vectors, snapshot them and build ``spec``; seconds per step."""
     from bench.search import make_vectors
-    from vitdex.search.faiss_store import FaissStore
+    from vitdex.vectors.faiss.store import FaissStore
 
     started = time.perf_counter()
     data = make_vectors(n, dim, seed=1)

@@ -395,7 +395,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if unknown or not legs:
         raise SystemExit(f"unknown legs {sorted(unknown)}; choose from {', '.join(LEGS)}")
 
-    from vitdex.training.tiny import build_random_sd
+    from vitdex.testing.sd import build_random_sd
 
     work = Path(tempfile.mkdtemp(prefix="vitdex-bench-train-"))
     try:

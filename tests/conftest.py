@@ -25,7 +25,7 @@ def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
 @pytest.fixture(scope="session")
 def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ViT classification checkpoint (4 layers, 10 named labels) saved to disk."""
-    from tests.models import build_tiny_vit
+    from vitdex.testing.vit import build_tiny_vit
 
     return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit")
 
@@ -33,7 +33,7 @@ def tiny_vit(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def tiny_vit_headless(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ViT feature-extraction checkpoint (no classifier)."""
-    from tests.models import build_tiny_vit
+    from vitdex.testing.vit import build_tiny_vit
 
     return build_tiny_vit(tmp_path_factory.mktemp("models") / "tiny-vit-headless", classifier=False)
 
@@ -45,7 +45,7 @@ def tiny_sd_factory(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str],
     Versions: ``sd15``, ``sd21-base``, ``sd21`` (v-prediction), ``sdxl``. Callers must
     not modify the folder; copy it first.
     """
-    from vitdex.training.tiny import build_random_sd
+    from vitdex.testing.sd import build_random_sd
 
     built: dict[str, Path] = {}
 

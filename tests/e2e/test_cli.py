@@ -164,7 +164,7 @@ def _vectors(env: dict[str, str]) -> dict[str, np.ndarray]:
     """Each photo's `cls` vector as `vitdex similar --id` sees it, keyed by file name."""
     from vitdex.config import load_settings
     from vitdex.db import ensure_schema, make_engine, repo, session_factory
-    from vitdex.search.factory import open_store
+    from vitdex.vectors.factory import open_store
 
     settings = load_settings(
         home=env["VITDEX_HOME"], database_url=env["VITDEX_DATABASE_URL"], spaces="cls"

@@ -103,7 +103,7 @@ def test_cancelled_run_resumes_over_http(
     client: Client, allowed: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # Steps take milliseconds at this size: read the cancel flag at every step.
-    monkeypatch.setattr("vitdex.training.jobs.CANCEL_POLL_S", 0.0)
+    monkeypatch.setattr("vitdex.jobs.training.CANCEL_POLL_S", 0.0)
     started = client.post("/api/v1/training-runs", json=run_body(allowed, steps=40))
     run = started.json()
     # Cancel once training has begun (the first checkpoint marks it).

@@ -20,9 +20,9 @@ from vitdex.db import datasets, ensure_schema, make_engine, repo, session_factor
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer
-from vitdex.search.factory import open_store
 from vitdex.training.curate import CurateOptions, create_dataset, exclude_images, include_images
 from vitdex.training.export import export_dataset
+from vitdex.vectors.factory import open_store
 
 
 @dataclass

@@ -14,7 +14,7 @@ from tests.photos import make_photo
 from vitdex.cli import cli
 from vitdex.config import load_settings
 from vitdex.db import ensure_schema, make_engine, repo, session_factory
-from vitdex.search.factory import open_store
+from vitdex.vectors.factory import open_store
 
 
 def _doctor(*args: str) -> tuple[int, dict[str, Any]]:

@@ -32,8 +32,8 @@ from vitdex.db import Image, ImageStatus, JobState, repo
 from vitdex.db import jobs as job_sql
 from vitdex.db.models import Job
 from vitdex.errors import QueueUnavailableError
-from vitdex.queue import RqQueue, recover_jobs, recover_orphans
-from vitdex.search.factory import open_store
+from vitdex.jobs.queue import RqQueue, recover_jobs, recover_orphans
+from vitdex.vectors.factory import open_store
 
 Client = TestClient[Litestar]
 #: Short on purpose: a dead job must be told from a live one within a few seconds here.
@@ -90,7 +90,7 @@ def _indexed() -> int:
 def _start_worker(*, burst: bool = True) -> subprocess.Popen[bytes]:
     # Its own process group: SIGKILL reaches the worker and its scheduler child alike.
     return subprocess.Popen(
-        [sys.executable, "-m", "vitdex.worker", *(["--burst"] if burst else [])],
+        [sys.executable, "-m", "vitdex.jobs.worker", *(["--burst"] if burst else [])],
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -22,9 +22,9 @@ from vitdex.config import load_settings
 from vitdex.db import Image, ImageStatus, JobState, repo
 from vitdex.db import jobs as job_sql
 from vitdex.db.recovery import owner_gone
-from vitdex.queue import RqQueue, ThreadQueue, make_queue, rq_job_id
+from vitdex.jobs.queue import RqQueue, ThreadQueue, make_queue, rq_job_id
 from vitdex.search.cluster import get_cluster_run
-from vitdex.search.factory import open_store
+from vitdex.vectors.factory import open_store
 
 REDIS_URL = os.environ.get("VITDEX_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
 
@@ -93,10 +93,10 @@ def test_index_job_runs_to_success(thread_queue: ThreadQueue, tmp_path: Path) ->
 def test_cancel_mid_job_leaves_a_consistent_catalog(
     thread_queue: ThreadQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import vitdex.indexer.jobs
+    import vitdex.jobs.index
 
     monkeypatch.setenv("VITDEX_BATCH_SIZE", "1")
-    monkeypatch.setattr(vitdex.indexer.jobs, "CANCEL_POLL_S", 0.0)  # check every batch
+    monkeypatch.setattr(vitdex.jobs.index, "CANCEL_POLL_S", 0.0)  # check every batch
     lib = tmp_path / "lib"
     n = 40
     _photos(lib, n, size=(40, 30))
@@ -192,7 +192,7 @@ def test_rq_worker_runs_index_and_cluster_jobs(
         assert queue.depth() == 2
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "vitdex.worker", "--burst"],
+            [sys.executable, "-m", "vitdex.jobs.worker", "--burst"],
             capture_output=True,
             text=True,
             timeout=180,
@@ -271,7 +271,7 @@ def test_two_catalogs_sharing_redis_keep_their_jobs_apart(
 
         # Should B's job reach A's worker all the same, it is refused, not run as A's row.
         stray = queue_a.queue.enqueue_call(
-            "vitdex.queue.run_queued_job",
+            "vitdex.jobs.queue.run_queued_job",
             args=(b_id, "index", queue_b.catalog),
             job_id=f"{rq_job_id(queue_b.catalog, b_id)}-stray",
         )

@@ -22,7 +22,7 @@ from vitdex.db import session_factory as make_sessions
 from vitdex.errors import SpaceMismatchError
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer, IndexReport
-from vitdex.search.factory import open_store
+from vitdex.vectors.factory import open_store
 
 
 def _catalog(settings: Settings) -> sessionmaker[Session]:

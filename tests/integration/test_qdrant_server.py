@@ -38,8 +38,8 @@ from tests.unit.test_store_contract import (
     dataset,
     faiss_backend,
 )
-from vitdex.search.qdrant_store import QdrantStore
-from vitdex.search.store import VectorStore
+from vitdex.vectors.qdrant.store import QdrantStore
+from vitdex.vectors.store import VectorStore
 
 QDRANT_URL = os.environ.get("VITDEX_TEST_QDRANT_URL", "")
 QDRANT_API_KEY = os.environ.get("VITDEX_TEST_QDRANT_API_KEY") or None

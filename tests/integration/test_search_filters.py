@@ -14,9 +14,9 @@ from vitdex.config import load_settings
 from vitdex.db import Image, ensure_schema, make_engine, repo, session_factory
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer
-from vitdex.search.factory import open_store
 from vitdex.search.service import SearchService
-from vitdex.search.store import SearchFilter
+from vitdex.vectors.factory import open_store
+from vitdex.vectors.store import SearchFilter
 
 CAMERAS = [("Canon", "EOS R5"), ("Apple", "iPhone 15"), ("Sony", "A7 IV")]
 

@@ -32,10 +32,10 @@ from vitdex.db.models import Space
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer
 from vitdex.indexer.repair import reconcile_space
-from vitdex.search.factory import open_store
-from vitdex.search.lease import WriteLease
 from vitdex.search.service import SearchService
-from vitdex.search.store import VectorStore
+from vitdex.vectors.factory import open_store
+from vitdex.vectors.lease import WriteLease
+from vitdex.vectors.store import VectorStore
 
 ROOT = Path(__file__).resolve().parents[2]
 STRAY = 424242

@@ -25,7 +25,7 @@ from tests.photos import make_photo
 from vitdex.config import load_settings
 from vitdex.db import JobState
 from vitdex.db import jobs as job_sql
-from vitdex.queue import RqQueue, make_queue, rq_queue_name
+from vitdex.jobs.queue import RqQueue, make_queue, rq_queue_name
 
 
 def _wait(check: Callable[[], bool], timeout: float, what: str) -> None:
@@ -54,7 +54,7 @@ def private_redis(
 def _start_worker(tmp_path: Path) -> subprocess.Popen[str]:
     log = (tmp_path / "worker.log").open("w")
     return subprocess.Popen(
-        [sys.executable, "-m", "vitdex.worker"],
+        [sys.executable, "-m", "vitdex.jobs.worker"],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,

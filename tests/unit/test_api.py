@@ -22,7 +22,7 @@ from vitdex.db import ensure_schema, make_engine, session_factory
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer
 from vitdex.search.service import SearchService
-from vitdex.search.store import SearchFilter
+from vitdex.vectors.store import SearchFilter
 
 CAMERAS = [("Canon", "EOS R5"), ("Apple", "iPhone 15"), ("Sony", "A7 IV")]
 

@@ -20,8 +20,8 @@ from vitdex.search.cluster import (
     get_cluster_run,
     list_cluster_runs,
 )
-from vitdex.search.factory import open_store
-from vitdex.search.store import SearchFilter
+from vitdex.vectors.factory import open_store
+from vitdex.vectors.store import SearchFilter
 
 DIM = 16
 GROUPS = ("a", "b", "c")

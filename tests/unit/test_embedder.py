@@ -14,11 +14,9 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.models import TINY_LABELS, TINY_LAYERS, build_tiny_vit
 from tests.photos import render
 from vitdex.config import ModelSettings
 from vitdex.errors import ConfigError, ModelLoadError, NoClassifierError
-from vitdex.indexer import embedder as embedder_module
 from vitdex.indexer import models as models_module
 from vitdex.indexer.embedder import (
     Embedder,
@@ -28,6 +26,7 @@ from vitdex.indexer.embedder import (
     default_device,
     default_precision,
 )
+from vitdex.testing.vit import TINY_LABELS, TINY_LAYERS, build_tiny_vit
 
 ALL_SPECS = ["cls", "mean", "cls@0", "cls@2", "cls@4", "cls@-1", "cls@-5", "mean@2", "mean@-2"]
 
@@ -558,7 +557,9 @@ def test_default_device_and_precision() -> None:
     if not torch.cuda.is_available():
         assert device.type in {"cpu", "mps"}
     cpu = default_precision("cpu")
-    flags = embedder_module._cpu_flags()
+    from vitdex.devices import cpu_flags
+
+    flags = cpu_flags()
     assert cpu == ("bf16" if flags & {"avx512_bf16", "amx_bf16"} else "fp32")
     assert default_precision(torch.device("cpu")) == cpu
 

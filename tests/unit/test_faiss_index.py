@@ -11,9 +11,9 @@ import numpy.typing as npt
 import pytest
 
 from vitdex.errors import ConfigError
-from vitdex.search import faiss_index
-from vitdex.search.faiss_index import IndexSpec, IndexSpecError, parse_index_spec
-from vitdex.search.faiss_store import FaissStore
+from vitdex.vectors.faiss import ann as faiss_index
+from vitdex.vectors.faiss.ann import IndexSpec, IndexSpecError, parse_index_spec
+from vitdex.vectors.faiss.store import FaissStore
 
 DIM = 64
 N = 5000
@@ -211,7 +211,7 @@ def test_reopen_uses_the_saved_index_and_the_changed_ids(
         want = store.search(QUERIES, 10)
     # No rebuild on reopen: building would raise.
     monkeypatch.setattr(faiss_index, "build_index", _no_build)
-    monkeypatch.setattr("vitdex.search.faiss_store.build_index", _no_build)
+    monkeypatch.setattr("vitdex.vectors.faiss.store.build_index", _no_build)
     with open_store(folder) as again:
         info = again.describe()
         assert not info["exact"] and info["index_build"] == 1

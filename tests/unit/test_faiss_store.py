@@ -18,7 +18,7 @@ import numpy.typing as npt
 import pytest
 
 from vitdex.errors import NotFoundError, SpaceMismatchError, StoreError
-from vitdex.search import (
+from vitdex.vectors import (
     FaissStore,
     SearchHit,
     VectorNotFoundError,
@@ -26,7 +26,7 @@ from vitdex.search import (
     compare,
     sanitize_space_name,
 )
-from vitdex.search.faiss_store import _HEADER
+from vitdex.vectors.faiss.store import _HEADER
 
 DIM = 32
 BIG = 10**12  # SQL ids are arbitrary int64, nowhere near positions
@@ -534,7 +534,7 @@ WRITER = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from vitdex.search import FaissStore
+    from vitdex.vectors import FaissStore
 
     folder, base = sys.argv[1], int(sys.argv[2])
     store = FaissStore(folder, "cls@8", 8, durable=False)
@@ -583,7 +583,7 @@ CHILD = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from vitdex.search import FaissStore
+    from vitdex.vectors import FaissStore
 
     folder, start = sys.argv[1], int(sys.argv[2])
     store = FaissStore(folder, "cls@8", 64, wal_limit_bytes=48_000)
@@ -805,7 +805,7 @@ NO_ABORT = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from vitdex.search import FaissStore
+    from vitdex.vectors import FaissStore
 
     folder = sys.argv[1]
     rng = np.random.default_rng(0)
@@ -948,7 +948,7 @@ RSS = textwrap.dedent(
     """
     import sys
     import numpy as np
-    from vitdex.search import FaissStore
+    from vitdex.vectors import FaissStore
 
     def rss():
         fields = {}
@@ -1001,7 +1001,7 @@ def test_without_mmap_support_the_base_is_read_into_memory(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """FAISS before 1.11 has no IO_FLAG_MMAP_IFC: the same store, the base in memory."""
-    monkeypatch.setattr("vitdex.search.faiss_store._MMAP_FLAG", 0)
+    monkeypatch.setattr("vitdex.vectors.faiss.store._MMAP_FLAG", 0)
     ids = np.arange(BIG, BIG + 100, dtype=np.int64)
     with open_store(folder) as store:
         store.upsert(ids, unit(100, seed=60))

@@ -29,10 +29,10 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from qdrant_client.qdrant_remote import QdrantRemote
 
 from vitdex.errors import SpaceMismatchError, StoreError
-from vitdex.search.faiss_store import FaissStore
-from vitdex.search.migrate import migrate_store
-from vitdex.search.qdrant_store import QdrantStore, search_filter_to_qdrant
-from vitdex.search.store import (
+from vitdex.vectors.faiss.store import FaissStore
+from vitdex.vectors.migrate import migrate_store
+from vitdex.vectors.qdrant.store import QdrantStore, search_filter_to_qdrant
+from vitdex.vectors.store import (
     SearchFilter,
     SearchHit,
     VectorNotFoundError,
@@ -766,7 +766,7 @@ def test_qdrant_cluster_settings_reach_the_store(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from vitdex.config import load_settings
-    from vitdex.search.factory import open_store
+    from vitdex.vectors.factory import open_store
 
     for name, value in {
         "VITDEX_HOME": str(tmp_path),

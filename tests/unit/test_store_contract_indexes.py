@@ -27,8 +27,8 @@ from tests.unit.test_store_contract import (
     check_search,
     ram_folder,
 )
-from vitdex.search.faiss_store import FaissStore
-from vitdex.search.store import VectorStore
+from vitdex.vectors.faiss.store import FaissStore
+from vitdex.vectors.store import VectorStore
 
 SPECS = [
     "flat",

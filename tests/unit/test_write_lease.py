@@ -14,13 +14,13 @@ from pathlib import Path
 import pytest
 
 from vitdex.errors import StoreError
-from vitdex.search.lease import WriteLease
+from vitdex.vectors.lease import WriteLease
 
 HOLD_SHARED = """
 import sys, time
 from pathlib import Path
 from vitdex.errors import StoreError
-from vitdex.search.lease import WriteLease
+from vitdex.vectors.lease import WriteLease
 lease = WriteLease(Path(sys.argv[1]))
 lease.share()
 print("held", flush=True)

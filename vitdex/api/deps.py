@@ -21,7 +21,7 @@ from vitdex.config import Settings
 from vitdex.errors import VitdexError
 
 if TYPE_CHECKING:
-    from vitdex.queue import JobQueue
+    from vitdex.jobs.queue import JobQueue
     from vitdex.search.service import SearchService
 
 
@@ -113,7 +113,7 @@ class Services:
     def recover_jobs(self) -> None:
         """With Redis: the recovery sweep (orphans requeued, queued rows rq lost
         submitted again); the worker runs it too, this covers a start with none."""
-        from vitdex.queue import recover_jobs
+        from vitdex.jobs.queue import recover_jobs
 
         recover_jobs(self.sessions, self.queue, stale_after_s=self.settings.jobs.job_stale_after_s)
 
@@ -121,7 +121,7 @@ class Services:
         """Requeue (or cancel) jobs whose process died, before jobs are listed or
         cancelled: a dead job never reads running for long. One query; an unreachable
         queue only leaves the recovered rows queued for the next sweep."""
-        from vitdex.queue import recover_orphans
+        from vitdex.jobs.queue import recover_orphans
 
         recover_orphans(
             self.sessions, self.queue, stale_after_s=self.settings.jobs.job_stale_after_s
@@ -132,7 +132,7 @@ class Services:
         """The job queue: rq on Redis when VITDEX_REDIS_URL is set, else a thread here."""
         with self._lock:
             if self._queue is None:
-                from vitdex.queue import make_queue
+                from vitdex.jobs.queue import make_queue
 
                 self._queue = make_queue(self.settings)
             return self._queue

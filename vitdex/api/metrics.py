@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.registry import Collector
 
-from vitdex.queue import rq_queue_name
+from vitdex.jobs.queue import rq_queue_name
 
 if TYPE_CHECKING:
     from vitdex.api.deps import Services

@@ -10,7 +10,7 @@ from sqlalchemy.orm import Session
 
 from vitdex.db import repo
 from vitdex.db.models import Image, ImageLabel, ImageStatus
-from vitdex.search.store import SearchFilter
+from vitdex.filters import SearchFilter
 
 
 @dataclass

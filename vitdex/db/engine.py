@@ -12,8 +12,8 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.errors import CatalogStorageError, ConfigError
 
-#: Alembic scripts live beside the package in the source tree (not importable code).
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "migrations"
+#: Alembic scripts ship inside the package (``vitdex/migrations``), so a wheel carries them.
+MIGRATIONS_DIR = Path(__file__).resolve().parent.parent / "migrations"
 
 _migrated: set[str] = set()
 _migrate_lock = threading.Lock()

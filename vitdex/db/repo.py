@@ -30,7 +30,7 @@ from vitdex.db.models import (
     utcnow,
 )
 from vitdex.errors import NotFoundError, SpaceMismatchError
-from vitdex.search.store import SearchFilter, image_payload
+from vitdex.filters import SearchFilter, image_payload
 
 _Row = TypeVar("_Row", bound=Base)
 

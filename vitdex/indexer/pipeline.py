@@ -9,7 +9,7 @@ as ``pending`` rows before any work on them, so a re-run picks up exactly where 
 one stopped.
 
 A live writer's batch looks exactly like such damage, so a run holds the writing lease
-(:mod:`vitdex.search.lease`) shared from its start-up check to its end, and repairs at
+(:mod:`vitdex.vectors.lease`) shared from its start-up check to its end, and repairs at
 start only when it gets the lease exclusively, i.e. when no other writer runs.
 """
 
@@ -40,9 +40,9 @@ from vitdex.indexer.models import normalize_model_id
 from vitdex.indexer.repair import reconcile_space
 from vitdex.indexer.scan import ScannedFile, scan
 from vitdex.paths import photo_roots
-from vitdex.search.factory import drop_store, open_store
-from vitdex.search.lease import WriteLease
-from vitdex.search.store import VectorStore
+from vitdex.vectors.factory import drop_store, open_store
+from vitdex.vectors.lease import WriteLease
+from vitdex.vectors.store import VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -593,7 +593,7 @@ class Indexer:
         moved_ids = np.asarray([source for _, source in batch.moved], dtype=np.int64)
         for space in spaces:
             store = self._store(space)
-            wants_payloads = getattr(store, "uses_payloads", False)
+            wants_payloads = store.uses_payloads
             if len(id_array):
                 store.upsert(
                     id_array,

@@ -4,7 +4,7 @@ The catalog is the source of truth: a vector without an image row is a stray, an
 row whose vector is gone is sent back to ``pending``. Comparing is always safe; repairing
 is only safe with no writer running (a writer's batch is in the store before its SQL
 commit), so :func:`repair_space` insists on the writing lease held exclusively
-(:mod:`vitdex.search.lease`).
+(:mod:`vitdex.vectors.lease`).
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from sqlalchemy.orm import Session
 
 from vitdex.db import repo
 from vitdex.db.models import Space
-from vitdex.search.lease import WriteLease
-from vitdex.search.store import VectorStore, compare
+from vitdex.vectors.lease import WriteLease
+from vitdex.vectors.store import VectorStore, compare
 
 __all__ = ["compare_space", "reconcile_space", "repair_space"]
 
@@ -44,7 +44,7 @@ def repair_space(
     missing: npt.NDArray[np.int64],
     lease: WriteLease,
 ) -> None:
-    """Repair what :func:`vitdex.search.store.compare` found for one space: the strays go
+    """Repair what :func:`vitdex.vectors.store.compare` found for one space: the strays go
     from the store, images whose vectors are missing go back to ``pending`` (the next
     run re-embeds them). Flushes; the caller commits. ``lease`` must be held exclusively:
     with a writer running, its batch in flight would be deleted as strays.

@@ -1,7 +1,7 @@
-"""Vector stores (one per space) and the search built on them.
+"""Searching the vector stores: the search service (bytes or ids in, one hit type out),
+batching of concurrent queries, and clustering.
 
-Names are imported on first use, so importing the contract (``vitdex.search.store``)
-does not load FAISS or Qdrant.
+Names are imported on first use, so importing the package loads neither torch nor FAISS.
 """
 
 from __future__ import annotations
@@ -10,15 +10,7 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
-    "FaissStore": "vitdex.search.faiss_store",
-    "QdrantStore": "vitdex.search.qdrant_store",
-    "SearchFilter": "vitdex.search.store",
-    "SearchHit": "vitdex.search.store",
-    "VectorNotFoundError": "vitdex.search.store",
-    "VectorStore": "vitdex.search.store",
-    "image_payload": "vitdex.search.store",
-    "compare": "vitdex.search.store",
-    "sanitize_space_name": "vitdex.search.store",
+    "SearchService": "vitdex.search.service",
 }
 
 __all__ = sorted(_EXPORTS)

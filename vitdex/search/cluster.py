@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitdex.db import repo
 from vitdex.db.models import Cluster, ClusterMember, ClusterRun, Space, iso
 from vitdex.errors import ConfigError, NotFoundError
-from vitdex.search.store import SearchFilter
+from vitdex.vectors.store import SearchFilter
 
 if TYPE_CHECKING:
     from vitdex.config import Settings
@@ -115,7 +115,7 @@ def _hdbscan(x: Floats, min_cluster_size: int) -> Ints:
 def _load_vectors(
     settings: Settings, session: Session, space: Space, flt: SearchFilter | None
 ) -> tuple[Ints, Floats]:
-    from vitdex.search.factory import open_store
+    from vitdex.vectors.factory import open_store
 
     if flt is not None and not flt.is_empty():
         wanted = repo.filter_image_ids(session, flt, space.id)

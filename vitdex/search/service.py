@@ -23,8 +23,8 @@ from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import decode_image
 from vitdex.indexer.repair import compare_space
 from vitdex.search.batching import MicroBatcher, OneResult
-from vitdex.search.factory import open_store
-from vitdex.search.store import SearchFilter, SearchHit, VectorStore
+from vitdex.vectors.factory import open_store
+from vitdex.vectors.store import SearchFilter, SearchHit, VectorStore
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ def search_filtered(
     filter selects in SQL."""
     if filter is None or filter.is_empty():
         return store.search(queries, k)
-    if getattr(store, "uses_payloads", False):
+    if store.uses_payloads:
         payload_store: Any = store
         hits: list[list[SearchHit]] = payload_store.search(queries, k, filter=filter)
         return hits

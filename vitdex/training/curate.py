@@ -46,7 +46,7 @@ from vitdex.db import datasets, repo
 from vitdex.db.datasets import ItemReason, ItemRow
 from vitdex.db.models import ImageStatus, Space
 from vitdex.errors import ConfigError, ImageError, NotFoundError
-from vitdex.search.store import SearchFilter, VectorStore
+from vitdex.vectors.store import SearchFilter, VectorStore
 
 if TYPE_CHECKING:
     from vitdex.search.service import SearchService
@@ -423,8 +423,8 @@ def create_dataset(
     service's model unless the catalog holds the same content). ``search`` lends a loaded
     model (the API's); one is made on demand otherwise.
     """
-    from vitdex.search.factory import open_store
     from vitdex.search.service import resolve_space
+    from vitdex.vectors.factory import open_store
 
     options = options or CurateOptions()
     prompt = prompt.strip()

@@ -10,7 +10,7 @@ A run is a ``training_runs`` row plus a folder ``VITDEX_HOME/training/run-<id>``
 
 Each start or resumption is a ``train`` job row (params ``{"run_id"}``), so progress,
 cancel and the queue work as for every other job. Nothing here imports torch: the API
-creates runs and the job function (:func:`vitdex.training.jobs.run_train_job`) trains.
+creates runs and the job function (:func:`vitdex.jobs.training.run_train_job`) trains.
 """
 
 from __future__ import annotations
@@ -29,7 +29,7 @@ from vitdex.db import training as run_sql
 from vitdex.db.models import Job, JobState, TrainingRun, utcnow
 from vitdex.db.recovery import is_orphan
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError
-from vitdex.libraries import inside
+from vitdex.indexer.libraries import inside
 from vitdex.training.config import TrainConfig
 
 #: Config fields the run fills in itself: callers may not set them.

@@ -33,9 +33,9 @@ from vitdex.config import Settings
 from vitdex.db import browse, repo
 from vitdex.db.models import INT64_MAX, Image, ImageStatus
 from vitdex.errors import ForbiddenError, NotFoundError
+from vitdex.indexer.thumbnails import MAX_SIZE, MIN_SIZE, ensure_thumbnail
 from vitdex.paths import open_confined, photo_roots
-from vitdex.search.store import SearchFilter
-from vitdex.thumbnails import MAX_SIZE, MIN_SIZE, ensure_thumbnail
+from vitdex.vectors.store import SearchFilter
 
 ImageId = Annotated[int, Parameter(ge=1, le=INT64_MAX, description="Catalog image id")]
 Status = Annotated[

@@ -111,7 +111,7 @@ class LibrariesController(Controller):
 
         503 when the job queue (Redis) is down: the job stays queued and is submitted
         when Redis is back (by the recovery sweep, or by this same request repeated)."""
-        from vitdex.libraries import add_library
+        from vitdex.indexer.libraries import add_library
 
         library, job = add_library(settings, sessions, services.queue, data.path)
         return {"library": library, "job": job}
@@ -119,7 +119,7 @@ class LibrariesController(Controller):
     @get("/", sync_to_thread=True)
     def list_all(self, sessions: NamedDependency[sessionmaker[Session]]) -> dict[str, Any]:
         """Every library with its image counts."""
-        from vitdex.libraries import list_libraries
+        from vitdex.indexer.libraries import list_libraries
 
         return {"libraries": list_libraries(sessions)}
 
@@ -128,7 +128,7 @@ class LibrariesController(Controller):
         self, sessions: NamedDependency[sessionmaker[Session]], library_id: Id
     ) -> dict[str, Any]:
         """One library with its image counts."""
-        from vitdex.libraries import get_library
+        from vitdex.indexer.libraries import get_library
 
         return get_library(sessions, library_id)
 
@@ -148,7 +148,7 @@ class LibrariesController(Controller):
     ) -> dict[str, Any]:
         """Enqueue a rescan (returns the running one if a scan is already queued or running;
         one whose process died is recovered and queued again instead)."""
-        from vitdex.libraries import scan_library
+        from vitdex.indexer.libraries import scan_library
 
         reembed = data.reembed if data else False
         job = scan_library(
@@ -168,7 +168,7 @@ class LibrariesController(Controller):
         library_id: Id,
     ) -> dict[str, Any]:
         """Forget a library: rows and vectors are removed, the photos are not touched."""
-        from vitdex.libraries import delete_library
+        from vitdex.indexer.libraries import delete_library
 
         return delete_library(settings, sessions, library_id)
 

@@ -30,7 +30,7 @@ from vitdex.api.errors import (
 from vitdex.api.schemas import ClassifyOut, HitOut, LabelScore, SimilarOut
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
-from vitdex.search.store import SearchFilter
+from vitdex.vectors.store import SearchFilter
 
 #: Largest k + offset one query may ask for.
 MAX_DEPTH = 10_000

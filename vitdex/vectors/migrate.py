@@ -10,7 +10,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vitdex.errors import SpaceMismatchError
-from vitdex.search.store import VectorNotFoundError, VectorStore
+from vitdex.vectors.store import VectorNotFoundError, VectorStore
 
 __all__ = ["migrate_store"]
 

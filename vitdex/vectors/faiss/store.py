@@ -85,7 +85,7 @@ import numpy as np
 import numpy.typing as npt
 
 from vitdex.errors import SpaceMismatchError, StoreError
-from vitdex.search.faiss_index import (
+from vitdex.vectors.faiss.ann import (
     IndexSpec,
     build_index,
     code_bytes_per_vector,
@@ -95,7 +95,7 @@ from vitdex.search.faiss_index import (
     training_shortfall,
     with_nlist,
 )
-from vitdex.search.store import SearchHit, VectorNotFoundError, check_vectors
+from vitdex.vectors.store import SearchHit, VectorNotFoundError, check_vectors
 
 __all__ = ["FaissStore"]
 
@@ -172,6 +172,9 @@ class FaissStore:
     default, every core). When the cores are busy with other work, such as ViT inference
     or other processes, one thread is several times faster than spinning OpenMP teams.
     """
+
+    #: Filters arrive as ``allowed_ids`` resolved in SQL; no payloads are kept.
+    uses_payloads = False
 
     def __init__(
         self,

@@ -9,7 +9,7 @@ import click
 from rich.table import Table
 
 # vitdex.cli imports this module at its end (command registration), so these names exist.
-from vitdex.cli import Context, _handle_errors, _open_catalog, _print_json, out_console
+from vitdex.cli.main import Context, _handle_errors, _open_catalog, _print_json, out_console
 from vitdex.db.models import INT64_MAX
 
 _ROLES = click.Choice(["instance", "class"])
@@ -321,7 +321,7 @@ def export(
     as_json: bool,
 ) -> None:
     """Write DATASET as square crops with caption files and a kohya dataset.toml."""
-    from vitdex.cli import _progress, _updater, err_console
+    from vitdex.cli.main import _progress, _updater, err_console
     from vitdex.training.export import export_dataset
 
     settings = obj.settings()

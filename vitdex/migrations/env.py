@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from alembic import context
+from sqlalchemy.engine import Engine
 
 from vitdex.db.models import Base
 
@@ -10,9 +11,11 @@ config = context.config
 target_metadata = Base.metadata
 
 
-def _engine():  # type: ignore[no-untyped-def]
-    engine = config.attributes.get("engine")
+def _engine() -> Engine:
+    engine: Engine | None = config.attributes.get("engine")
     if engine is None:
+        # Run by the ``alembic`` command itself, an edge of its own: settings come from
+        # the environment here only.
         from vitdex.config import load_settings
         from vitdex.db.engine import make_engine
 

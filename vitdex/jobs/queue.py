@@ -27,10 +27,10 @@ log = logging.getLogger(__name__)
 
 #: Job kind → the function that runs a job row of that kind.
 JOB_FUNCTIONS: dict[str, str] = {
-    "index": "vitdex.indexer.jobs.run_index_job",
+    "index": "vitdex.jobs.index.run_index_job",
     "cluster": "vitdex.search.cluster.run_cluster_job",
-    "train": "vitdex.training.jobs.run_train_job",
-    "export": "vitdex.training.jobs.run_export_job",
+    "train": "vitdex.jobs.training.run_train_job",
+    "export": "vitdex.jobs.training.run_export_job",
 }
 
 #: rq retries for transient failures (a database or Redis blip), spaced out.

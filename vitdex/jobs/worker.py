@@ -166,7 +166,7 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
 
     Returns whether any job was run. ``preload`` loads the embedder first, so the first
     job does not pay for it and a broken model setting fails here, loudly. The recovery
-    sweep (:func:`vitdex.queue.recover_jobs`: jobs whose process died are queued again,
+    sweep (:func:`vitdex.jobs.queue.recover_jobs`: jobs whose process died are queued again,
     queued rows that Redis lost are submitted again) runs each time the work loop starts
     and every half ``VITDEX_JOB_STALE_AFTER_S`` while it runs, from the scheduler thread,
     since the main thread is busy with the job.
@@ -175,13 +175,13 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
     from rq import Queue
 
     from vitdex.db.jobs import catalog_sessions
-    from vitdex.queue import RqQueue, recover_jobs, rq_queue_name
+    from vitdex.jobs.queue import RqQueue, recover_jobs, rq_queue_name
 
     url = settings.api.redis_url
     if not url:
         raise ConfigError("the worker needs VITDEX_REDIS_URL (redis://host:6379/0)")
     if preload:
-        from vitdex.indexer.jobs import cached_embedder
+        from vitdex.jobs.index import cached_embedder
 
         cached_embedder(settings.model).load()
     name = rq_queue_name(settings)

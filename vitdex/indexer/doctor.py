@@ -6,7 +6,7 @@ repair); an image whose vector is gone goes back to ``pending`` on repair, so th
 reported, never silently mixed: ``vitdex index --reembed`` rebuilds it.
 
 Without ``--repair`` the doctor only reads. A repair takes the writing lease exclusively
-(:mod:`vitdex.search.lease`): a running writer's batch is in the store before its SQL
+(:mod:`vitdex.vectors.lease`): a running writer's batch is in the store before its SQL
 commit and would look like strays, so with a writer running the repair waits a little,
 then refuses.
 """
@@ -23,9 +23,9 @@ from vitdex.db import repo
 from vitdex.errors import ConflictError
 from vitdex.indexer.models import normalize_model_id
 from vitdex.indexer.repair import repair_space
-from vitdex.search.factory import open_store
-from vitdex.search.lease import WriteLease
-from vitdex.search.store import compare
+from vitdex.vectors.factory import open_store
+from vitdex.vectors.lease import WriteLease
+from vitdex.vectors.store import compare
 
 #: What the report says of a disagreement seen while a writer runs.
 IN_FLIGHT = (

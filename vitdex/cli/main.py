@@ -299,7 +299,7 @@ def similar(
 ) -> None:
     """List the indexed photos closest to each IMAGE (a file) or --id."""
     from vitdex.search.service import SearchService
-    from vitdex.search.store import SearchFilter
+    from vitdex.vectors.store import SearchFilter
 
     if not images and not ids:
         raise click.UsageError("give at least one IMAGE or --id")
@@ -367,7 +367,7 @@ def classify(obj: Context, images: tuple[Path, ...], k: int, as_json: bool) -> N
 @_handle_errors
 def status(obj: Context, as_json: bool, max_failed: int) -> None:
     """What is indexed: images, spaces and their vectors, failed files and why."""
-    from vitdex.status import collect_status
+    from vitdex.indexer.status import collect_status
 
     settings = obj.settings()
     data = collect_status(settings, _open_catalog(settings), max_failed=max_failed)
@@ -428,7 +428,7 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
 @_handle_errors
 def doctor(obj: Context, repair: bool, wait: float, as_json: bool) -> None:
     """Check that the catalog and the vector stores agree (exit 1 when they do not)."""
-    from vitdex.doctor import diagnose
+    from vitdex.indexer.doctor import diagnose
 
     settings = obj.settings()
     report = diagnose(settings, _open_catalog(settings), repair=repair, wait=wait)
@@ -469,8 +469,8 @@ def reindex(obj: Context, space_name: str, spec: str, as_json: bool) -> None:
     """Rebuild a space's FAISS index as another type, from its stored vectors (no model)."""
     from vitdex.db import repo
     from vitdex.errors import ConfigError
-    from vitdex.search.factory import open_store
-    from vitdex.search.lease import writing
+    from vitdex.vectors.factory import open_store
+    from vitdex.vectors.lease import writing
 
     settings = obj.settings()
     if settings.vectors.vector_backend != "faiss":
@@ -515,9 +515,9 @@ def migrate_store_cmd(
 
     from vitdex.db import repo
     from vitdex.errors import ConfigError
-    from vitdex.search.factory import open_store
-    from vitdex.search.lease import writing
-    from vitdex.search.migrate import migrate_store
+    from vitdex.vectors.factory import open_store
+    from vitdex.vectors.lease import writing
+    from vitdex.vectors.migrate import migrate_store
 
     settings = obj.settings()
     source_backend = settings.vectors.vector_backend
@@ -586,7 +586,7 @@ def db_upgrade(obj: Context, revision: str) -> None:
 @_handle_errors
 def demo(obj: Context, photos: int) -> None:
     """Index sample photos (offline) and show similar and classify results."""
-    from vitdex.demo import run_demo
+    from vitdex.cli.demo import run_demo
 
     run_demo(obj.overrides, generated=photos, console=out_console)
 
@@ -594,10 +594,10 @@ def demo(obj: Context, photos: int) -> None:
 def _register_commands() -> None:
     # These live beside the code they run; importing them pulls in neither torch nor FAISS.
     from vitdex.api.serve import serve_command
-    from vitdex.training.cli_checkpoints import checkpoints_group, convert_command
-    from vitdex.training.cli_dataset import dataset_group
-    from vitdex.training.cli_train import train_group
-    from vitdex.worker import worker_command
+    from vitdex.cli.checkpoints import checkpoints_group, convert_command
+    from vitdex.cli.dataset import dataset_group
+    from vitdex.cli.train import train_group
+    from vitdex.jobs.worker import worker_command
 
     cli.add_command(serve_command)
     cli.add_command(worker_command)

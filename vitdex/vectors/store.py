@@ -9,14 +9,13 @@ from __future__ import annotations
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any, NamedTuple, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
 from vitdex.errors import NotFoundError, SpaceMismatchError
+from vitdex.filters import SearchFilter, image_payload
 
 __all__ = [
     "SearchFilter",
@@ -55,58 +54,6 @@ class VectorNotFoundError(NotFoundError, KeyError):
         return self.message
 
 
-@dataclass(frozen=True)
-class SearchFilter:
-    """Metadata conditions every backend applies the same way (all given ones must hold).
-
-    FAISS gets them as ``allowed_ids`` resolved in SQL; Qdrant as payload filters over
-    the payload written at upsert (see :func:`image_payload`).
-    """
-
-    library_ids: tuple[int, ...] = ()
-    # taken_after is inclusive and taken_before exclusive, so consecutive ranges tile.
-    #: A folder; images anywhere below it match (whole path components only).
-    path_prefix: str | None = None
-    taken_after: datetime | None = None
-    taken_before: datetime | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
-    #: A predicted label among the image's stored top labels.
-    label: str | None = None
-
-    def is_empty(self) -> bool:
-        """Whether no condition is set."""
-        return self == SearchFilter()
-
-
-def image_payload(
-    *,
-    library_id: int,
-    path: str,
-    taken_at: datetime | None,
-    camera_make: str | None,
-    camera_model: str | None,
-    labels: Sequence[str],
-) -> dict[str, Any]:
-    """The filterable metadata of one image, as backends with payloads store it.
-
-    ``dirs`` lists every ancestor folder of the path, so a path-prefix filter is an exact
-    keyword match on folder boundaries; ``taken_at`` is seconds since the epoch of the
-    EXIF wall-clock time read as UTC (EXIF has no time zone).
-    """
-    parts = path.split("/")
-    dirs = ["/".join(parts[:i]) or "/" for i in range(1, len(parts))]
-    return {
-        "library_id": int(library_id),
-        "path": path,
-        "dirs": dirs,
-        "taken_at": taken_at.replace(tzinfo=UTC).timestamp() if taken_at else None,
-        "camera_make": camera_make,
-        "camera_model": camera_model,
-        "labels": list(labels),
-    }
-
-
 @runtime_checkable
 class VectorStore(Protocol):
     """What the indexer and the search service need from a vector backend."""
@@ -115,6 +62,10 @@ class VectorStore(Protocol):
     space: str
     #: Length of every vector.
     dim: int
+    #: Whether the store keeps each image's filter metadata (:func:`image_payload`, given
+    #: to ``upsert``) and applies a :class:`SearchFilter` itself. When False the caller
+    #: resolves a filter to ``allowed_ids`` in SQL and passes no payloads.
+    uses_payloads: bool
 
     def upsert(
         self,
@@ -199,7 +150,7 @@ def compare(
 
     Returns ``(strays, missing)``, both sorted int64: ``strays`` are in the store but not
     in the catalog, ``missing`` in the catalog but not in the store. Changes nothing: while
-    a writer runs, both may be its work in flight (see :mod:`vitdex.search.lease`).
+    a writer runs, both may be its work in flight (see :mod:`vitdex.vectors.lease`).
     """
     catalog = np.unique(np.asarray(catalog_ids, dtype=np.int64).ravel())
     stored = np.unique(np.asarray(store.ids(), dtype=np.int64).ravel())

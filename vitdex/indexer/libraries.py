@@ -16,8 +16,8 @@ from vitdex.config import STALE_AFTER_S, Settings
 from vitdex.db import jobs, repo
 from vitdex.db.models import JobState, Library
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
+from vitdex.jobs.queue import JobQueue
 from vitdex.paths import inside as inside  # the one check, re-exported for older imports
-from vitdex.queue import JobQueue
 
 
 def allowed_folder(settings: Settings, raw: str) -> Path:
@@ -129,8 +129,8 @@ def delete_library(
     only until it is recovered (requeued, or cancelled if its cancel was asked for).
     """
     from vitdex.db.recovery import recover_orphans
-    from vitdex.search.factory import open_store
-    from vitdex.search.lease import writing
+    from vitdex.vectors.factory import open_store
+    from vitdex.vectors.lease import writing
 
     with writing(settings), sessions() as session:  # a writer: no repair meanwhile
         lib = repo.get_library(session, library_id)

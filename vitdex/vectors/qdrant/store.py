@@ -1,7 +1,7 @@
 """The server vector store: one Qdrant collection per space, filtered by image payloads.
 
 Point ids are the SQL image ids (non-negative int64), the vector is the unnamed dense
-vector, and the payload is :func:`vitdex.search.store.image_payload`. Vectors are
+vector, and the payload is :func:`vitdex.vectors.store.image_payload`. Vectors are
 L2-normalised, so the ``"ip"`` metric uses ``Distance.DOT``: scores equal FAISS inner
 products, and Qdrant does not rewrite the stored vectors (``COSINE`` would normalise them
 again, so a round trip would no longer be bit-identical).
@@ -34,7 +34,7 @@ from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
 from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
 
 from vitdex.errors import SpaceMismatchError, StoreError
-from vitdex.search.store import (
+from vitdex.vectors.store import (
     SearchFilter,
     SearchHit,
     VectorNotFoundError,

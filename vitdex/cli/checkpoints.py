@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 # vitdex.cli imports this module at its end (command registration), so these names exist.
-from vitdex.cli import Context, _handle_errors, _print_json
+from vitdex.cli.main import Context, _handle_errors, _print_json
 from vitdex.training.bases import SD_VERSIONS
 
 
@@ -163,7 +163,7 @@ def list_command(
     """Registered checkpoints, newest first."""
     from rich.table import Table
 
-    from vitdex.cli import out_console
+    from vitdex.cli.main import out_console
     from vitdex.training.registry import list_checkpoints
 
     data = list_checkpoints(

@@ -42,10 +42,10 @@ def _pick_model(settings_model: str, home: Path, console: Console) -> tuple[str,
 
 def run_demo(overrides: dict[str, Any], *, generated: int, console: Console) -> None:
     """Build the sample folder, index it, and print similar and classify results."""
-    from vitdex.cli import BarProgress, _open_catalog, _print_report, _progress
+    from vitdex.cli.main import BarProgress, _open_catalog, _print_report, _progress
+    from vitdex.cli.samples import make_sample_folder, shipped_photos
     from vitdex.indexer.embedder import Embedder
     from vitdex.indexer.pipeline import Indexer
-    from vitdex.samples import make_sample_folder, shipped_photos
     from vitdex.search.service import SearchService
 
     base = load_settings(**overrides)

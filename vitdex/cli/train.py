@@ -12,7 +12,14 @@ from typing import Any
 import click
 
 # vitdex.cli imports this module at its end (command registration), so these names exist.
-from vitdex.cli import Context, _handle_errors, _open_catalog, _print_json, err_console, out_console
+from vitdex.cli.main import (
+    Context,
+    _handle_errors,
+    _open_catalog,
+    _print_json,
+    err_console,
+    out_console,
+)
 
 
 class _TrainGroup(click.Group):
@@ -42,7 +49,7 @@ def _run_job(job_id: int, *, progress: bool) -> None:
         TimeRemainingColumn,
     )
 
-    from vitdex.training.jobs import run_train_job
+    from vitdex.jobs.training import run_train_job
     from vitdex.training.quiet import quiet_hub
 
     if not progress:
@@ -124,7 +131,7 @@ def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background
 
 def _submit(obj: Context, job_id: int) -> None:
     from vitdex.errors import ConfigError
-    from vitdex.queue import make_queue
+    from vitdex.jobs.queue import make_queue
 
     settings = obj.settings()
     if not settings.api.redis_url:
@@ -142,7 +149,7 @@ def _recover(obj: Context) -> None:
     """Requeue (or cancel) runs whose process died before they are shown, so a killed
     ``vitdex train`` or worker does not read running for ever. With Redis the requeued
     jobs are submitted; without, ``vitdex train resume`` (or ``vitdex serve``) runs them."""
-    from vitdex.queue import JobQueue, make_queue, recover_orphans
+    from vitdex.jobs.queue import JobQueue, make_queue, recover_orphans
 
     settings = obj.settings()
     queue: JobQueue | None = make_queue(settings) if settings.api.redis_url else None

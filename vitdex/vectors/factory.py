@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 from vitdex.config import Settings
-from vitdex.search.store import VectorStore, sanitize_space_name
+from vitdex.vectors.store import VectorStore, sanitize_space_name
 
 
 def store_folder(settings: Settings, space: str) -> Path:
@@ -28,7 +28,7 @@ def open_store(
     """
     chosen = backend or settings.vectors.vector_backend
     if chosen == "qdrant":
-        from vitdex.search.qdrant_store import QdrantStore
+        from vitdex.vectors.qdrant.store import QdrantStore
 
         v = settings.vectors
         return QdrantStore(
@@ -48,7 +48,7 @@ def open_store(
             write_consistency=v.qdrant_write_consistency,
             on_disk=v.qdrant_on_disk,
         )
-    from vitdex.search.faiss_store import FaissStore
+    from vitdex.vectors.faiss.store import FaissStore
 
     return FaissStore(
         store_folder(settings, space),

@@ -8,7 +8,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
 from vitdex.db import repo
-from vitdex.search.factory import open_store
+from vitdex.vectors.factory import open_store
 
 
 def collect_status(
