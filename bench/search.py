@@ -100,18 +100,18 @@ def _paired_medians(fa: Any, fb: Any, items: list[Any], rounds: int = 1) -> tupl
 def _raw_searcher(store: FaissStore, text: str) -> tuple[Any, Any, int]:
     """The index object the store searches, parameters and k for raw FAISS's like call."""
     spec = parse_index_spec(text)
-    if spec.exact or store._ann is None:
-        return store._loaded(), None, K
+    if spec.exact or store._approx.index is None:
+        return store._raw.base, None, K
     if spec.rescored:
         # The store's exact re-scoring, done by FAISS: IndexRefine reads the candidates'
         # raw vectors from the store's own flat index by position (= id here).
-        flat = faiss.downcast_index(store._loaded().index)
-        refine = faiss.IndexRefine(store._ann, flat)
+        flat = faiss.downcast_index(store._raw.base.index)
+        refine = faiss.IndexRefine(store._approx.index, flat)
         params = faiss.IndexRefineSearchParameters()
         params.k_factor = float(spec.rerank)
         params.base_index_params = search_parameters(spec, K * spec.rerank, None)
         return refine, params, K
-    return store._ann, search_parameters(spec, K, None), K
+    return store._approx.index, search_parameters(spec, K, None), K
 
 
 def run_size(n: int, n_queries: int, dim: int, specs: list[str]) -> list[dict[str, Any]]:

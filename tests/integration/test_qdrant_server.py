@@ -31,6 +31,7 @@ from tests.unit.test_store_contract import (
     assert_topk,
     brute_force,
     check_basics,
+    check_declared,
     check_migration,
     check_payload_kept,
     check_persistence,
@@ -141,6 +142,10 @@ def backend(server: Server) -> Iterator[Backend]:
     made = server_backend(server)
     yield made
     made.close_all()
+
+
+def test_declared_capabilities(backend: Backend) -> None:
+    check_declared(backend)
 
 
 def test_basics(backend: Backend) -> None:

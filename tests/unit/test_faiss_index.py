@@ -211,7 +211,7 @@ def test_reopen_uses_the_saved_index_and_the_changed_ids(
         want = store.search(QUERIES, 10)
     # No rebuild on reopen: building would raise.
     monkeypatch.setattr(faiss_index, "build_index", _no_build)
-    monkeypatch.setattr("vitdex.vectors.faiss.store.build_index", _no_build)
+    monkeypatch.setattr("vitdex.vectors.faiss.approximate.build_index", _no_build)
     with open_store(folder) as again:
         info = again.describe()
         assert not info["exact"] and info["index_build"] == 1
@@ -242,7 +242,7 @@ def test_crash_between_index_file_and_meta_leaves_a_usable_store(folder: Path, f
         store.reindex(first)
     store.upsert(IDS[:2], QUERIES[:2])
     want = store.get(IDS).tobytes()
-    original = store._write_index_file
+    original = store._files.write_index
 
     def crashing(index: Any, name: str) -> int:
         size = original(index, name)
@@ -250,7 +250,7 @@ def test_crash_between_index_file_and_meta_leaves_a_usable_store(folder: Path, f
             raise SimulatedCrashError(name)
         return size
 
-    store._write_index_file = crashing  # type: ignore[method-assign]
+    store._files.write_index = crashing  # type: ignore[method-assign]
     with pytest.raises(SimulatedCrashError):
         store.reindex("hnsw:M=8")
     store.close()

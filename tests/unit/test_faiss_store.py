@@ -26,7 +26,7 @@ from vitdex.vectors import (
     compare,
     sanitize_space_name,
 )
-from vitdex.vectors.faiss.store import _HEADER
+from vitdex.vectors.faiss.wal import HEADER
 
 DIM = 32
 BIG = 10**12  # SQL ids are arbitrary int64, nowhere near positions
@@ -52,7 +52,7 @@ def open_store(folder: Path, **kw: Any) -> FaissStore:
 
 
 def record_size(n: int, dim: int = DIM) -> int:
-    return _HEADER.size + 8 * n + 4 * n * dim
+    return HEADER.size + 8 * n + 4 * n * dim
 
 
 def contents(store: FaissStore) -> dict[int, bytes]:
@@ -315,7 +315,7 @@ def expected_first(batches: int, n: int = 4) -> dict[int, bytes]:
     return out
 
 
-@pytest.mark.parametrize("cut", [3, _HEADER.size + 5, record_size(4) - 1])
+@pytest.mark.parametrize("cut", [3, HEADER.size + 5, record_size(4) - 1])
 def test_torn_tail_is_cut_off(folder: Path, cut: int) -> None:
     write_batches(folder, 5)
     wal = folder / "wal.bin"
@@ -337,7 +337,7 @@ def test_corrupt_record_in_the_middle_stops_replay_without_raising(folder: Path)
     write_batches(folder, 5)
     wal = folder / "wal.bin"
     data = bytearray(wal.read_bytes())
-    data[2 * record_size(4) + _HEADER.size + 20] ^= 0xFF  # a payload byte of record 3
+    data[2 * record_size(4) + HEADER.size + 20] ^= 0xFF  # a payload byte of record 3
     wal.write_bytes(bytes(data))
     with open_store(folder) as store:
         assert contents(store) == expected_first(2)
@@ -353,29 +353,30 @@ class SimulatedCrashError(Exception):
     pass
 
 
-def crash_after(store: FaissStore, method: str) -> None:
-    original = getattr(store, method)
+def crash_after(part: object, method: str) -> None:
+    """Make ``part.method`` (the store or one of its parts) crash once it has run."""
+    original = getattr(part, method)
 
     def crashing(*args: Any, **kwargs: Any) -> Any:
         original(*args, **kwargs)
         raise SimulatedCrashError(method)
 
-    setattr(store, method, crashing)
+    setattr(part, method, crashing)
 
 
-def crash_before(store: FaissStore, method: str) -> None:
+def crash_before(part: object, method: str) -> None:
     def crashing(*args: Any, **kwargs: Any) -> Any:
         raise SimulatedCrashError(method)
 
-    setattr(store, method, crashing)
+    setattr(part, method, crashing)
 
 
 def crash_with_temp_snapshot(store: FaissStore) -> None:
-    def crashing(name: str) -> int:
-        faiss.write_index(store._loaded(), str(store.folder / f"{name}.tmp"))
+    def crashing(name: str, *_: Any) -> int:
+        faiss.write_index(store._raw.base, str(store.folder / f"{name}.tmp"))
         raise SimulatedCrashError("snapshot rename")
 
-    store._write_snapshot_file = crashing
+    store._files.write_snapshot = crashing
 
 
 @pytest.mark.parametrize(
@@ -397,13 +398,13 @@ def test_crash_during_snapshot_loses_and_duplicates_nothing(
     if step == "temp_snapshot":
         crash_with_temp_snapshot(store)
     elif step == "after_snapshot":
-        crash_after(store, "_write_snapshot_file")
+        crash_after(store._files, "write_snapshot")
     elif step == "after_meta":
-        crash_after(store, "_write_meta")
+        crash_after(store._files, "write_meta")
     elif step == "after_wal_reset":
-        crash_after(store, "_reset_wal")
+        crash_after(store._wal, "truncate")
     else:
-        crash_before(store, "_remove_snapshot")
+        crash_before(store._files, "remove")
     with pytest.raises(SimulatedCrashError):
         if how == "flush":
             store.flush()
@@ -761,7 +762,7 @@ def test_snapshot_file_is_byte_for_byte_what_faiss_writes(folder: Path) -> None:
             store.upsert([7, 8], unit(2, seed=45))  # new ids
             store.delete([8])
             store.flush()
-            base = store._loaded()
+            base = store._raw.base
             order = faiss.vector_to_array(base.id_map)
             flat = faiss.IndexFlatIP(DIM) if metric == "ip" else faiss.IndexFlatL2(DIM)
             reference = faiss.IndexIDMap2(flat)
@@ -782,9 +783,9 @@ def test_writes_after_a_snapshot_leave_the_base_untouched(folder: Path) -> None:
     with open_store(folder) as store:
         store.upsert(ids, unit(300, seed=46))
         store.flush()
-        base = store._loaded()
+        base = store._raw.base
         before = (base.ntotal, faiss.vector_to_array(base.id_map).tobytes())
-        codes = store._codes(base).tobytes()
+        codes = store._raw.codes(base).tobytes()
         store.upsert(ids[:50], unit(50, seed=47))  # overwrite base ids
         store.upsert(ids[:20], unit(20, seed=48))  # overwrite them again (in the overlay)
         store.delete(ids[50:80])  # delete base ids
@@ -793,9 +794,9 @@ def test_writes_after_a_snapshot_leave_the_base_untouched(folder: Path) -> None:
         store.upsert(np.arange(5) + 7, unit(5, seed=50))  # new ids
         store.search(unit(3, seed=51), 10)
         store.search(unit(3, seed=51), 10, allowed_ids=ids[::3])
-        assert store._loaded() is base
+        assert store._raw.base is base
         assert (base.ntotal, faiss.vector_to_array(base.id_map).tobytes()) == before
-        assert store._codes(base).tobytes() == codes
+        assert store._raw.codes(base).tobytes() == codes
         assert store.count() == 300 - 30 - 5 + 5 + 5
 
 
@@ -927,7 +928,7 @@ def test_replay_onto_the_mapped_base_after_a_crash(folder: Path) -> None:
     store.delete(ids[30:60])
     store.upsert([11, 12], unit(2, seed=59))
     # Not closed: the descriptors are dropped as a killed process's would be.
-    store._drop()
+    store._release()
     model = {int(i): v for i, v in zip(ids, vecs, strict=True)}
     model.update(zip(ids[:30].tolist(), new, strict=True))
     for i in ids[30:60]:
@@ -1001,7 +1002,7 @@ def test_without_mmap_support_the_base_is_read_into_memory(
     folder: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """FAISS before 1.11 has no IO_FLAG_MMAP_IFC: the same store, the base in memory."""
-    monkeypatch.setattr("vitdex.vectors.faiss.store._MMAP_FLAG", 0)
+    monkeypatch.setattr("vitdex.vectors.faiss.layout.MMAP_FLAG", 0)
     ids = np.arange(BIG, BIG + 100, dtype=np.int64)
     with open_store(folder) as store:
         store.upsert(ids, unit(100, seed=60))

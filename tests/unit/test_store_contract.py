@@ -31,7 +31,7 @@ from qdrant_client.qdrant_remote import QdrantRemote
 from vitdex.errors import SpaceMismatchError, StoreError
 from vitdex.vectors.faiss.store import FaissStore
 from vitdex.vectors.migrate import migrate_store
-from vitdex.vectors.qdrant.store import QdrantStore, search_filter_to_qdrant
+from vitdex.vectors.qdrant import QdrantStore, search_filter_to_qdrant
 from vitdex.vectors.store import (
     SearchFilter,
     SearchHit,
@@ -351,6 +351,14 @@ def contents(store: VectorStore) -> dict[int, bytes]:
 # ---------------------------------------------------------------------------- checks
 
 
+def check_declared(backend: Backend) -> None:
+    """The store meets the protocol and declares the filtering it is run with: it keeps
+    payloads and filters on them itself exactly when the backend says it ``filters``."""
+    store = backend.store()
+    assert isinstance(store, VectorStore)
+    assert store.uses_payloads is backend.filters
+
+
 def check_basics(backend: Backend) -> None:
     """Upsert, replace, duplicates, get, ids, count, delete, edge cases of search."""
     data = dataset()
@@ -553,6 +561,10 @@ def check_migration(source: Backend, target: Backend) -> None:
 # ---------------------------------------------------------------------------- tests
 
 
+def test_declared_capabilities(backend: Backend) -> None:
+    check_declared(backend)
+
+
 def test_basics(backend: Backend) -> None:
     check_basics(backend)
 
@@ -687,15 +699,15 @@ def test_qdrant_retries_transient_errors_only(
         ResponseHandlingException(httpx.ReadTimeout("slow")),
         response(503),
     ]
-    assert store._call("test", flaky(transient)) == "ok"
+    assert store._connection.call("test", flaky(transient)) == "ok"
     assert len(calls) == 4
     calls.clear()
     with pytest.raises(StoreError, match="400"):
-        store._call("test", flaky([response(400)]))
+        store._connection.call("test", flaky([response(400)]))
     assert len(calls) == 1  # a 4xx is the request's fault: not retried
     calls.clear()
     with pytest.raises(StoreError):
-        store._call("test", flaky([response(502)] * 10))
+        store._connection.call("test", flaky([response(502)] * 10))
     assert len(calls) == 6  # the first try and five retries
     store.close()
 
@@ -757,8 +769,8 @@ def test_qdrant_unreachable_server_is_a_store_error(monkeypatch: pytest.MonkeyPa
     assert len(slept) == 5 and max(slept) <= 5.0
     with pytest.raises(StoreError):
         store.count()  # a failed first connection is retried on the next call, not cached
-    assert store._hnsw_config() == models.HnswConfigDiff(m=8)
-    assert QdrantStore("c", DIM, url="http://x", quantization="int8")._quantization_config()
+    assert store.layout.hnsw_config() == models.HnswConfigDiff(m=8)
+    assert QdrantStore("c", DIM, url="http://x", quantization="int8").layout.quantization_config()
     store.close()
 
 
@@ -780,7 +792,8 @@ def test_qdrant_cluster_settings_reach_the_store(
         monkeypatch.setenv(name, value)
     store = open_store(load_settings(), "cls", DIM)
     assert isinstance(store, QdrantStore)
-    assert (store.shards, store.replicas, store.write_consistency, store.on_disk) == (
+    layout = store.layout
+    assert (layout.shards, layout.replicas, layout.write_consistency, layout.on_disk) == (
         6,
         2,
         2,

@@ -22,6 +22,7 @@ import pytest
 from tests.unit.test_store_contract import (
     Backend,
     check_basics,
+    check_declared,
     check_payload_kept,
     check_persistence,
     check_search,
@@ -82,6 +83,10 @@ def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]
             yield made
         finally:
             made.close_all()
+
+
+def test_declared_capabilities(backend: Backend) -> None:
+    check_declared(backend)
 
 
 def test_basics(backend: Backend) -> None:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -73,20 +73,11 @@ def _check_compatible(source: VectorStore, target: VectorStore) -> None:
             f"cannot migrate space {source.space!r} of dim {source.dim} into a store of "
             f"dim {target.dim}"
         )
-    source_metric, target_metric = _metric(source), _metric(target)
-    if source_metric != target_metric:
+    if source.metric != target.metric:
         raise SpaceMismatchError(
-            f"cannot migrate space {source.space!r}: metric {source_metric!r} in the source, "
-            f"{target_metric!r} in the target"
+            f"cannot migrate space {source.space!r}: metric {source.metric!r} in the source, "
+            f"{target.metric!r} in the target"
         )
-
-
-def _metric(store: VectorStore) -> Any:
-    metric = getattr(store, "metric", None)
-    if metric is None:
-        described: Mapping[str, Any] = store.describe()
-        metric = described.get("metric")
-    return metric
 
 
 def _read(

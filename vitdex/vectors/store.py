@@ -6,10 +6,12 @@ positions in an index, so the catalog and the store can be compared and repaired
 
 from __future__ import annotations
 
+import abc
+import contextlib
 import hashlib
 import re
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple, Protocol, runtime_checkable
+from typing import Any, NamedTuple, Protocol, Self, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -18,6 +20,7 @@ from vitdex.errors import NotFoundError, SpaceMismatchError
 from vitdex.filters import SearchFilter, image_payload
 
 __all__ = [
+    "ClosingStore",
     "SearchFilter",
     "SearchHit",
     "VectorNotFoundError",
@@ -62,6 +65,9 @@ class VectorStore(Protocol):
     space: str
     #: Length of every vector.
     dim: int
+    #: How vectors compare: ``"ip"`` (inner product) or ``"l2"`` (squared distance,
+    #: negated in scores so that higher is closer).
+    metric: str
     #: Whether the store keeps each image's filter metadata (:func:`image_payload`, given
     #: to ``upsert``) and applies a :class:`SearchFilter` itself. When False the caller
     #: resolves a filter to ``allowed_ids`` in SQL and passes no payloads.
@@ -121,6 +127,29 @@ class VectorStore(Protocol):
         ...
 
 
+class ClosingStore(abc.ABC):
+    """What every backend does around :meth:`close`: ``with store:`` closes it, and a
+    store dropped unclosed still lets go of its files or connection."""
+
+    @abc.abstractmethod
+    def close(self) -> None:
+        """Release files, connections and memory; later calls raise."""
+
+    @abc.abstractmethod
+    def _release(self) -> None:
+        """Let go of descriptors and clients (also from ``__del__``: no lock taken)."""
+
+    def __del__(self) -> None:
+        with contextlib.suppress(Exception):
+            self._release()
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
 def check_vectors(
     values: npt.ArrayLike, dim: int, space: str, what: str
 ) -> npt.NDArray[np.float32]:
@@ -141,6 +170,44 @@ def check_vectors(
     if arr.size and not np.isfinite(arr).all():
         raise ValueError(f"{what} contain NaN or infinite values")
     return np.ascontiguousarray(arr)
+
+
+def check_ids(ids: npt.ArrayLike) -> npt.NDArray[np.int64]:
+    """``ids`` as a C-contiguous int64 [n] array (a single id as one row), or a
+    ``ValueError``; each backend then refuses the ids it cannot store."""
+    arr = np.asarray(ids)
+    if arr.ndim == 0:
+        arr = arr.reshape(1)
+    if arr.ndim != 1:
+        raise ValueError(f"ids must be one-dimensional, got shape {arr.shape}")
+    if arr.size and not np.issubdtype(arr.dtype, np.integer):
+        raise ValueError(f"ids must be integers, got {arr.dtype}")
+    return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def check_batch(
+    ids: npt.NDArray[np.int64],
+    vectors: npt.ArrayLike,
+    payloads: Sequence[Mapping[str, Any]] | None,
+    dim: int,
+    space: str,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float32], npt.NDArray[np.intp] | None]:
+    """An ``upsert`` batch checked: ``ids`` (checked by the backend), ``vectors`` as
+    float32 [n, dim], and the rows to keep so that the last of duplicate ids wins (None
+    when no id repeats), applied to both. ``payloads`` are only counted."""
+    vecs = check_vectors(vectors, dim, space, "vectors")
+    if vecs.shape[0] != ids.shape[0]:
+        raise ValueError(f"{ids.shape[0]} ids but {vecs.shape[0]} vectors")
+    if payloads is not None and len(payloads) != ids.shape[0]:
+        raise ValueError(f"{ids.shape[0]} ids but {len(payloads)} payloads")
+    if ids.size <= 1:
+        return ids, vecs, None
+    # Unique over the reversed ids finds each id's last row.
+    _, last = np.unique(ids[::-1], return_index=True)
+    if last.size == ids.size:
+        return ids, vecs, None
+    keep = np.sort(ids.size - 1 - last)
+    return ids[keep], vecs[keep], keep
 
 
 def compare(
