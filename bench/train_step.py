@@ -140,7 +140,8 @@ def leg_vitdex(
     leg: str, base: Path, data: Path, resolution: int, device: str, warmup: int, steps: int
 ) -> None:
     """One of vitdex's configurations: ``train`` stopped after warm-up + timed steps."""
-    from vitdex.training.dreambooth import TrainConfig, TrainProgress, train
+    from vitdex.training.config import TrainConfig, TrainProgress
+    from vitdex.training.dreambooth import train
 
     total = warmup + steps
     config = TrainConfig(

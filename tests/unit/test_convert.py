@@ -19,6 +19,7 @@ import yaml
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from vitdex.devices import resolve_device
 from vitdex.errors import ConfigError
 from vitdex.training.convert import (
     CheckpointValidationError,
@@ -28,7 +29,6 @@ from vitdex.training.convert import (
     detect_version,
     inference_yaml,
     openclip_to_ldm,
-    resolve_device,
     sha256_file,
     unet_to_ldm,
     vae_to_ldm,
@@ -191,9 +191,17 @@ def test_refuses_what_it_cannot_write_faithfully(
         convert(source, tmp_path / "taken.safetensors")
     assert (tmp_path / "taken.safetensors").read_bytes() == b""
 
-    with pytest.raises(ConfigError, match="unknown device"):
+    # One device rule for validation as for training and indexing (vitdex.devices).
+    with pytest.raises(ConfigError, match="invalid device 'tpu'"):
         resolve_device("tpu")
-    assert resolve_device("cpu") == "cpu"
+    assert resolve_device("cpu") == torch.device("cpu")
+    if torch.backends.mps.is_available():
+        assert resolve_device("mps") == torch.device("mps")
+    else:
+        with pytest.raises(ConfigError, match="no MPS support"):
+            resolve_device("mps")
+    with pytest.raises(ConfigError, match="invalid device 'tpu'"):
+        validate_checkpoint(tmp_path / "a.safetensors", source, device="tpu")
 
     unet = load_file(source / "unet" / "diffusion_pytorch_model.safetensors")
     unet["extra_head.weight"] = torch.zeros(1)

@@ -29,7 +29,7 @@ from vitdex.db import training as run_sql
 from vitdex.db.models import Job, JobState, TrainingRun, utcnow
 from vitdex.db.recovery import is_orphan
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError
-from vitdex.indexer.libraries import inside
+from vitdex.paths import inside
 from vitdex.training.config import TrainConfig
 
 #: Config fields the run fills in itself: callers may not set them.

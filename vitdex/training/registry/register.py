@@ -1,4 +1,4 @@
-"""Convert, validate, sample and register single-file checkpoints; list, show, delete them.
+"""Convert, validate, sample and register single-file checkpoints.
 
 A conversion is registered only after :func:`~vitdex.training.convert.validate_checkpoint`
 has run on the written file. A file that fails validation is still registered, with status
@@ -7,8 +7,9 @@ the call then raises :class:`~vitdex.training.convert.CheckpointValidationError`
 conversion or the validation breaks for any other reason, the files written are removed
 and nothing is registered.
 
-This module imports torch and diffusers only inside the functions that convert, so the API
-can list and delete checkpoints without loading either.
+torch and diffusers are imported only inside the functions that need them (here, the
+device check), so importing the registry (as the API does to list and delete
+checkpoints) loads neither.
 """
 
 from __future__ import annotations
@@ -27,32 +28,31 @@ from vitdex.config import Settings
 from vitdex.db import checkpoints as db
 from vitdex.db.models import Checkpoint, JobState
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
+from vitdex.training.convert import (
+    CheckpointValidationError,
+    check_version,
+    convert,
+    native_resolution,
+    sha256_file,
+    validate_checkpoint,
+)
+from vitdex.training.registry.catalog import open_sessions
+from vitdex.training.registry.samples import (
+    DEFAULT_SAMPLE_STEPS,
+    sample_path_for,
+    sample_prompt,
+    write_sample,
+)
 
 __all__ = [
-    "SAMPLE_GRID",
-    "SAMPLE_SEEDS",
     "Check",
     "Provenance",
     "check_name",
     "convert_and_register",
-    "delete_checkpoint",
-    "list_checkpoints",
-    "open_sessions",
     "register_file",
-    "sample_file",
-    "sample_path_for",
-    "show_checkpoint",
 ]
 
 log = logging.getLogger(__name__)
-
-#: Seeds of the registered sample grid (one image each) and the grid's columns x rows.
-SAMPLE_SEEDS = (0, 1, 2, 3)
-SAMPLE_GRID = (2, 2)
-#: Prompt of the sample grid when neither the caller nor the training config gives one.
-DEFAULT_SAMPLE_PROMPT = "a photo"
-DEFAULT_SAMPLE_STEPS = 20
-SAMPLE_GUIDANCE = 7.5
 
 Progress = Callable[[str], None]
 
@@ -83,82 +83,8 @@ class Check:
     sample_size: int | None = None
 
 
-def open_sessions(target: Settings | sessionmaker[Session]) -> sessionmaker[Session]:
-    """Sessions of the catalog: the factory itself, or the process's (migrated) one for
-    the settings' database."""
-    if isinstance(target, Settings):
-        from vitdex.db.jobs import catalog_sessions
-
-        return catalog_sessions(target.storage.resolved_database_url)
-    return target
-
-
-def sample_path_for(checkpoint_file: Path) -> Path:
-    """Where the sample grid of a checkpoint goes: ``<stem>.preview.png`` beside the file,
-    the name AUTOMATIC1111 shows as the checkpoint's card picture."""
-    return checkpoint_file.with_name(checkpoint_file.stem + ".preview.png")
-
-
-def _grid(images: list[Any], columns: int, rows: int) -> Any:
-    from PIL import Image
-
-    width, height = images[0].size
-    grid = Image.new("RGB", (columns * width, rows * height))
-    for i, image in enumerate(images):
-        grid.paste(image, ((i % columns) * width, (i // columns) * height))
-    return grid
-
-
-def _write_sample(
-    pipe: Any,
-    target: Path,
-    *,
-    prompt: str,
-    steps: int,
-    size: int,
-    name: str,
-    sha256: str,
-) -> Path:
-    from PIL.PngImagePlugin import PngInfo
-
-    from vitdex.training.convert import atomic_path, render
-
-    images = render(
-        pipe,
-        prompt=prompt,
-        seeds=list(SAMPLE_SEEDS),
-        steps=steps,
-        size=size,
-        guidance=SAMPLE_GUIDANCE,
-        output_type="pil",
-    )
-    grid = _grid(list(images), *SAMPLE_GRID)
-    info = PngInfo()
-    sampler = type(pipe.scheduler).__name__.removesuffix("Scheduler")
-    # AUTOMATIC1111's "parameters" chunk: its PNG Info tab reads the settings back.
-    info.add_text(
-        "parameters",
-        f"{prompt}\nSteps: {steps}, Sampler: {sampler}, CFG scale: {SAMPLE_GUIDANCE}, "
-        f"Seed: {SAMPLE_SEEDS[0]}, Size: {size}x{size}, Model hash: {sha256[:10]}, "
-        f"Model: {name}, Grid: {SAMPLE_GRID[0]}x{SAMPLE_GRID[1]} seeds "
-        f"{', '.join(str(s) for s in SAMPLE_SEEDS)}",
-    )
-    with atomic_path(target) as tmp:
-        grid.save(tmp, format="PNG", pnginfo=info)
-    return target
-
-
-def _sample_prompt(explicit: str | None, config: Mapping[str, Any]) -> str:
-    if explicit:
-        return explicit
-    for key in ("instance_prompt", "prompt"):
-        value = config.get(key)
-        if isinstance(value, str) and value.strip():
-            return value
-    return DEFAULT_SAMPLE_PROMPT
-
-
 def _remove(paths: list[Path | None]) -> None:
+    """Delete the files written so far (those that exist)."""
     for path in paths:
         if path is not None:
             with suppress(FileNotFoundError):
@@ -184,7 +110,7 @@ def register_file(
     beside it and status ``ready``; an invalid one is registered as ``invalid`` (file kept,
     no sample) and :class:`CheckpointValidationError` is raised naming its id.
     """
-    from vitdex.training.convert import check_version, resolve_device, sha256_file
+    from vitdex.devices import resolve_device
 
     say = progress or (lambda _msg: None)
     check_name(name)
@@ -232,14 +158,9 @@ def _validate_and_register(
 ) -> Checkpoint:
     """Register the checked, hashed file ``path``: ``invalid`` when validation fails, else
     ``ready`` with its sample grid."""
-    from vitdex.training.convert import (
-        CheckpointValidationError,
-        native_resolution,
-        resolve_device,
-        validate_checkpoint,
-    )
+    from vitdex.devices import resolve_device
 
-    device = resolve_device(check.device)
+    device = str(resolve_device(check.device))
     fields: dict[str, Any] = {
         "name": name,
         "base_model": origin.base_model or str(source),
@@ -276,10 +197,10 @@ def _validate_and_register(
         ) from exc
     say("rendering the sample grid")
     sample = sample_path_for(path)
-    _write_sample(
+    write_sample(
         report.pipeline,
         sample,
-        prompt=_sample_prompt(check.sample_prompt, fields["config"]),
+        prompt=sample_prompt(check.sample_prompt, fields["config"]),
         steps=check.sample_steps,
         size=check.sample_size or native_resolution(source),
         name=name,
@@ -371,7 +292,7 @@ def convert_and_register(
     ``$VITDEX_HOME/checkpoints/<name>.<fmt>`` (settings needed); ``name`` to the file's stem.
     Returns the registered row; see the module docstring for failures.
     """
-    from vitdex.training.convert import CheckpointValidationError, convert, resolve_device
+    from vitdex.devices import resolve_device
 
     say = progress or (lambda _msg: None)
     sessions = open_sessions(target)
@@ -432,102 +353,3 @@ def convert_and_register(
     except BaseException:
         _remove(written)
         raise
-
-
-# --------------------------------------------------------------------------- reading, deleting
-
-
-def list_checkpoints(
-    target: Settings | sessionmaker[Session],
-    *,
-    status: str | None = None,
-    run_id: int | None = None,
-    limit: int = 100,
-    offset: int = 0,
-) -> dict[str, Any]:
-    """``{"total", "limit", "offset", "checkpoints": [...]}``, newest first."""
-    with open_sessions(target)() as session:
-        rows, total = db.list_checkpoints(
-            session, status=status, run_id=run_id, limit=limit, offset=offset
-        )
-        return {
-            "total": total,
-            "limit": limit,
-            "offset": offset,
-            "checkpoints": [db.checkpoint_to_dict(row) for row in rows],
-        }
-
-
-def show_checkpoint(target: Settings | sessionmaker[Session], ref: str | int) -> dict[str, Any]:
-    """One checkpoint (by id or name) with whether its files are still where recorded."""
-    with open_sessions(target)() as session:
-        data = db.checkpoint_to_dict(db.find_checkpoint(session, ref))
-    data["files_present"] = {
-        key: Path(data[key]).is_file() if data[key] else None
-        for key in ("path", "yaml_path", "sample_path")
-    }
-    return data
-
-
-def sample_file(target: Settings | sessionmaker[Session], ref: str | int) -> Path:
-    """The sample grid PNG of a checkpoint; :class:`NotFoundError` when it has none (any more)."""
-    with open_sessions(target)() as session:
-        row = db.find_checkpoint(session, ref)
-        recorded = row.sample_path
-        label = f"checkpoint {row.id}"
-    if not recorded:
-        raise NotFoundError(f"{label} has no sample grid (it failed validation)")
-    path = Path(recorded)
-    if not path.is_file():
-        raise NotFoundError(f"the sample grid of {label} is gone from {path}")
-    return path
-
-
-def _own_files(row: Checkpoint) -> list[Path]:
-    """The checkpoint file and, when they sit beside it with its stem, its YAML and sample."""
-    main = Path(row.path)
-    files = [main]
-    for extra in (row.yaml_path, row.sample_path):
-        if not extra:
-            continue
-        candidate = Path(extra)
-        # Only companions named after the file, in its folder: nothing else is ours to delete.
-        if candidate.parent == main.parent and candidate.name.startswith(main.stem + "."):
-            files.append(candidate)
-        else:
-            log.warning("not deleting %s: it is not beside %s", candidate, main)
-    return files
-
-
-def delete_checkpoint(
-    target: Settings | sessionmaker[Session], ref: str | int, *, files: bool = False
-) -> dict[str, Any]:
-    """Unregister a checkpoint; with ``files``, also delete its file, YAML and sample grid.
-
-    Only those recorded paths are touched, only regular files, and none that another
-    registered checkpoint still names. Returns the removed row with ``deleted_files`` and
-    ``kept_files`` (``{path: why}``).
-    """
-    sessions = open_sessions(target)
-    with sessions() as session:
-        row = db.find_checkpoint(session, ref)
-        candidates = _own_files(row) if files else []
-        in_use = db.paths_in_use(session, [str(p) for p in candidates], except_id=row.id)
-        data = db.checkpoint_to_dict(db.delete_checkpoint(session, row.id))
-        session.commit()
-    deleted: list[str] = []
-    kept: dict[str, str] = {}
-    for path in candidates:
-        if str(path) in in_use:
-            kept[str(path)] = "another checkpoint uses it"
-        elif path.is_symlink() or not path.is_file():
-            kept[str(path)] = "not a regular file" if path.exists() else "already gone"
-        else:
-            try:
-                path.unlink()
-                deleted.append(str(path))
-            except OSError as exc:
-                kept[str(path)] = str(exc)
-    data["deleted_files"] = deleted
-    data["kept_files"] = kept
-    return data

@@ -1,0 +1,39 @@
+"""Curating DreamBooth datasets from search results.
+
+A user names a few seed photos of the subject (catalog ids, or files); vitdex pulls their
+nearest neighbours from one space of the index and decides, for every candidate, whether
+it joins the instance set and why. :mod:`.selection` holds those rules (pure functions
+of vectors); :mod:`.service` retrieves the candidates, stores the dataset and edits it.
+"""
+
+from __future__ import annotations
+
+from vitdex.training.curate.selection import (
+    DEFAULT_CLASS_COUNT,
+    CurateOptions,
+    select_class,
+    select_instances,
+)
+from vitdex.training.curate.service import (
+    create_dataset,
+    delete_dataset,
+    exclude_images,
+    include_images,
+    list_datasets,
+    parse_seed,
+    show_dataset,
+)
+
+__all__ = [
+    "DEFAULT_CLASS_COUNT",
+    "CurateOptions",
+    "create_dataset",
+    "delete_dataset",
+    "exclude_images",
+    "include_images",
+    "list_datasets",
+    "parse_seed",
+    "select_class",
+    "select_instances",
+    "show_dataset",
+]
