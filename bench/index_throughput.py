@@ -453,7 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     width, _, height = args.size.partition("x")
     size = (int(width), int(height))
 
-    from vitdex.indexer.embedder import build_random_vit, default_device, default_precision
+    from vitdex.devices import default_device, default_precision
+    from vitdex.testing.vit import build_random_vit
 
     device = default_device()
     precision = default_precision(device) if args.precision == "auto" else args.precision

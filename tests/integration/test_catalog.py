@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy import inspect, text
 
 from vitdex.db import JobState, ensure_schema, make_engine, repo, session_factory
+from vitdex.db import jobs as job_sql
 from vitdex.db.engine import current_revision, head_revision
 from vitdex.errors import NotFoundError, SpaceMismatchError
 
@@ -106,9 +107,9 @@ def test_jobs_and_counts(database_url: str) -> None:
     engine = make_engine(database_url)
     ensure_schema(engine)
     with session_factory(engine)() as s:
-        job = repo.create_job(s, "index", {"paths": ["/x"]})
-        repo.update_job(s, job.id, done=3, total=10, counts={"embedded": 3})
-        repo.finish_job(s, job.id, JobState.SUCCEEDED)
+        job = job_sql.create_foreground_job(s, "index", {"paths": ["/x"]})
+        job_sql.update_job(s, job.id, done=3, total=10, counts={"embedded": 3})
+        job_sql.finish_job(s, job.id, JobState.SUCCEEDED)
         s.commit()
         s.refresh(job)
         assert (job.state, job.done, job.total, job.counts) == ("succeeded", 3, 10, {"embedded": 3})

@@ -75,3 +75,16 @@ def test_doctor_reports_a_model_mismatch(
     assert spaces["cls"]["model_matches"] is False
     assert "--reembed" in spaces["cls"]["advice"]
     assert report["configured_spaces_not_built"] == ["mean@1"]
+
+
+def test_doctor_knows_the_spaces_relative_specs_fill(
+    vitdex_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VITDEX_SPACES", "cls,cls@2/3")
+    lib = tmp_path / "lib"
+    make_photo(lib / "a.jpg", seed=1)
+    assert CliRunner().invoke(cli, ["index", str(lib), "--no-progress"]).exit_code == 0
+    code, report = _doctor()
+    assert code == 0
+    assert {s["name"]: s["configured"] for s in report["spaces"]} == {"cls": True, "cls@3": True}
+    assert report["configured_spaces_not_built"] == []

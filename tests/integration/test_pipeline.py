@@ -42,11 +42,13 @@ def consistent_state() -> dict[str, dict[int, np.ndarray]]:
     """Assert the store/catalog invariant; return each space's vectors by image id."""
     settings = load_settings()
     sessions = _catalog(settings)
+    current = Embedder.from_settings(settings.model).known_spaces()
+    assert current is not None
     out: dict[str, dict[int, np.ndarray]] = {}
     with sessions() as session:
         indexed = set(session.scalars(select(Image.id).where(Image.status == ImageStatus.INDEXED)))
         for space in repo.list_spaces(session):
-            if space.name not in settings.model.spaces:
+            if space.name not in {s.name for s in current}:
                 continue
             rows = repo.vector_image_ids(session, space.id)
             store = open_store(settings, space.name, space.dim)
@@ -256,6 +258,24 @@ def test_new_space_embeds_existing_images(
     report = run_index(lib)
     assert report.embedded == 3
     assert set(consistent_state()) == {"cls", "cls@2", "mean@3"}
+
+
+def test_default_spaces_fit_a_four_layer_vit(
+    vitdex_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The default used to be cls,cls@8, which no ViT under 8 layers can fill.
+    monkeypatch.delenv("VITDEX_SPACES")
+    lib = tmp_path / "lib"
+    _photos(lib, 3)
+    report = run_index(lib)
+    assert report.spaces == ["cls", "cls@3"]  # 2/3 of 4 layers, rounded
+    assert report.embedded == 3
+    assert set(consistent_state()) == {"cls", "cls@3"}
+    # The resolved names are known before the model loads: nothing is read again.
+    again = run_index(lib)
+    assert (again.embedded, again.unchanged, again.spaces) == (0, 3, ["cls", "cls@3"])
+    with _catalog(load_settings())() as session:
+        assert repo.get_space(session, "cls@3").layer == "cls@3"
 
 
 def test_model_change_is_refused_then_reembedded(

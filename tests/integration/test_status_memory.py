@@ -1,4 +1,5 @@
-"""`vitdex status` reports each FAISS space's memory: resident apart from mapped."""
+"""`vitdex status` reports each FAISS space's memory: resident apart from mapped, and what
+each configured layer spec resolves to."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import pytest
 from click.testing import CliRunner
 
 from tests.photos import make_photo
@@ -45,3 +47,22 @@ def test_status_reports_resident_and_mapped_memory_per_vector(
     assert hnsw["index_storage"] == "mapped"
     assert hnsw["resident_bytes_per_vector"] == flat["resident_bytes_per_vector"]
     assert hnsw["mapped_bytes_per_vector"] >= 2 * raw
+
+
+def test_status_says_which_layer_each_configured_spec_resolves_to(
+    vitdex_env: dict[str, str], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("VITDEX_SPACES", "cls,cls@2/3,mean@-1,cls@9")
+    configured = run("status", "--json")["configured"]
+    assert configured["num_layers"] == 4
+    by_spec = {entry["spec"]: entry for entry in configured["spaces"]}
+    assert by_spec["cls"] == {"spec": "cls", "space": "cls", "layer": None, "error": None}
+    assert by_spec["cls@2/3"] == {"spec": "cls@2/3", "space": "cls@3", "layer": 3, "error": None}
+    assert (by_spec["mean@-1"]["space"], by_spec["mean@-1"]["layer"]) == ("mean@-1", 4)
+    assert by_spec["cls@9"]["space"] is None
+    assert "model has 4 layers" in by_spec["cls@9"]["error"]
+    # A model not on this machine: nothing resolves, and status still answers.
+    monkeypatch.setenv("VITDEX_MODEL", str(tmp_path / "not-here"))
+    configured = run("status", "--json")["configured"]
+    assert configured["num_layers"] is None
+    assert all(e["space"] is None and e["error"] for e in configured["spaces"])

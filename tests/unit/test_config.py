@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from fractions import Fraction
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,8 @@ def test_defaults(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     assert settings.storage.home == (tmp_path / ".vitdex").resolve()
     assert settings.storage.resolved_database_url == f"sqlite:///{tmp_path / '.vitdex'}/catalog.db"
     assert settings.model.model == DEFAULT_MODEL
-    assert settings.model.spaces == ["cls", "cls@8"]
+    # The final layer and the one two thirds up: cls@8 on ViT-B/16, and valid on any ViT.
+    assert settings.model.spaces == ["cls", "cls@2/3"]
     assert (settings.model.device, settings.model.precision) == ("auto", "auto")
 
 
@@ -39,6 +41,7 @@ def test_environment_then_overrides(monkeypatch: pytest.MonkeyPatch, tmp_path: P
     ("name", "value", "needle"),
     [
         ("VITDEX_SPACES", "cls@x", "VITDEX_SPACES"),
+        ("VITDEX_SPACES", "cls,cls@3/2", "VITDEX_SPACES.*relative depth"),
         ("VITDEX_BATCH_SIZE", "0", "VITDEX_BATCH_SIZE"),
         ("VITDEX_PRECISION", "int3", "VITDEX_PRECISION"),
         ("VITDEX_MAX_MEGAPIXELS", "-1", "VITDEX_MAX_MEGAPIXELS"),
@@ -61,13 +64,29 @@ def test_unknown_override() -> None:
 
 @pytest.mark.parametrize(
     ("spec", "expected"),
-    [("cls", ("cls", None)), ("cls@8", ("cls", 8)), ("mean@-4", ("mean", -4))],
+    [
+        ("cls", ("cls", None)),
+        ("cls@8", ("cls", 8)),
+        ("mean@-4", ("mean", -4)),
+        ("cls@2/3", ("cls", Fraction(2, 3))),
+        (" mean@4/6 ", ("mean", Fraction(2, 3))),
+        ("cls@1/1", ("cls", Fraction(1))),
+    ],
 )
-def test_parse_layer_spec(spec: str, expected: tuple[str, int | None]) -> None:
+def test_parse_layer_spec(spec: str, expected: tuple[str, int | Fraction | None]) -> None:
     assert parse_layer_spec(spec) == expected
 
 
-@pytest.mark.parametrize("spec", ["", "pooler", "cls@", "cls@1.5", "max@3"])
+@pytest.mark.parametrize(
+    "spec",
+    ["", "pooler", "cls@", "cls@1.5", "max@3", "cls@/3", "cls@2/", "cls@-1/3", "cls@2/3/4"],
+)
 def test_parse_layer_spec_rejects(spec: str) -> None:
     with pytest.raises(ConfigError, match="layer spec"):
+        parse_layer_spec(spec)
+
+
+@pytest.mark.parametrize("spec", ["cls@0/3", "cls@4/3", "mean@2/0", "cls@0/0"])
+def test_relative_depth_must_lie_in_0_to_1(spec: str) -> None:
+    with pytest.raises(ConfigError, match=r"relative depth P/Q must lie in \(0, 1\]"):
         parse_layer_spec(spec)

@@ -15,18 +15,20 @@ import torch
 from PIL import Image
 
 from tests.photos import render
-from vitdex.config import ModelSettings
+from vitdex.config import DEFAULT_SPACES, ModelSettings
+from vitdex.devices import default_device, default_precision
 from vitdex.errors import ConfigError, ModelLoadError, NoClassifierError
 from vitdex.indexer import models as models_module
-from vitdex.indexer.embedder import (
-    Embedder,
-    EmbedResult,
-    SpaceSpec,
+from vitdex.indexer.embedder import Embedder, EmbedResult
+from vitdex.indexer.spaces import SpaceSpec, resolve_spaces
+from vitdex.testing.vit import (
+    PRESETS,
+    TINY_LABELS,
+    TINY_LAYERS,
+    VIT_BASE_PREPROCESSOR,
     build_random_vit,
-    default_device,
-    default_precision,
+    build_tiny_vit,
 )
-from vitdex.testing.vit import TINY_LABELS, TINY_LAYERS, build_tiny_vit
 
 ALL_SPECS = ["cls", "mean", "cls@0", "cls@2", "cls@4", "cls@-1", "cls@-5", "mean@2", "mean@-2"]
 
@@ -205,13 +207,13 @@ def test_embed_pixels_matches_embed(tiny_vit: Path) -> None:
         np.testing.assert_array_equal(a.vectors[name], b.vectors[name])
 
 
-def test_compile_is_read_from_the_environment(
-    tiny_vit: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_compile_comes_from_the_settings(tiny_vit: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert not Embedder(str(tiny_vit)).compile
     monkeypatch.setenv("VITDEX_COMPILE", "1")
-    assert Embedder(str(tiny_vit)).compile
-    assert not Embedder(str(tiny_vit), compile=False).compile
+    # Below the edges nothing reads the environment: the settings carry the flag.
+    assert not Embedder(str(tiny_vit)).compile
+    assert Embedder.from_settings(ModelSettings(model=str(tiny_vit))).compile
+    assert not Embedder.from_settings(ModelSettings(model=str(tiny_vit), compile=False)).compile
 
 
 @pytest.mark.slow
@@ -397,6 +399,79 @@ def test_top_labels(tiny_vit: Path) -> None:
     assert [name for name, _ in embedder.top_labels(crafted, k=2)[0]] == ["label 1", "label 2"]
 
 
+# --------------------------------------------------------------------------- relative depth
+
+
+def test_relative_depth_names_its_space_by_the_layer_it_resolves_to(tiny_vit: Path) -> None:
+    embedder = Embedder(str(tiny_vit), spaces=["cls", "cls@2/3", "mean@1/2"], precision="fp32")
+    # Resolved from config.json alone: 2/3 of 4 layers is layer 3 (8/3 rounded).
+    known = embedder.known_spaces()
+    assert not embedder.loaded
+    assert known is not None
+    assert [(s.spec, s.name, s.layer) for s in known] == [
+        ("cls", "cls", None),
+        ("cls@2/3", "cls@3", 3),
+        ("mean@1/2", "mean@2", 2),
+    ]
+    assert embedder.spaces == ["cls", "cls@2/3", "mean@1/2"]
+    specs = embedder.space_specs()
+    assert [(s.name, s.layer) for s in specs] == [
+        ("cls", "cls"),
+        ("cls@3", "cls@3"),
+        ("mean@2", "mean@2"),
+    ]
+    images = photos(3)
+    result = embedder.embed(images)
+    assert set(result.vectors) == {"cls", "cls@3", "mean@2"}
+    absolute = Embedder(str(tiny_vit), spaces=["cls@3", "mean@2"], precision="fp32").embed(images)
+    for name in ("cls@3", "mean@2"):
+        np.testing.assert_array_equal(result.vectors[name], absolute.vectors[name])
+
+
+def test_relative_and_absolute_spec_of_one_layer_fill_one_space(tiny_vit: Path) -> None:
+    embedder = Embedder(str(tiny_vit), spaces=["cls@3", "cls@2/3"], precision="fp32")
+    assert [s.name for s in embedder.space_specs()] == ["cls@3"]
+    assert set(embedder.embed(photos(2)).vectors) == {"cls@3"}
+
+
+def test_two_thirds_of_vit_base_is_layer_8(tmp_path: Path) -> None:
+    """The default spaces keep the names ViT-B/16 catalogs were built with: cls, cls@8."""
+    from transformers import ViTConfig
+
+    folder = tmp_path / "vit-b16"
+    shape: dict[str, Any] = dict(PRESETS["base"])
+    ViTConfig(**shape).save_pretrained(folder)  # config.json is all it reads
+    embedder = Embedder(str(folder))
+    assert embedder.spaces == list(DEFAULT_SPACES) == ["cls", "cls@2/3"]
+    known = embedder.known_spaces()
+    assert known is not None
+    assert [(s.name, s.layer) for s in known] == [("cls", None), ("cls@8", 8)]
+
+
+@pytest.mark.parametrize(
+    ("spec", "num_layers", "name", "layer"),
+    [
+        ("cls@2/3", 12, "cls@8", 8),
+        ("cls@2/3", 24, "cls@16", 16),
+        ("cls@2/3", 4, "cls@3", 3),
+        ("cls@2/3", 1, "cls@1", 1),
+        ("mean@1/2", 5, "mean@3", 3),  # halves round up
+        ("cls@1/1", 6, "cls@6", 6),
+        ("cls@1/100", 12, "cls@1", 1),  # never the patch embeddings
+        ("cls@4/6", 12, "cls@8", 8),
+    ],
+)
+def test_relative_depth_resolution(spec: str, num_layers: int, name: str, layer: int) -> None:
+    [resolved] = resolve_spaces([spec], num_layers)
+    assert (resolved.spec, resolved.name, resolved.layer) == (spec, name, layer)
+
+
+def test_known_spaces_need_the_checkpoint_on_this_machine(tmp_path: Path) -> None:
+    assert Embedder(str(tmp_path / "absent"), spaces=["cls@2/3"]).known_spaces() is None
+    with pytest.raises(ConfigError, match="model has 4 layers"):
+        Embedder(str(build_tiny_vit(tmp_path / "t")), spaces=["cls@9"]).known_spaces()
+
+
 # --------------------------------------------------------------------------- specs
 
 
@@ -464,7 +539,10 @@ def test_hub_id_loads_from_the_local_cache_offline(
 
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hub"))
     commit = _fake_hub_cache(tmp_path / "hub", "someone/tiny-vit", tiny_vit)
-    embedder = Embedder("someone/tiny-vit", spaces=["cls"], precision="fp32")
+    embedder = Embedder("someone/tiny-vit", spaces=["cls", "cls@2/3"], precision="fp32")
+    # The cached config.json names the spaces without loading (or downloading) anything.
+    assert [s.name for s in embedder.known_spaces() or []] == ["cls", "cls@3"]
+    assert not embedder.loaded
     spec = embedder.space_specs()[0]
     assert spec.model_id == "someone/tiny-vit"
     assert spec.model_revision == commit
@@ -572,7 +650,7 @@ def test_build_random_vit_presets(tmp_path: Path) -> None:
     assert config.architectures == ["ViTForImageClassification"]
     assert config.id2label == {0: "label 0", 1: "label 1", 2: "label 2"}
     prep = json.loads((folder / "preprocessor_config.json").read_text())
-    assert prep == {**models_module.VIT_BASE_PREPROCESSOR, "size": {"height": 32, "width": 32}}
+    assert prep == {**VIT_BASE_PREPROCESSOR, "size": {"height": 32, "width": 32}}
     same = build_random_vit(tmp_path / "t2", preset="tiny", num_labels=3, seed=5)
     assert (folder / "model.safetensors").read_bytes() == (same / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="preset"):

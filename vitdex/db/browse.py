@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import Select, func, select
 from sqlalchemy.orm import Session
 
-from vitdex.db import repo
+from vitdex.db.images import where_filter
 from vitdex.db.models import Image, ImageLabel, ImageStatus
 from vitdex.filters import SearchFilter
 
@@ -26,7 +26,7 @@ def _where(stmt: Select[Any], flt: SearchFilter, status: str | None) -> Select[A
     # catalog row (pending and failed ones too) can be browsed.
     if status is not None:
         stmt = stmt.where(Image.status == status)
-    return repo.where_filter(stmt, flt)
+    return where_filter(stmt, flt)
 
 
 def list_images(

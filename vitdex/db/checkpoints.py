@@ -13,7 +13,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import Checkpoint, Dataset, DatasetItem, Image, is_id, iso
-from vitdex.db.repo import get_row
+from vitdex.db.rows import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
 #: What a checkpoint's ``status`` can be.

@@ -16,7 +16,7 @@ from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import INT64_MAX, Dataset, DatasetItem, Image, Space, is_id, iso, utcnow
-from vitdex.db.repo import get_row
+from vitdex.db.rows import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
 __all__ = [

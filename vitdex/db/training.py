@@ -9,7 +9,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import ERROR_MAX, Checkpoint, Job, JobState, TrainingRun, iso, utcnow
-from vitdex.db.repo import get_row
+from vitdex.db.rows import get_row
 from vitdex.errors import NotFoundError
 
 

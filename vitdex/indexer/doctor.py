@@ -20,9 +20,10 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
 from vitdex.db import repo
-from vitdex.errors import ConflictError
+from vitdex.errors import ConfigError, ConflictError
 from vitdex.indexer.models import normalize_model_id
 from vitdex.indexer.repair import repair_space
+from vitdex.indexer.spaces import configured_spaces
 from vitdex.vectors.factory import open_store
 from vitdex.vectors.lease import WriteLease
 from vitdex.vectors.store import compare
@@ -76,6 +77,12 @@ def _diagnose(
     writers_active: bool,
 ) -> dict[str, Any]:
     model_id = normalize_model_id(settings.model.model)
+    try:
+        resolved = configured_spaces(model_id, settings.model.model_revision, settings.model.spaces)
+    except ConfigError:  # a spec the model cannot fill: `vitdex status` says which
+        resolved = None
+    # Unresolved (the model is not on this machine), relative specs match no space.
+    configured = [s.name for s in resolved] if resolved is not None else settings.model.spaces
     spaces_out: list[dict[str, Any]] = []
     problems = 0
     with sessions() as session:
@@ -96,7 +103,7 @@ def _diagnose(
                     "missing_ids": missing[:20].tolist(),
                     "model_id": space.model_id,
                     "model_matches": space.model_id == model_id,
-                    "configured": space.name in settings.model.spaces,
+                    "configured": space.name in configured,
                     "repaired": False,
                 }
                 if not entry["model_matches"] and entry["configured"]:
@@ -123,7 +130,7 @@ def _diagnose(
                 spaces_out.append(entry)
             finally:
                 store.close()
-        unbuilt = [name for name in settings.model.spaces if name not in known]
+        unbuilt = [name for name in configured if name not in known]
     return {
         "ok": problems == 0,
         "repair": repair,

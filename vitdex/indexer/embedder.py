@@ -19,32 +19,28 @@ import numpy as np
 import torch
 from PIL import Image
 
-from vitdex.config import DEFAULT_SPACES, parse_layer_spec
-from vitdex.devices import default_device, default_precision, resolve_device
+from vitdex.config import DEFAULT_SPACES, parse_layer_specs
+from vitdex.devices import default_precision, resolve_device
 from vitdex.errors import ConfigError, ModelLoadError, NoClassifierError
 from vitdex.indexer.models import (
-    Preprocessing,
-    build_random_vit,
     folder_fingerprint,
-    load_help,
+    load_error,
     locate_checkpoint,
     normalize_model_id,
     quiet_progress,
-    read_preprocessing,
+)
+from vitdex.indexer.preprocessing import Preprocessing, pixel_batch, read_preprocessing
+from vitdex.indexer.spaces import (
+    ResolvedSpace,
+    SpaceSpec,
+    configured_spaces,
+    resolve_spaces,
 )
 
 if TYPE_CHECKING:
     from vitdex.config import ModelSettings
 
-__all__ = [
-    "EmbedResult",
-    "Embedder",
-    "SpaceSpec",
-    "build_random_vit",
-    "default_device",
-    "default_precision",
-    "resolve_device",
-]
+__all__ = ["EmbedResult", "Embedder"]
 
 log = logging.getLogger(__name__)
 
@@ -53,22 +49,8 @@ _DTYPES: dict[str, torch.dtype] = {
     "bf16": torch.bfloat16,
     "fp16": torch.float16,
 }
-_TRUE = {"1", "true", "yes", "on"}
 
 Forward = Callable[[torch.Tensor], tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
-
-
-@dataclass(frozen=True)
-class SpaceSpec:
-    """Everything that makes vectors comparable: model, revision, layer, preprocessing."""
-
-    name: str
-    layer: str
-    model_id: str
-    model_revision: str
-    preprocessing: dict[str, Any]
-    dim: int
-    metric: str = "ip"
 
 
 @dataclass
@@ -126,21 +108,6 @@ def _wants_classifier(config: Any) -> bool:
     return not (len(labels) == 2 and set(labels.values()) == {"LABEL_0", "LABEL_1"})
 
 
-def _parse_spaces(spaces: Sequence[str]) -> list[tuple[str, str, int | None]]:
-    if isinstance(spaces, str):
-        spaces = [part for part in spaces.split(",") if part.strip()]
-    parsed: list[tuple[str, str, int | None]] = []
-    for spec in spaces:
-        pooling, layer = parse_layer_spec(spec)
-        # The spec as written names the space: settings, catalog and API all use it.
-        name = spec.strip()
-        if name not in [p[0] for p in parsed]:
-            parsed.append((name, pooling, layer))
-    if not parsed:
-        raise ConfigError("at least one space (layer spec) is needed")
-    return parsed
-
-
 class Embedder:
     """Embeds RGB photos with a Hugging Face ViT checkpoint (hub id or local folder).
 
@@ -157,24 +124,24 @@ class Embedder:
         device: str = "auto",
         precision: str = "auto",
         batch_size: int = 16,
-        compile: bool | None = None,
+        compile: bool = False,
     ) -> None:
         """Check the arguments and pick device and precision; loads nothing.
 
-        ``compile`` runs the model through ``torch.compile`` (about 10% faster on CPU
-        after a 20-40 s compile); ``None`` reads VITDEX_COMPILE.
+        ``spaces`` are layer specs (:mod:`vitdex.indexer.spaces`); a relative depth
+        (``cls@2/3``) resolves to its layer when the model loads. ``compile`` runs the
+        model through ``torch.compile`` (about 10% faster on CPU after a 20-40 s compile);
+        ``None`` reads VITDEX_COMPILE.
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
         self.model_id: str = normalize_model_id(model)
         self.revision = revision
         self.batch_size = batch_size
-        self._spaces = _parse_spaces(spaces)
+        self._given = parse_layer_specs(spaces)
         self.device: torch.device = resolve_device(device)
         self.precision: str = _resolve_precision(precision, self.device)
         self.dtype: torch.dtype = _DTYPES[self.precision]
-        if compile is None:
-            compile = os.environ.get("VITDEX_COMPILE", "").strip().lower() in _TRUE
         self.compile = compile
 
         self._load_lock = threading.Lock()
@@ -185,7 +152,7 @@ class Embedder:
         self._forward: Forward | None = None
         self._prep: Preprocessing | None = None
         self._specs: list[SpaceSpec] = []
-        self._layers: list[tuple[str, int | None]] = []
+        self._layers: list[ResolvedSpace] = []
         self._id2label: dict[int, str] = {}
         self._num_layers = 0
         self._folder: Path | None = None
@@ -201,13 +168,13 @@ class Embedder:
             device=settings.device,
             precision=settings.precision,
             batch_size=settings.batch_size,
-            compile=getattr(settings, "compile", None),
+            compile=settings.compile,
         )
 
     def __repr__(self) -> str:
         state = "loaded" if self._loaded else "not loaded"
         return (
-            f"Embedder({self.model_id!r}, spaces={[s[0] for s in self._spaces]}, "
+            f"Embedder({self.model_id!r}, spaces={self._given}, "
             f"device={self.device}, precision={self.precision}, {state})"
         )
 
@@ -245,17 +212,7 @@ class Embedder:
             raise self._error(f"it is a {model_type!r} model, not a ViT (model_type 'vit')")
 
         num_layers = int(config.num_hidden_layers)
-        layers: list[tuple[str, int | None]] = []
-        for name, pooling, layer in self._spaces:
-            if layer is not None:
-                if not -(num_layers + 1) <= layer <= num_layers:
-                    raise ConfigError(
-                        f"layer spec {name!r} is out of range: the model has {num_layers} "
-                        f"layers, so K must be 0..{num_layers} (0 = patch embeddings) or "
-                        f"-{num_layers + 1}..-1 (counted from the end)"
-                    )
-                layer %= num_layers + 1
-            layers.append((pooling, layer))
+        layers = resolve_spaces(self._given, num_layers)
 
         image_size = config.image_size
         side = image_size if isinstance(image_size, int) else int(image_size[0])
@@ -284,14 +241,14 @@ class Embedder:
         dim = int(config.hidden_size)
         self._specs = [
             SpaceSpec(
-                name=name,
-                layer=name,
+                name=space.name,
+                layer=space.name,
                 model_id=self.model_id,
                 model_revision=revision,
                 preprocessing=dict(record),
                 dim=dim,
             )
-            for name, _, _ in self._spaces
+            for space in layers
         ]
         self._backbone, self._head = backbone, head
         self._layers = layers
@@ -323,7 +280,7 @@ class Embedder:
         )
 
     def _error(self, what: str) -> ModelLoadError:
-        return ModelLoadError(f"cannot load the ViT model {self.model_id!r}: {what}. {load_help()}")
+        return load_error(self.model_id, what)
 
     def _load_modules(
         self, folder: Path, config: Any
@@ -400,40 +357,27 @@ class Embedder:
 
     @property
     def spaces(self) -> list[str]:
-        """The space names (the layer specs as given) this embedder produces, in order."""
-        return [name for name, _, _ in self._spaces]
+        """The layer specs this embedder was asked for, as given (each once, in order)."""
+        return list(self._given)
 
     def space_specs(self) -> list[SpaceSpec]:
-        """One :class:`SpaceSpec` per requested layer spec, in the order given."""
+        """One :class:`SpaceSpec` per space, in the order of the layer specs; each named
+        by its resolved spec (``cls@2/3`` fills ``cls@8`` on a 12-layer ViT)."""
         self.load()
         return list(self._specs)
 
-    # ------------------------------------------------------------------ pixels
+    def known_spaces(self) -> list[ResolvedSpace] | None:
+        """The spaces this embedder fills, without loading the model when it is not loaded
+        yet (resolved from the checkpoint's config.json on this machine); ``None`` when that
+        file is not here, so only loading (or downloading) the model can tell.
 
-    def _fit(self, image: Image.Image, prep: Preprocessing, height: int, width: int) -> Any:
-        if image.mode != "RGB":
-            image = image.convert("RGB")
-        resample = Image.Resampling(prep.resample)
-        if prep.do_resize:
-            if "height" in prep.size:
-                target = (prep.size["width"], prep.size["height"])
-            else:  # shortest edge, as transformers computes it
-                edge = prep.size["shortest_edge"]
-                w, h = image.size
-                if w <= h:
-                    target = (edge, int(edge * h / w))
-                else:
-                    target = (int(edge * w / h), edge)
-            if image.size != target:
-                image = image.resize(target, resample=resample)
-        if prep.do_center_crop:
-            w, h = image.size
-            top, left = (h - height) // 2, (w - width) // 2
-            if top >= 0 and left >= 0:
-                image = image.crop((left, top, left + width, top + height))
-        if image.size != (width, height):  # no resize asked for, but the model needs its size
-            image = image.resize((width, height), resample=resample)
-        return np.asarray(image)
+        Raises :class:`ConfigError` when a layer spec does not fit the model.
+        """
+        if self._loaded:
+            return list(self._layers)
+        return configured_spaces(self.model_id, self.revision, self._given)
+
+    # ------------------------------------------------------------------ pixels
 
     def preprocess(self, images: Sequence[Image.Image]) -> torch.Tensor:
         """RGB PIL images of any size to one normalised float32 batch [n, 3, H, W].
@@ -442,22 +386,8 @@ class Embedder:
         rescale and normalisation then run once over the whole batch.
         """
         self.load()
-        prep = self._prep
-        assert prep is not None
-        height, width = prep.input_size
-        pixels = np.empty((len(images), height, width, 3), dtype=np.uint8)
-        for i, image in enumerate(images):
-            pixels[i] = self._fit(image, prep, height, width)
-        batch = torch.from_numpy(pixels).permute(0, 3, 1, 2).to(torch.float32)
-        # (x * rescale - mean) / std folded into one multiply-add per pixel.
-        scale = prep.rescale_factor if prep.do_rescale else 1.0
-        if prep.do_normalize:
-            std = torch.tensor(prep.image_std, dtype=torch.float32).view(1, 3, 1, 1)
-            mean = torch.tensor(prep.image_mean, dtype=torch.float32).view(1, 3, 1, 1)
-            batch = batch.mul_(scale / std).sub_(mean / std)
-        elif scale != 1.0:
-            batch = batch.mul_(scale)
-        return batch.contiguous()
+        assert self._prep is not None
+        return pixel_batch(images, self._prep)
 
     # ------------------------------------------------------------------ model
 
@@ -468,9 +398,9 @@ class Embedder:
         out = self._backbone(pixel_values=pixels, output_hidden_states=True)
         last = out.last_hidden_state
         pooled = []
-        for pooling, layer in self._layers:
-            states = last if layer is None else out.hidden_states[layer]
-            if pooling == "cls":
+        for space in self._layers:
+            states = last if space.layer is None else out.hidden_states[space.layer]
+            if space.pooling == "cls":
                 vector = states[:, 0].float()
             else:  # mean over the patch tokens; the [CLS] token is not a patch
                 vector = states[:, 1:].float().mean(dim=1)
@@ -511,7 +441,7 @@ class Embedder:
         )
 
     def _collect(self, chunks: Iterable[tuple[list[np.ndarray], np.ndarray | None]]) -> EmbedResult:
-        names = self.spaces
+        names = [space.name for space in self._layers]
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
         logit_parts: list[np.ndarray] = []
         for vectors, logits in chunks:

@@ -7,7 +7,7 @@ so neither ``..`` nor a symlink can climb out of an allowed root.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
@@ -16,8 +16,18 @@ from vitdex.config import STALE_AFTER_S, Settings
 from vitdex.db import jobs, repo
 from vitdex.db.models import JobState, Library
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
-from vitdex.jobs.queue import JobQueue
-from vitdex.paths import inside as inside  # the one check, re-exported for older imports
+from vitdex.paths import inside
+
+
+class JobSubmitter(Protocol):
+    """The one thing a scan needs of a job queue: running a committed, queued job row.
+
+    vitdex.jobs.queue's queues are such; the indexer sits below them and never imports
+    them.
+    """
+
+    def submit(self, job_id: int, *, kind: str | None = None) -> None:
+        """Run the job row ``job_id`` (of kind ``kind``) some time soon."""
 
 
 def allowed_folder(settings: Settings, raw: str) -> Path:
@@ -57,7 +67,7 @@ def library_dict(lib: Library, counts: dict[str, int] | None = None) -> dict[str
 
 def _enqueue_scan(
     session: Session,
-    queue: JobQueue,
+    queue: JobSubmitter,
     lib: Library,
     *,
     reembed: bool = False,
@@ -80,7 +90,7 @@ def _enqueue_scan(
 
 
 def add_library(
-    settings: Settings, sessions: sessionmaker[Session], queue: JobQueue, raw_path: str
+    settings: Settings, sessions: sessionmaker[Session], queue: JobSubmitter, raw_path: str
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """Register the folder (or find the library holding it) and enqueue its scan."""
     folder = allowed_folder(settings, raw_path)
@@ -93,7 +103,7 @@ def add_library(
 
 def scan_library(
     sessions: sessionmaker[Session],
-    queue: JobQueue,
+    queue: JobSubmitter,
     library_id: int,
     *,
     reembed: bool = False,

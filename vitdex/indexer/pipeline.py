@@ -1,5 +1,8 @@
 """Indexing: scan → read + hash → decode → embed → write, batch by batch.
 
+This module scans and orchestrates; reading and decoding run in
+:mod:`vitdex.indexer.stages`, embedding and writing in :mod:`vitdex.indexer.writer`.
+
 Crash safety rests on one order, kept for every batch: vectors are written to the store
 (durable when ``upsert`` returns) *before* the SQL rows that record them commit. After a
 kill at any moment the store may hold vectors the catalog does not know of, never the
@@ -15,136 +18,39 @@ start only when it gets the lease exclusively, i.e. when no other writer runs.
 
 from __future__ import annotations
 
-import hashlib
 import logging
-import os
 import time
 from collections import defaultdict
-from collections.abc import Callable, Generator, Sequence
-from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
-from dataclasses import asdict, dataclass, field
+from collections.abc import Callable, Sequence
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
+from vitdex.db import jobs as job_sql
 from vitdex.db import repo
 from vitdex.db.models import ImageStatus, JobState, Space, utcnow
 from vitdex.db.recovery import recover_orphans
-from vitdex.errors import ConfigError, ImageError
+from vitdex.errors import ConfigError
 from vitdex.indexer.embedder import Embedder
-from vitdex.indexer.images import SUPPORTED_EXTENSIONS, DecodedImage, decode_image, read_photo
-from vitdex.indexer.models import normalize_model_id
+from vitdex.indexer.images import SUPPORTED_EXTENSIONS
 from vitdex.indexer.repair import reconcile_space
+from vitdex.indexer.report import IndexReport, NullProgress, ProgressSink, job_counts
 from vitdex.indexer.scan import ScannedFile, scan
+from vitdex.indexer.stages import Batch, Reader, Task
+from vitdex.indexer.writer import BatchWriter, Reusable
 from vitdex.paths import photo_roots
 from vitdex.vectors.factory import drop_store, open_store
 from vitdex.vectors.lease import WriteLease
 from vitdex.vectors.store import VectorStore
 
+# IndexReport and ProgressSink are part of the indexer's interface, defined in .report.
+__all__ = ["IndexReport", "Indexer", "ProgressSink"]
+
 log = logging.getLogger(__name__)
-
-TOP_LABELS = 5
-
-
-class ProgressSink(Protocol):
-    """Receives progress; the CLI draws a bar, jobs write it to SQL."""
-
-    def scanning(self, files: int) -> None:
-        """``files`` image files found so far."""
-
-    def begin(self, total: int) -> None:
-        """``total`` files need work (hashing, maybe embedding)."""
-
-    def advance(self, n: int) -> None:
-        """``n`` more files are done."""
-
-
-class NullProgress:
-    """Progress that goes nowhere."""
-
-    def scanning(self, files: int) -> None:
-        """Ignore."""
-
-    def begin(self, total: int) -> None:
-        """Ignore."""
-
-    def advance(self, n: int) -> None:
-        """Ignore."""
-
-
-@dataclass
-class IndexReport:
-    """What an index run did; ``vitdex index --json`` prints it."""
-
-    libraries: list[str] = field(default_factory=list)
-    scanned: int = 0
-    new: int = 0
-    changed: int = 0
-    unchanged: int = 0
-    embedded: int = 0
-    reused: int = 0
-    moved: int = 0
-    failed: int = 0
-    deleted: int = 0
-    repaired: int = 0
-    #: The start-up check found another writer running and left the stores alone.
-    repair_skipped: bool = False
-    cancelled: bool = False
-    elapsed: float = 0.0
-    images_per_s: float = 0.0
-    timings: dict[str, float] = field(default_factory=dict)
-    spaces: list[str] = field(default_factory=list)
-    failures: list[dict[str, str]] = field(default_factory=list)
-    job_id: int | None = None
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-ready dict."""
-        return asdict(self)
-
-
-@dataclass(slots=True)
-class _Task:
-    image_id: int
-    path: str
-    size: int
-    mtime_ns: int
-    known_sha: str | None
-    complete: bool  # already has a vector in every current space
-    library_id: int
-    allow_reuse: bool = True
-
-
-@dataclass(slots=True)
-class _Prepared:
-    task: _Task
-    sha256: str | None = None
-    decoded: DecodedImage | None = None
-    error: str | None = None
-    reuse_from: int | None = None
-    unchanged: bool = False
-    read_s: float = 0.0
-    decode_s: float = 0.0
-
-
-@dataclass
-class _Batch:
-    decoded: list[_Prepared] = field(default_factory=list)
-    reused: list[tuple[_Prepared, int]] = field(default_factory=list)
-    failed: list[_Prepared] = field(default_factory=list)
-    touched: list[_Prepared] = field(default_factory=list)
-    moved: list[tuple[_Prepared, int]] = field(default_factory=list)
-
-    def __len__(self) -> int:
-        return (
-            len(self.decoded)
-            + len(self.reused)
-            + len(self.failed)
-            + len(self.touched)
-            + len(self.moved)
-        )
 
 
 class Indexer:
@@ -165,8 +71,7 @@ class Indexer:
         self.progress: ProgressSink = progress or NullProgress()
         self.should_stop = should_stop or (lambda: False)
         self._stores: dict[str, VectorStore] = {}
-        self._timings: dict[str, float] = defaultdict(float)
-        self._min_size = (0, 0)
+        self._timings: defaultdict[str, float] = defaultdict(float)
         #: Library id → the folders its photos may be read from (vitdex.paths).
         self._within: dict[int, tuple[Path, ...]] = {}
 
@@ -179,11 +84,18 @@ class Indexer:
             self._stores[space.name] = store
         return store
 
-    def _existing_spaces(self, session: Session) -> list[Space]:
-        """Current spaces already in the catalog; refuses a different model early."""
-        model_id = normalize_model_id(self.settings.model.model)
+    def _current_names(self) -> list[str]:
+        """The spaces this run fills, named before the model loads where its config.json
+        is on this machine; else the layer specs as given (a relative depth then matches
+        no space, its images count as incomplete, and the model loads to tell)."""
+        known = self.embedder.known_spaces()
+        return [space.name for space in known] if known is not None else self.embedder.spaces
+
+    def _existing_spaces(self, session: Session, names: list[str]) -> list[Space]:
+        """The spaces ``names`` already in the catalog; refuses a different model early."""
+        model_id = self.embedder.model_id
         found = []
-        for name in self.settings.model.spaces:
+        for name in names:
             space = next((s for s in repo.list_spaces(session) if s.name == name), None)
             if space is None:
                 continue
@@ -248,11 +160,11 @@ class Indexer:
                 # Close the rows of earlier runs whose process died (killed, power cut):
                 # this run takes over their work, and they would read running for ever.
                 recover_orphans(session, stale_after_s=self.settings.jobs.job_stale_after_s)
-                job_id = repo.create_job(
+                job_id = job_sql.create_foreground_job(
                     session, "index", {"paths": report.libraries, "reembed": reembed}
                 ).id
             else:
-                repo.update_job(session, job_id, state=JobState.RUNNING, started_at=utcnow())
+                job_sql.update_job(session, job_id, state=JobState.RUNNING, started_at=utcnow())
             report.job_id = job_id
             session.commit()
             lease = WriteLease.of(self.settings)
@@ -277,8 +189,8 @@ class Indexer:
                 work = report.embedded + report.reused
                 report.images_per_s = work / report.elapsed if report.elapsed > 0 else 0.0
                 report.timings = {k: round(v, 4) for k, v in sorted(self._timings.items())}
-                repo.update_job(session, job_id, counts=_job_counts(report))
-                repo.finish_job(session, job_id, state, error)
+                job_sql.update_job(session, job_id, counts=job_counts(report))
+                job_sql.finish_job(session, job_id, state, error)
                 session.commit()
         return report
 
@@ -292,11 +204,12 @@ class Indexer:
         reembed: bool,
         retry_failed: bool,
     ) -> None:
-        spaces = [] if reembed else self._existing_spaces(session)
+        names = self._current_names()
+        spaces = [] if reembed else self._existing_spaces(session, names)
         session.commit()
         self._start_check(session, spaces, report, lease)
 
-        tasks: list[_Task] = []
+        tasks: list[Task] = []
         gone: dict[int, str] = {}  # image id → old path, for files no longer there
         t0 = time.perf_counter()
         for root in roots:
@@ -318,7 +231,7 @@ class Indexer:
                 if old is None:
                     new_files.append(found)
                     continue
-                complete = old.vectors >= len(self.settings.model.spaces) and not reembed
+                complete = old.vectors >= len(names) and not reembed
                 same_stat = old.size == found.size and old.mtime_ns == found.mtime_ns
                 if same_stat and old.status == ImageStatus.INDEXED and complete:
                     report.unchanged += 1
@@ -326,7 +239,7 @@ class Indexer:
                     report.unchanged += 1
                 else:
                     tasks.append(
-                        _Task(
+                        Task(
                             old.id,
                             found.path,
                             found.size,
@@ -343,7 +256,7 @@ class Indexer:
                 session, lib.id, [(f.path, f.size, f.mtime_ns) for f in new_files]
             )
             tasks.extend(
-                _Task(ids[f.path], f.path, f.size, f.mtime_ns, None, False, lib.id)
+                Task(ids[f.path], f.path, f.size, f.mtime_ns, None, False, lib.id)
                 for f in new_files
             )
             report.new += len(new_files)
@@ -353,8 +266,6 @@ class Indexer:
 
         if tasks and not self.should_stop():
             spaces = self._prepare_spaces(session, reembed)
-            height, width = self.embedder.input_size
-            self._min_size = (width, height)  # the decoder takes (width, height)
             self._process(session, spaces, tasks, gone, report)
         report.spaces = [s.name for s in spaces]
 
@@ -389,98 +300,38 @@ class Indexer:
 
     # ------------------------------------------------------------------ stages
 
-    def _prepare(self, task: _Task, reusable: dict[str, int]) -> _Prepared:
-        """Runs in a worker thread: read, hash, and decode unless the vectors exist."""
-        out = _Prepared(task)
-        t0 = time.perf_counter()
-        try:
-            # A link out of the library (or swapped in since the scan) is refused here.
-            data = read_photo(task.path, self._within[task.library_id])
-        except ImageError as exc:
-            out.error = exc.message
-            return out
-        out.sha256 = hashlib.sha256(data).hexdigest()
-        out.read_s = time.perf_counter() - t0
-        if task.complete and task.known_sha == out.sha256:
-            out.unchanged = True  # touched, or copied back with the same bytes
-            return out
-        source = reusable.get(out.sha256) if task.allow_reuse else None
-        if source is not None and source != task.image_id:
-            out.reuse_from = source
-            return out
-        t1 = time.perf_counter()
-        try:
-            out.decoded = decode_image(
-                data,
-                max_megapixels=self.settings.index.max_megapixels,
-                min_size=self._min_size,
-            )
-        except ImageError as exc:
-            out.error = exc.message
-        out.decode_s = time.perf_counter() - t1
-        return out
-
-    def _workers(self) -> int:
-        configured = self.settings.index.decode_workers
-        if configured:
-            return configured
-        # One decoder per core the model leaves over, at least one: decoding a
-        # draft-mode JPEG costs a fraction of the forward pass.
-        return max(1, (os.cpu_count() or 2) - 1)
-
-    def _prepared_stream(
-        self, tasks: list[_Task], reusable: dict[str, int]
-    ) -> Generator[_Prepared, None, None]:
-        """Results of :meth:`_prepare` as they finish, with a bounded read-ahead."""
-        window = max(4, 3 * self.settings.model.batch_size)
-        pending: set[Future[_Prepared]] = set()
-        queue = iter(tasks)
-        with ThreadPoolExecutor(self._workers(), thread_name_prefix="vitdex-decode") as pool:
-            try:
-                while True:
-                    while len(pending) < window:
-                        task = next(queue, None)
-                        if task is None:
-                            break
-                        pending.add(pool.submit(self._prepare, task, reusable))
-                    if not pending:
-                        return
-                    t0 = time.perf_counter()
-                    done, pending = wait(pending, return_when=FIRST_COMPLETED)
-                    self._timings["wait_decode"] += time.perf_counter() - t0
-                    for fut in done:
-                        yield fut.result()
-            finally:
-                for fut in pending:
-                    fut.cancel()
-
     def _process(
         self,
         session: Session,
         spaces: list[Space],
-        tasks: list[_Task],
+        tasks: list[Task],
         gone: dict[int, str],
         report: IndexReport,
     ) -> None:
-        space_ids = [s.id for s in spaces]
-        reusable = repo.reusable_by_sha(session, space_ids)
-        by_image = {image_id: sha for sha, image_id in reusable.items()}
+        """Read, decode, embed and write ``tasks`` batch by batch; a file whose bytes an
+        indexed image already has takes over its vectors, or its row when that image's
+        file is ``gone`` (moved)."""
+        reusable = Reusable(repo.reusable_by_sha(session, [s.id for s in spaces]))
         self.progress.begin(len(tasks))
         if report.job_id is not None:
-            repo.update_job(session, report.job_id, total=len(tasks))
+            job_sql.update_job(session, report.job_id, total=len(tasks))
             session.commit()
-        batch = _Batch()
+        height, width = self.embedder.input_size
+        # The decoder takes (width, height).
+        reader = Reader(self.settings, self._within, (width, height), self._timings)
+        writer = BatchWriter(session, spaces, self.embedder, self._store, self._timings)
+        batch = Batch()
         batch_size = self.settings.model.batch_size
-        retry: list[_Task] = []
+        retry: list[Task] = []
 
         def flush() -> None:
             nonlocal batch
             if len(batch):
-                self._write_batch(session, spaces, batch, report, reusable, by_image)
+                writer.write(batch, report, reusable)
                 self.progress.advance(len(batch))
-                batch = _Batch()
+                batch = Batch()
 
-        stream = self._prepared_stream(tasks, reusable)
+        stream = reader.stream(tasks, reusable.by_sha)
         for item in stream:
             if item.error is not None:
                 batch.failed.append(item)
@@ -488,7 +339,7 @@ class Indexer:
                 batch.touched.append(item)
             elif item.reuse_from is not None:
                 source = item.reuse_from
-                if reusable.get(item.sha256 or "") != source:
+                if reusable.by_sha.get(item.sha256 or "") != source:
                     # The source was re-embedded with other content meanwhile: decode.
                     item.task.allow_reuse = False
                     retry.append(item.task)
@@ -510,161 +361,11 @@ class Indexer:
             return
         flush()
         if retry:
-            for item in self._prepared_stream(retry, {}):
+            for item in reader.stream(retry, {}):
                 (batch.failed if item.error else batch.decoded).append(item)
                 if len(batch.decoded) >= batch_size:
                     flush()
             flush()
-
-    def _write_batch(
-        self,
-        session: Session,
-        spaces: list[Space],
-        batch: _Batch,
-        report: IndexReport,
-        reusable: dict[str, int],
-        by_image: dict[int, str],
-    ) -> None:
-        for item in batch.decoded:
-            self._timings["read_hash"] += item.read_s
-            self._timings["decode"] += item.decode_s
-        vectors: dict[str, list[np.ndarray]] = {s.name: [] for s in spaces}
-        ids: list[int] = []
-        labels: list[list[tuple[str, float]]] = []
-        if batch.decoded:
-            t0 = time.perf_counter()
-            images = [item.decoded.image for item in batch.decoded if item.decoded]
-            result = self.embedder.embed(images)
-            self._timings["embed"] += time.perf_counter() - t0
-            ids.extend(item.task.image_id for item in batch.decoded)
-            for space in spaces:
-                vectors[space.name].append(result.vectors[space.name])
-            if result.logits is not None:
-                labels = self.embedder.top_labels(result.logits, TOP_LABELS)
-        if batch.reused:
-            sources = np.asarray([src for _, src in batch.reused], dtype=np.int64)
-            ids.extend(item.task.image_id for item, _ in batch.reused)
-            for space in spaces:
-                vectors[space.name].append(self._store(space).get(sources))
-
-        # SQL first (flushed, not committed), then the store, then the commit: the store
-        # write still precedes the commit that records it, and payload-carrying backends
-        # read each image's final metadata from this very transaction.
-        t0 = time.perf_counter()
-        model_id = self.embedder.model_id
-        space_ids = [s.id for s in spaces]
-        for n, item in enumerate(batch.decoded):
-            assert item.decoded is not None
-            image_id = item.task.image_id
-            repo.record_indexed(session, image_id, _image_values(item))
-            if labels:
-                repo.set_labels(session, image_id, labels[n], model_id)
-            _remember(reusable, by_image, item.sha256, image_id)
-        for item, source in batch.reused:
-            repo.touch_image(session, item.task.image_id, item.task.size, item.task.mtime_ns)
-            repo.copy_image_meta(session, source, item.task.image_id)
-        repo.add_vector_rows(session, ids, space_ids)
-        for item, source in batch.moved:
-            # The file's row for its new path was inserted as pending; the old row
-            # (with its vectors and labels) takes over the new path.
-            repo.delete_images(session, [item.task.image_id])
-            session.flush()
-            repo.move_image(session, source, item.task.path, item.task.library_id)
-            repo.touch_image(session, source, item.task.size, item.task.mtime_ns)
-        for item in batch.failed:
-            _forget(reusable, by_image, item.task.image_id)
-            repo.record_failed(
-                session,
-                item.task.image_id,
-                item.error or "unknown error",
-                sha256=item.sha256,
-                size=item.task.size,
-                mtime_ns=item.task.mtime_ns,
-            )
-            report.failures.append({"path": item.task.path, "error": item.error or ""})
-        for item in batch.touched:
-            repo.touch_image(session, item.task.image_id, item.task.size, item.task.mtime_ns)
-        session.flush()
-        self._timings["sql"] += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        failed_ids = np.asarray([item.task.image_id for item in batch.failed], dtype=np.int64)
-        id_array = np.asarray(ids, dtype=np.int64)
-        moved_ids = np.asarray([source for _, source in batch.moved], dtype=np.int64)
-        for space in spaces:
-            store = self._store(space)
-            wants_payloads = store.uses_payloads
-            if len(id_array):
-                store.upsert(
-                    id_array,
-                    np.concatenate(vectors[space.name]),
-                    repo.payloads(session, ids) if wants_payloads else None,
-                )
-            if len(moved_ids) and wants_payloads:
-                # Same vectors, new path: only backends that filter on payloads care.
-                store.upsert(
-                    moved_ids, store.get(moved_ids), repo.payloads(session, moved_ids.tolist())
-                )
-            if len(failed_ids):
-                store.delete(failed_ids)
-        self._timings["store"] += time.perf_counter() - t0
-
-        t0 = time.perf_counter()
-        report.changed += sum(
-            1
-            for item in [*batch.decoded, *batch.failed]
-            if item.task.known_sha is not None and item.task.known_sha != item.sha256
-        )
-        report.embedded += len(batch.decoded)
-        report.reused += len(batch.reused)
-        report.moved += len(batch.moved)
-        report.failed += len(batch.failed)
-        report.unchanged += len(batch.touched)
-        if report.job_id is not None:
-            repo.update_job(
-                session,
-                report.job_id,
-                done=_job_done(report),
-                counts=_job_counts(report),
-            )
-        session.commit()
-        self._timings["sql"] += time.perf_counter() - t0
-
-
-def _remember(
-    reusable: dict[str, int], by_image: dict[int, str], sha: str | None, image_id: int
-) -> None:
-    _forget(reusable, by_image, image_id)
-    if sha is not None:
-        reusable.setdefault(sha, image_id)
-        if reusable[sha] == image_id:
-            by_image[image_id] = sha
-
-
-def _forget(reusable: dict[str, int], by_image: dict[int, str], image_id: int) -> None:
-    old = by_image.pop(image_id, None)
-    if old is not None and reusable.get(old) == image_id:
-        del reusable[old]
-
-
-def _image_values(item: _Prepared) -> dict[str, Any]:
-    decoded = item.decoded
-    assert decoded is not None
-    exif = decoded.exif
-    return {
-        "sha256": item.sha256,
-        "size": item.task.size,
-        "mtime_ns": item.task.mtime_ns,
-        "width": decoded.width,
-        "height": decoded.height,
-        "format": decoded.format,
-        "taken_at": exif.taken_at,
-        "camera_make": exif.camera_make,
-        "camera_model": exif.camera_model,
-        "orientation": exif.orientation,
-        "gps_lat": exif.gps_lat,
-        "gps_lon": exif.gps_lon,
-    }
 
 
 def _space_dict(space: Space) -> dict[str, Any]:
@@ -677,14 +378,3 @@ def _space_dict(space: Space) -> dict[str, Any]:
         "dim": space.dim,
         "metric": space.metric,
     }
-
-
-def _job_done(report: IndexReport) -> int:
-    return report.embedded + report.reused + report.moved + report.failed
-
-
-def _job_counts(report: IndexReport) -> dict[str, Any]:
-    keys = ("scanned", "new", "changed", "unchanged", "embedded", "reused", "moved")
-    counts: dict[str, Any] = {key: getattr(report, key) for key in keys}
-    counts.update(failed=report.failed, deleted=report.deleted, repaired=report.repaired)
-    return counts

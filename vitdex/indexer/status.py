@@ -8,13 +8,17 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
 from vitdex.db import repo
+from vitdex.indexer.spaces import describe_configured
 from vitdex.vectors.factory import open_store
 
 
 def collect_status(
     settings: Settings, sessions: sessionmaker[Session], *, max_failed: int = 50
 ) -> dict[str, Any]:
-    """Counts per status, per space (catalog rows and store vectors), libraries, failures."""
+    """Counts per status, per space (catalog rows and store vectors), libraries, failures,
+    and under ``configured`` what each configured layer spec resolves to (the space it
+    fills, its layer) for the configured model (see
+    :func:`vitdex.indexer.spaces.describe_configured`)."""
     with sessions() as session:
         by_status = repo.status_counts(session)
         vectors = repo.vector_counts(session)
@@ -57,6 +61,7 @@ def collect_status(
         "home": str(settings.storage.home),
         "database": _redact(settings.storage.resolved_database_url),
         "model": settings.model.model,
+        "configured": describe_configured(settings.model),
         "images": present,
         "indexed": by_status["indexed"],
         "failed": by_status["failed"],
