@@ -18,6 +18,8 @@ from sqlalchemy import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
+from vitdex.db import jobs
+from vitdex.db.models import JobState
 from vitdex.errors import VitdexError
 
 if TYPE_CHECKING:
@@ -91,9 +93,6 @@ class Services:
     def resume_embedded_jobs(self) -> int:
         """Without Redis, jobs run in this process only: whatever was queued or running
         when the last process stopped is queued again here. Returns how many."""
-        from vitdex.db import jobs
-        from vitdex.db.models import JobState
-
         with self.sessions() as session:
             stale = [
                 job
@@ -113,7 +112,7 @@ class Services:
     def recover_jobs(self) -> None:
         """With Redis: the recovery sweep (orphans requeued, queued rows rq lost
         submitted again); the worker runs it too, this covers a start with none."""
-        from vitdex.jobs.queue import recover_jobs
+        from vitdex.jobs.recovery import recover_jobs
 
         recover_jobs(self.sessions, self.queue, stale_after_s=self.settings.jobs.job_stale_after_s)
 
@@ -121,11 +120,45 @@ class Services:
         """Requeue (or cancel) jobs whose process died, before jobs are listed or
         cancelled: a dead job never reads running for long. One query; an unreachable
         queue only leaves the recovered rows queued for the next sweep."""
-        from vitdex.jobs.queue import recover_orphans
+        from vitdex.jobs.recovery import recover_orphans
 
         recover_orphans(
             self.sessions, self.queue, stale_after_s=self.settings.jobs.job_stale_after_s
         )
+
+    def check_database(self) -> str:
+        """``ok`` when the catalog answers a trivial query; its error otherwise."""
+        from sqlalchemy import text
+
+        with self.sessions() as session:
+            session.execute(text("SELECT 1"))
+        return "ok"
+
+    def list_jobs(
+        self, *, state: str | None, kind: str | None, limit: int, offset: int
+    ) -> tuple[list[dict[str, Any]], int]:
+        """A page of jobs newest first, and the total that match; jobs whose process died
+        are recovered first, so none reads running for long."""
+        self.recover_orphans()
+        with self.sessions() as session:
+            rows, total = jobs.list_jobs(
+                session, state=state, kind=kind, limit=limit, offset=offset
+            )
+            return [jobs.job_to_dict(job) for job in rows], total
+
+    def get_job(self, job_id: int) -> dict[str, Any]:
+        """One job (recovered first if its process died)."""
+        self.recover_orphans()
+        with self.sessions() as session:
+            return jobs.job_to_dict(jobs.get_job(session, job_id))
+
+    def cancel_job(self, job_id: int) -> dict[str, Any]:
+        """Ask a job to stop (a queued one, or one whose process died, stops at once)."""
+        with self.sessions() as session:
+            stale = self.settings.jobs.job_stale_after_s
+            job = jobs.request_cancel(session, job_id, stale_after_s=stale)
+            session.commit()
+            return jobs.job_to_dict(job)
 
     @property
     def queue(self) -> JobQueue:

@@ -1,5 +1,5 @@
 """Searching the vector stores: the search service (bytes or ids in, one hit type out),
-batching of concurrent queries, and clustering.
+batching of concurrent queries, clustering, and the catalog reads of the API and pages.
 
 Names are imported on first use, so importing the package loads neither torch nor FAISS.
 """
@@ -10,6 +10,11 @@ import importlib
 from typing import Any
 
 _EXPORTS = {
+    "Classification": "vitdex.search.results",
+    "Hit": "vitdex.search.results",
+    "LabelScore": "vitdex.search.results",
+    "LabelledImage": "vitdex.search.catalog",
+    "QueryResult": "vitdex.search.results",
     "SearchService": "vitdex.search.service",
 }
 

@@ -7,8 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
-from datetime import datetime
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -19,72 +18,23 @@ from vitdex.config import Settings
 from vitdex.db import repo
 from vitdex.db.models import Image, ImageStatus, Space
 from vitdex.errors import ConfigError, ImageError, NoClassifierError, NotFoundError
+from vitdex.filters import SearchFilter
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import decode_image
 from vitdex.indexer.repair import compare_space
 from vitdex.search.batching import MicroBatcher, OneResult
+from vitdex.search.results import (
+    SCORE_PLACES,
+    Classification,
+    Hit,
+    QueryResult,
+    label_scores,
+    photo_facts,
+)
 from vitdex.vectors.factory import open_store
-from vitdex.vectors.store import SearchFilter, SearchHit, VectorStore
+from vitdex.vectors.store import SearchHit, VectorStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Hit:
-    """One neighbour with the metadata a caller usually shows."""
-
-    image_id: int
-    path: str
-    score: float
-    width: int | None = None
-    height: int | None = None
-    format: str | None = None
-    taken_at: datetime | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
-    labels: list[tuple[str, float]] = field(default_factory=list)
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        out = asdict(self)
-        out["taken_at"] = self.taken_at.isoformat() if self.taken_at else None
-        out["labels"] = [{"label": lab, "score": round(s, 6)} for lab, s in self.labels]
-        out["score"] = round(self.score, 6)
-        return out
-
-
-@dataclass
-class QueryResult:
-    """Neighbours of one query (a file or a catalog id)."""
-
-    query: str
-    image_id: int | None
-    space: str
-    hits: list[Hit]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "query": self.query,
-            "image_id": self.image_id,
-            "space": self.space,
-            "hits": [hit.to_dict() for hit in self.hits],
-        }
-
-
-@dataclass
-class Classification:
-    """Top labels of one image."""
-
-    query: str
-    labels: list[tuple[str, float]]
-
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict."""
-        return {
-            "query": self.query,
-            "labels": [{"label": lab, "score": round(s, 6)} for lab, s in self.labels],
-        }
 
 
 def resolve_space(session: Session, preferred: str, name: str | None) -> Space:
@@ -239,22 +189,28 @@ class SearchService:
         files: Sequence[Path] = (),
         ids: Sequence[int] = (),
         *,
+        uploads: Sequence[tuple[str, bytes]] = (),
         k: int = 10,
+        offset: int = 0,
         space: str | None = None,
         include_self: bool = False,
         filter: SearchFilter | None = None,
     ) -> list[QueryResult]:
-        """Nearest indexed images of each query file and each catalog id, best first.
+        """Nearest indexed images of each catalog id, each query file and each upload (a
+        ``(name, content)`` pair, searched by its bytes), in that order, best first.
 
         A query by id, or a file at a path the catalog holds, is left out of its own hits
         unless ``include_self``; exact copies of it at other paths are listed like any
-        neighbour. A file whose content the catalog holds (at any path) is searched with
-        that stored vector instead of a forward pass.
+        neighbour. A file or upload whose content the catalog holds (at any path) is
+        searched with that stored vector instead of a forward pass.
         ``filter`` keeps only images matching its metadata conditions (resolved in SQL,
-        then searched exactly among those ids).
+        then searched exactly among those ids). ``offset`` skips that many of the best
+        hits (paging): the ``k`` returned are those ranked ``offset + 1`` onwards.
         """
         if k < 1:
             raise ConfigError("k must be at least 1")
+        if offset < 0:
+            raise ConfigError("offset must not be negative")
         results: list[QueryResult] = []
         with self.sessions() as session:
             sp = self._space(session, space)
@@ -272,40 +228,30 @@ class SearchService:
                 at = _image_at(session, file)
                 _, vector = self.file_query(session, sp, store, _read(file), at=at)
                 queries.append((str(file), at.id if at is not None else None, vector))
+            for name, data in uploads:
+                _, vector = self.file_query(session, sp, store, data)
+                queries.append((name, None, vector))
             if not queries:
                 return []
             matrix = np.stack([vec for _, _, vec in queries]).astype(np.float32)
-            raw = search_filtered(session, sp, store, matrix, k + 1, filter)
-            wanted = {h.id for hits in raw for h in hits}
-            images = repo.get_images(session, sorted(wanted))
-            labels = repo.labels_of(session, sorted(wanted))
+            raw = search_filtered(session, sp, store, matrix, offset + k + 1, filter)
+            wanted = sorted({h.id for hits in raw for h in hits})
+            images = repo.get_images(session, wanted)
+            labels = repo.labels_of(session, wanted)
             for (name, qid, _), hits in zip(queries, raw, strict=True):
-                out: list[Hit] = []
-                for h in hits:
-                    if (qid is not None and h.id == qid and not include_self) or (
-                        h.id not in images
-                    ):
-                        continue
-                    img = images[h.id]
-                    out.append(
-                        Hit(
-                            image_id=h.id,
-                            path=img.path,
-                            score=float(h.score),
-                            width=img.width,
-                            height=img.height,
-                            format=img.format,
-                            taken_at=img.taken_at,
-                            camera_make=img.camera_make,
-                            camera_model=img.camera_model,
-                            labels=labels.get(h.id, []),
-                        )
-                    )
-                results.append(QueryResult(name, qid, sp.name, out[:k]))
+                out = [
+                    _hit(h, images[h.id], labels.get(h.id, []))
+                    for h in hits
+                    if h.id in images and (include_self or qid is None or h.id != qid)
+                ]
+                results.append(QueryResult(name, qid, sp.name, out[offset : offset + k]))
         return results
 
-    def classify(self, files: Sequence[Path], *, k: int = 5) -> list[Classification]:
-        """Top-k labels of each file from the checkpoint's classifier."""
+    def classify(
+        self, files: Sequence[Path] = (), *, uploads: Sequence[tuple[str, bytes]] = (), k: int = 5
+    ) -> list[Classification]:
+        """Top-k labels of each file, then of each upload (a ``(name, content)`` pair),
+        from the checkpoint's classifier."""
         if k < 1:
             raise ConfigError("k must be at least 1")
         embedder = self.embedder(self.settings.model.spaces)
@@ -316,12 +262,25 @@ class SearchService:
                 "(it is a feature-extraction checkpoint); use a *ForImageClassification "
                 "checkpoint such as google/vit-base-patch16-224 to classify"
             )
+        named = [*((str(file), _read(file)) for file in files), *uploads]
         out = []
-        for file in files:
-            result = self._embed_one(self.settings.model.spaces, _read(file))
+        for name, data in named:
+            result = self._embed_one(self.settings.model.spaces, data)
             assert result.logits is not None
-            out.append(Classification(str(file), embedder.top_labels(result.logits, k)[0]))
+            labels = embedder.top_labels(result.logits, k)[0]
+            out.append(Classification(name, label_scores(labels)))
         return out
+
+
+def _hit(found: SearchHit, img: Image, labels: Sequence[tuple[str, float]]) -> Hit:
+    """A store hit with the catalog facts of its image."""
+    return Hit(
+        image_id=found.id,
+        path=img.path,
+        score=round(float(found.score), SCORE_PLACES),
+        labels=label_scores(labels),
+        **photo_facts(img),
+    )
 
 
 def _decode_size(embedder: Embedder) -> tuple[int, int]:
@@ -333,7 +292,7 @@ def _decode_size(embedder: Embedder) -> tuple[int, int]:
 def _image_at(session: Session, file: Path) -> Image | None:
     """The catalog image at ``file``'s path, by the path as given (made absolute, links
     kept, as the scanner records them) or as resolved; None for a file outside the
-    catalog, such as an HTTP upload's temporary copy."""
+    catalog."""
     given = Path(os.path.normpath(Path(file).expanduser().absolute()))
     try:
         resolved = given.resolve()

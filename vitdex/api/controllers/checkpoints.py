@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from litestar import Controller, delete, get
 from litestar.di import NamedDependency
@@ -13,6 +13,7 @@ from litestar.status_codes import HTTP_200_OK
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.jobs import Offset
+from vitdex.api.schemas import CheckpointDeleted, CheckpointDetail, CheckpointsPage
 from vitdex.db.models import INT64_MAX
 from vitdex.training import registry
 
@@ -36,18 +37,19 @@ class CheckpointsController(Controller):
         run_id: Annotated[int | None, QueryParameter(ge=1, le=INT64_MAX)] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Offset = 0,
-    ) -> dict[str, Any]:
+    ) -> CheckpointsPage:
         """Checkpoints, newest first, with the total that match."""
-        return registry.list_checkpoints(
+        page = registry.list_checkpoints(
             sessions, status=status, run_id=run_id, limit=limit, offset=offset
         )
+        return CheckpointsPage.of(page)
 
     @get("/{checkpoint_id:int}", sync_to_thread=True)
     def get_one(
         self, sessions: NamedDependency[sessionmaker[Session]], checkpoint_id: Id
-    ) -> dict[str, Any]:
+    ) -> CheckpointDetail:
         """One checkpoint: file, sha256, training config, dataset hash, status."""
-        return registry.show_checkpoint(sessions, checkpoint_id)
+        return CheckpointDetail.of(registry.show_checkpoint(sessions, checkpoint_id))
 
     @get("/{checkpoint_id:int}/sample", sync_to_thread=True, media_type="image/png")
     def sample(self, sessions: NamedDependency[sessionmaker[Session]], checkpoint_id: Id) -> File:
@@ -68,6 +70,8 @@ class CheckpointsController(Controller):
         files: Annotated[
             bool, QueryParameter(description="Also delete the file, its YAML and sample")
         ] = False,
-    ) -> dict[str, Any]:
+    ) -> CheckpointDeleted:
         """Unregister a checkpoint; with ``files=true`` its own files are deleted too."""
-        return registry.delete_checkpoint(sessions, checkpoint_id, files=files)
+        return CheckpointDeleted.of(
+            registry.delete_checkpoint(sessions, checkpoint_id, files=files)
+        )

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
@@ -15,6 +15,14 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitdex.api.controllers.jobs import Offset
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
+from vitdex.api.schemas import (
+    DatasetChanged,
+    DatasetDeleted,
+    DatasetsPage,
+    DatasetView,
+    JobOut,
+    JobQueued,
+)
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
@@ -85,7 +93,7 @@ class DatasetsController(Controller):
         data: JSONBody[DatasetIn],
         settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
-    ) -> dict[str, Any]:
+    ) -> DatasetView:
         """Curate a dataset: every candidate with the reason it is in or out."""
         from vitdex.training.curate import CurateOptions, create_dataset
 
@@ -99,7 +107,7 @@ class DatasetsController(Controller):
             class_count=data.class_count,
             class_label=data.class_label,
         )
-        return create_dataset(
+        view = create_dataset(
             settings,
             sessions,
             data.name,
@@ -108,6 +116,7 @@ class DatasetsController(Controller):
             class_prompt=data.class_prompt,
             options=options,
         )
+        return DatasetView.of(view)
 
     @get("/", sync_to_thread=True)
     def list_all(
@@ -115,15 +124,12 @@ class DatasetsController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Offset = 0,
-    ) -> dict[str, Any]:
+    ) -> DatasetsPage:
         """Datasets, newest first, with their item counts."""
         from vitdex.training.curate import list_datasets
 
-        return {
-            "limit": limit,
-            "offset": offset,
-            **list_datasets(sessions, limit=limit, offset=offset),
-        }
+        page = list_datasets(sessions, limit=limit, offset=offset)
+        return DatasetsPage.of({"limit": limit, "offset": offset, **page})
 
     @get("/{dataset_id:int}", sync_to_thread=True)
     def get_one(
@@ -133,11 +139,11 @@ class DatasetsController(Controller):
         role: Annotated[
             Literal["instance", "class"] | None, QueryParameter(description="Only this role")
         ] = None,
-    ) -> dict[str, Any]:
+    ) -> DatasetView:
         """One dataset with every candidate, in or out, and why."""
         from vitdex.training.curate import show_dataset
 
-        return show_dataset(sessions, dataset_id, role=role)
+        return DatasetView.of(show_dataset(sessions, dataset_id, role=role))
 
     @post("/{dataset_id:int}/include", status_code=HTTP_200_OK, sync_to_thread=True)
     def include(
@@ -145,12 +151,12 @@ class DatasetsController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         dataset_id: Id,
         data: JSONBody[ImageIdsIn],
-    ) -> dict[str, Any]:
+    ) -> DatasetChanged:
         """Include images by hand (any catalog image; a new one joins as ``role``)."""
         from vitdex.training.curate import include_images
 
         ids = _check_ids(data.image_ids, "image_ids")
-        return include_images(sessions, dataset_id, ids, role=data.role)
+        return DatasetChanged.of(include_images(sessions, dataset_id, ids, role=data.role))
 
     @post("/{dataset_id:int}/exclude", status_code=HTTP_200_OK, sync_to_thread=True)
     def exclude(
@@ -158,11 +164,12 @@ class DatasetsController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         dataset_id: Id,
         data: JSONBody[ImageIdsIn],
-    ) -> dict[str, Any]:
+    ) -> DatasetChanged:
         """Exclude candidates by hand."""
         from vitdex.training.curate import exclude_images
 
-        return exclude_images(sessions, dataset_id, _check_ids(data.image_ids, "image_ids"))
+        changed = exclude_images(sessions, dataset_id, _check_ids(data.image_ids, "image_ids"))
+        return DatasetChanged.of(changed)
 
     @post(
         "/{dataset_id:int}/export",
@@ -177,7 +184,7 @@ class DatasetsController(Controller):
         services: NamedDependency[Services],
         dataset_id: Id,
         data: JSONBody[ExportIn | None] = None,
-    ) -> dict[str, Any]:
+    ) -> JobQueued:
         """Queue writing square crops, captions and a kohya ``dataset.toml``; the job's
         progress counts images and its ``counts`` hold the result when it succeeds."""
         from vitdex.training.export import enqueue_export
@@ -194,13 +201,13 @@ class DatasetsController(Controller):
             detect_faces=body.detect_faces,
         )
         services.queue.submit(job["id"], kind="export")
-        return {"job": job}
+        return JobQueued(job=JobOut.of(job))
 
     @delete("/{dataset_id:int}", status_code=HTTP_200_OK, sync_to_thread=True)
     def remove(
         self, sessions: NamedDependency[sessionmaker[Session]], dataset_id: Id
-    ) -> dict[str, Any]:
+    ) -> DatasetDeleted:
         """Delete a dataset and its items (photos and exported files stay)."""
         from vitdex.training.curate import delete_dataset
 
-        return delete_dataset(sessions, dataset_id)
+        return DatasetDeleted.of(delete_dataset(sessions, dataset_id))

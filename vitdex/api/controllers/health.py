@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
 
 from litestar import Controller, Response, get
 from litestar.datastructures import State
@@ -15,34 +13,10 @@ from vitdex.api.schemas import HealthOut, ReadyOut
 from vitdex.config import Settings
 
 
-def _check_database(services: NamedDependency[Services]) -> str:
-    from sqlalchemy import text
-
-    with services.sessions() as session:
-        session.execute(text("SELECT 1"))
-    return "ok"
-
-
 def _check_vectors(settings: Settings) -> str:
-    v = settings.vectors
-    if v.vector_backend == "qdrant" and v.qdrant_url:
-        import httpx
+    from vitdex.vectors.factory import check_ready
 
-        headers = {"api-key": v.qdrant_api_key} if v.qdrant_api_key else {}
-        reply = httpx.get(f"{v.qdrant_url.rstrip('/')}/readyz", headers=headers, timeout=3)
-        reply.raise_for_status()
-        return "ok"
-    # FAISS files (or Qdrant's local mode) live under a folder the process must write.
-    folder = (
-        (v.qdrant_path or settings.storage.home / "qdrant")
-        if v.vector_backend == "qdrant"
-        else settings.storage.home / "faiss"
-    )
-    existing = folder
-    while not existing.exists() and existing != existing.parent:
-        existing = existing.parent
-    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
-        raise OSError(f"{folder} is not a writable folder")
+    check_ready(settings)
     return "ok"
 
 
@@ -74,8 +48,8 @@ class HealthController(Controller):
     def ready(self, services: NamedDependency[Services]) -> Response[ReadyOut]:
         """Database, vector store and queue are reachable; 503 naming what is not."""
         checks: dict[str, str] = {}
-        probes: dict[str, Any] = {
-            "database": lambda: _check_database(services),
+        probes: dict[str, Callable[[], str]] = {
+            "database": services.check_database,
             "vectors": lambda: _check_vectors(services.settings),
             "queue": lambda: _check_queue(services.settings),
         }

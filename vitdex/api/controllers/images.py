@@ -30,12 +30,12 @@ from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Unavailable, Unprocessable
 from vitdex.api.schemas import ImageOut, ImagesPage, LabelCount, LabelsOut, SimilarOut
 from vitdex.config import Settings
-from vitdex.db import browse, repo
-from vitdex.db.models import INT64_MAX, Image, ImageStatus
+from vitdex.db.models import INT64_MAX, ImageStatus
 from vitdex.errors import ForbiddenError, NotFoundError
+from vitdex.filters import SearchFilter
 from vitdex.indexer.thumbnails import MAX_SIZE, MIN_SIZE, ensure_thumbnail
-from vitdex.paths import open_confined, photo_roots
-from vitdex.vectors.store import SearchFilter
+from vitdex.paths import open_confined
+from vitdex.search import catalog
 
 ImageId = Annotated[int, Parameter(ge=1, le=INT64_MAX, description="Catalog image id")]
 Status = Annotated[
@@ -95,16 +95,6 @@ class _ConfinedFiles:
         return open_confined(file, self.within)
 
 
-def _photo(
-    sessions: sessionmaker[Session], settings: Settings, image_id: int
-) -> tuple[Image, tuple[Path, ...]]:
-    """An image and the folders its file may be read from (its library, allowed roots)."""
-    with sessions() as session:
-        img = repo.get_image(session, image_id)
-        root = repo.get_library(session, img.library_id).root
-    return img, photo_roots(root, settings.api.allowed_roots)
-
-
 class ImagesController(Controller):
     """``/api/v1/images`` and ``/api/v1/labels``."""
 
@@ -122,16 +112,11 @@ class ImagesController(Controller):
         offset: Annotated[int, Parameter(ge=0, le=INT64_MAX)] = 0,
     ) -> ImagesPage:
         """Catalog images matching the filters, newest photo first, with the total."""
-        with sessions() as session:
-            page = browse.list_images(
-                session, flt, status=status.value if status else None, limit=limit, offset=offset
-            )
-            labels = repo.labels_of(session, [img.id for img in page.images])
+        total, images = catalog.list_images(
+            sessions, flt, status=status.value if status else None, limit=limit, offset=offset
+        )
         return ImagesPage(
-            total=page.total,
-            limit=limit,
-            offset=offset,
-            images=[ImageOut.of(img, labels.get(img.id, [])) for img in page.images],
+            total=total, limit=limit, offset=offset, images=[ImageOut.of(i) for i in images]
         )
 
     @get("/images/{image_id:int}", sync_to_thread=True)
@@ -139,10 +124,7 @@ class ImagesController(Controller):
         self, sessions: NamedDependency[sessionmaker[Session]], image_id: ImageId
     ) -> ImageOut:
         """One catalog image with its labels."""
-        with sessions() as session:
-            img = repo.get_image(session, image_id)
-            labels = repo.labels_of(session, [image_id]).get(image_id, [])
-        return ImageOut.of(img, labels)
+        return ImageOut.of(catalog.get_image(sessions, image_id))
 
     @get(
         "/images/{image_id:int}/thumbnail",
@@ -163,7 +145,7 @@ class ImagesController(Controller):
 
         403 when the photo's path now leads outside its library and the allowed roots.
         """
-        img, within = _photo(sessions, settings, image_id)
+        img, within = catalog.photo(sessions, image_id, settings.api.allowed_roots)
         path = ensure_thumbnail(
             settings.storage.home,
             image_id,
@@ -193,7 +175,7 @@ class ImagesController(Controller):
         Only a regular file that resolves inside its library or an allowed root is sent
         (403 otherwise): a photo replaced by a link to ``/etc/passwd`` is refused.
         """
-        img, within = _photo(sessions, settings, image_id)
+        img, within = catalog.photo(sessions, image_id, settings.api.allowed_roots)
         path = Path(img.path)
         try:
             with open_confined(path, within) as handle:
@@ -241,6 +223,5 @@ class ImagesController(Controller):
         limit: Annotated[int | None, Parameter(ge=1, le=100_000)] = None,
     ) -> LabelsOut:
         """Predicted labels with the number of images carrying each, most common first."""
-        with sessions() as session:
-            counts = browse.label_counts(session, limit)
+        counts = catalog.label_counts(sessions, limit)
         return LabelsOut(labels=[LabelCount(label, n) for label, n in counts])

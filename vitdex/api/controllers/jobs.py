@@ -14,10 +14,22 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
+from vitdex.api.schemas import (
+    ClusterRunDetail,
+    ClusterRunOut,
+    ClusterRunsPage,
+    JobOut,
+    JobQueued,
+    JobsPage,
+    LibrariesOut,
+    LibraryDeleted,
+    LibraryOut,
+    LibraryQueued,
+)
 from vitdex.config import Settings
-from vitdex.db import jobs
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
+from vitdex.search import catalog
 
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
 Offset = Annotated[int, QueryParameter(ge=0, le=INT64_MAX)]
@@ -106,7 +118,7 @@ class LibrariesController(Controller):
         settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
-    ) -> dict[str, Any]:
+    ) -> LibraryQueued:
         """Register a library (a folder inside the allowed roots) and enqueue its indexing.
 
         503 when the job queue (Redis) is down: the job stays queued and is submitted
@@ -114,23 +126,23 @@ class LibrariesController(Controller):
         from vitdex.indexer.libraries import add_library
 
         library, job = add_library(settings, sessions, services.queue, data.path)
-        return {"library": library, "job": job}
+        return LibraryQueued(library=LibraryOut.of(library), job=JobOut.of(job))
 
     @get("/", sync_to_thread=True)
-    def list_all(self, sessions: NamedDependency[sessionmaker[Session]]) -> dict[str, Any]:
+    def list_all(self, sessions: NamedDependency[sessionmaker[Session]]) -> LibrariesOut:
         """Every library with its image counts."""
         from vitdex.indexer.libraries import list_libraries
 
-        return {"libraries": list_libraries(sessions)}
+        return LibrariesOut(libraries=[LibraryOut.of(lib) for lib in list_libraries(sessions)])
 
     @get("/{library_id:int}", sync_to_thread=True)
     def get_one(
         self, sessions: NamedDependency[sessionmaker[Session]], library_id: Id
-    ) -> dict[str, Any]:
+    ) -> LibraryOut:
         """One library with its image counts."""
         from vitdex.indexer.libraries import get_library
 
-        return get_library(sessions, library_id)
+        return LibraryOut.of(get_library(sessions, library_id))
 
     @post(
         "/{library_id:int}/scan",
@@ -145,7 +157,7 @@ class LibrariesController(Controller):
         services: NamedDependency[Services],
         library_id: Id,
         data: JSONBody[ScanIn | None] = None,
-    ) -> dict[str, Any]:
+    ) -> JobQueued:
         """Enqueue a rescan (returns the running one if a scan is already queued or running;
         one whose process died is recovered and queued again instead)."""
         from vitdex.indexer.libraries import scan_library
@@ -158,7 +170,7 @@ class LibrariesController(Controller):
             reembed=reembed,
             stale_after_s=settings.jobs.job_stale_after_s,
         )
-        return {"job": job}
+        return JobQueued(job=JobOut.of(job))
 
     @delete("/{library_id:int}", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
     def remove(
@@ -166,11 +178,11 @@ class LibrariesController(Controller):
         settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
         library_id: Id,
-    ) -> dict[str, Any]:
+    ) -> LibraryDeleted:
         """Forget a library: rows and vectors are removed, the photos are not touched."""
         from vitdex.indexer.libraries import delete_library
 
-        return delete_library(settings, sessions, library_id)
+        return LibraryDeleted.of(delete_library(settings, sessions, library_id))
 
 
 class JobsController(Controller):
@@ -182,7 +194,6 @@ class JobsController(Controller):
     @get("/", sync_to_thread=True)
     def list_all(
         self,
-        sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
         # "state" is a name Litestar reserves for the app state; the query key stays "state".
         job_state: Annotated[
@@ -191,47 +202,24 @@ class JobsController(Controller):
         kind: Annotated[str | None, QueryParameter(description="index or cluster")] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Offset = 0,
-    ) -> dict[str, Any]:
+    ) -> JobsPage:
         """Jobs, newest first (jobs whose process died are recovered first)."""
-        services.recover_orphans()
-        with sessions() as session:
-            rows, total = jobs.list_jobs(
-                session, state=job_state, kind=kind, limit=limit, offset=offset
-            )
-            return {
-                "total": total,
-                "limit": limit,
-                "offset": offset,
-                "jobs": [jobs.job_to_dict(job) for job in rows],
-            }
+        rows, total = services.list_jobs(state=job_state, kind=kind, limit=limit, offset=offset)
+        return JobsPage(
+            total=total, limit=limit, offset=offset, jobs=[JobOut.of(job) for job in rows]
+        )
 
     @get("/{job_id:int}", sync_to_thread=True)
-    def get_one(
-        self,
-        sessions: NamedDependency[sessionmaker[Session]],
-        services: NamedDependency[Services],
-        job_id: Id,
-    ) -> dict[str, Any]:
+    def get_one(self, services: NamedDependency[Services], job_id: Id) -> JobOut:
         """One job: state, progress, counts, ETA, error."""
-        services.recover_orphans()
-        with sessions() as session:
-            return jobs.job_to_dict(jobs.get_job(session, job_id))
+        return JobOut.of(services.get_job(job_id))
 
     @delete("/{job_id:int}", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
-    def cancel(
-        self,
-        settings: NamedDependency[Settings],
-        sessions: NamedDependency[sessionmaker[Session]],
-        job_id: Id,
-    ) -> dict[str, Any]:
+    def cancel(self, services: NamedDependency[Services], job_id: Id) -> JobOut:
         """Ask the job to stop; it stops at its next batch and leaves the catalog consistent.
 
         A queued job, or one whose process died, is cancelled at once."""
-        with sessions() as session:
-            stale = settings.jobs.job_stale_after_s
-            job = jobs.request_cancel(session, job_id, stale_after_s=stale)
-            session.commit()
-            return jobs.job_to_dict(job)
+        return JobOut.of(services.cancel_job(job_id))
 
 
 class ClustersController(Controller):
@@ -247,31 +235,21 @@ class ClustersController(Controller):
         settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
-    ) -> dict[str, Any]:
+    ) -> JobQueued:
         """Enqueue a clustering of a space; the job's counts name the run id when done."""
-        from vitdex.db import repo
-
         if isinstance(data.k, int) and not 2 <= data.k <= 1000:
             raise ConfigError('k must be between 2 and 1000, or "auto"')
         if not 0 <= data.seed < 2**32:
             raise ConfigError("seed must be between 0 and 2**32 - 1")
-        space = data.space or settings.model.spaces[0]
-        with sessions() as session:
-            repo.get_space(session, space)  # unknown space: 404 now, not a failed job later
-            job, _ = jobs.enqueue_job_row(
-                session,
-                "cluster",
-                {
-                    "space": space,
-                    "k": data.k,
-                    "method": data.method,
-                    "seed": data.seed,
-                    "filter": _filter_params(data.filter),
-                },
-            )
-            session.commit()
-            services.queue.submit(job.id, kind="cluster")
-            return {"job": jobs.job_to_dict(job)}
+        params = {
+            "k": data.k,
+            "method": data.method,
+            "seed": data.seed,
+            "filter": _filter_params(data.filter),
+        }
+        job = catalog.queue_clustering(sessions, data.space or settings.model.spaces[0], params)
+        services.queue.submit(job["id"], kind="cluster")
+        return JobQueued(job=JobOut.of(job))
 
     @get("/", sync_to_thread=True)
     def list_runs(
@@ -280,13 +258,10 @@ class ClustersController(Controller):
         space: Annotated[str | None, QueryParameter()] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Offset = 0,
-    ) -> dict[str, Any]:
+    ) -> ClusterRunsPage:
         """Finished clustering runs, newest first."""
-        from vitdex.search.cluster import list_cluster_runs
-
-        with sessions() as session:
-            runs, total = list_cluster_runs(session, space=space, limit=limit, offset=offset)
-            return {"total": total, "runs": runs}
+        runs, total = catalog.cluster_runs(sessions, space=space, limit=limit, offset=offset)
+        return ClusterRunsPage(total=total, runs=[ClusterRunOut.of(run) for run in runs])
 
     @get("/{run_id:int}", sync_to_thread=True)
     def get_run(
@@ -296,15 +271,13 @@ class ClustersController(Controller):
         members_limit: Annotated[int, QueryParameter(ge=0, le=1000)] = 20,
         members_offset: Offset = 0,
         cluster: Annotated[int | None, QueryParameter(ge=-1, le=INT64_MAX)] = None,
-    ) -> dict[str, Any]:
+    ) -> ClusterRunDetail:
         """Clusters of a run with size, medoid images and a page of members."""
-        from vitdex.search.cluster import get_cluster_run
-
-        with sessions() as session:
-            return get_cluster_run(
-                session,
-                run_id,
-                members_limit=members_limit,
-                members_offset=members_offset,
-                cluster=cluster,
-            )
+        run = catalog.cluster_run(
+            sessions,
+            run_id,
+            members_limit=members_limit,
+            members_offset=members_offset,
+            label=cluster,
+        )
+        return ClusterRunDetail.of(run)

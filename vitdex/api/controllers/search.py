@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import functools
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import anyio.to_thread
@@ -27,10 +25,10 @@ from vitdex.api.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from vitdex.api.schemas import ClassifyOut, HitOut, LabelScore, SimilarOut
+from vitdex.api.schemas import Classification, SimilarOut
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
-from vitdex.vectors.store import SearchFilter
+from vitdex.filters import SearchFilter
 
 #: Largest k + offset one query may ask for.
 MAX_DEPTH = 10_000
@@ -93,47 +91,35 @@ class Upload:
 
 
 def run_similar(
-    services: NamedDependency[Services],
+    services: Services,
     *,
     image_id: int | None = None,
     upload: tuple[str, bytes] | None = None,
     k: int,
     offset: int,
     space: str | None,
-    flt: NamedDependency[SearchFilter],
+    flt: SearchFilter,
 ) -> SimilarOut:
     """Neighbours of an id or an uploaded image, one page of them (blocking: run in a thread)."""
-    search = services.search
-    depth = k + offset
-    if upload is not None:
-        name, data = upload
-        # The service reads query files from disk; the upload lives there only meanwhile.
-        with tempfile.TemporaryDirectory(prefix="vitdex-upload-") as tmp:
-            path = Path(tmp) / "upload"
-            path.write_bytes(data)
-            (result,) = search.similar(files=[path], k=depth, space=space, filter=flt)
-        query = name
-    else:
-        assert image_id is not None
-        (result,) = search.similar(ids=[image_id], k=depth, space=space, filter=flt)
-        query = result.query
-    hits = [HitOut.of(h) for h in result.hits[offset : offset + k]]
+    ids = [image_id] if image_id is not None else []
+    uploads = [upload] if upload is not None else []
+    (result,) = services.search.similar(
+        ids=ids, uploads=uploads, k=k, offset=offset, space=space, filter=flt
+    )
     return SimilarOut(
-        query=query, image_id=result.image_id, space=result.space, k=k, offset=offset, hits=hits
+        query=result.query,
+        image_id=result.image_id,
+        space=result.space,
+        k=k,
+        offset=offset,
+        hits=result.hits,
     )
 
 
-def run_classify(
-    services: NamedDependency[Services], name: str, data: bytes, k: int
-) -> ClassifyOut:
-    """Top-k labels of uploaded bytes (blocking: run in a thread)."""
-    with tempfile.TemporaryDirectory(prefix="vitdex-upload-") as tmp:
-        path = Path(tmp) / "upload"
-        path.write_bytes(data)
-        (result,) = services.search.classify([path], k=k)
-    return ClassifyOut(
-        query=name, labels=[LabelScore(lab, round(s, 6)) for lab, s in result.labels]
-    )
+def run_classify(services: Services, upload: tuple[str, bytes], k: int) -> Classification:
+    """Top-k labels of an uploaded image (blocking: run in a thread)."""
+    (result,) = services.search.classify(uploads=[upload], k=k)
+    return result
 
 
 async def _read_upload(upload: Any) -> tuple[str, bytes]:
@@ -226,8 +212,8 @@ class SearchController(Controller):
         data: Annotated[Upload, Body(media_type=RequestEncodingType.MULTI_PART)],
         services: NamedDependency[Services],
         k: Annotated[int, Parameter(ge=1, le=1000, description="Number of labels")] = 5,
-    ) -> ClassifyOut:
+    ) -> Classification:
         """Top-k labels of an uploaded image from the model's classifier."""
-        name, content = await _read_upload(data.file)
-        call = functools.partial(run_classify, services, name, content, k)
+        upload = await _read_upload(data.file)
+        call = functools.partial(run_classify, services, upload, k)
         return await anyio.to_thread.run_sync(call)

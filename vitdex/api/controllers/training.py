@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitdex.api.controllers.jobs import Id, Offset
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
+from vitdex.api.schemas import RunOut, RunsOut
 from vitdex.config import Settings
 
 
@@ -78,14 +79,14 @@ class TrainingController(Controller):
         settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
-    ) -> dict[str, Any]:
+    ) -> RunOut:
         """Create a run and queue its job; the checkpoint is registered when it ends."""
         from vitdex.training.runs import check_base_location, create_run, show_run
 
         check_base_location(settings, data.base_model)
         run, job_id = create_run(settings, sessions, data.dataset, data.base_model, _options(data))
         services.queue.submit(job_id, kind="train")
-        return show_run(sessions, run.id)
+        return RunOut.of(show_run(sessions, run.id))
 
     @get("/", sync_to_thread=True)
     def list_all(
@@ -99,13 +100,14 @@ class TrainingController(Controller):
         ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=1000)] = 100,
         offset: Offset = 0,
-    ) -> dict[str, Any]:
+    ) -> RunsOut:
         """Runs, newest first, with state, step and loss (a run whose process died is
         recovered first: queued again, to resume from its checkpoint)."""
         from vitdex.training.runs import list_runs
 
         services.recover_orphans()
-        return {"runs": list_runs(sessions, state=state_filter, limit=limit, offset=offset)}
+        runs = list_runs(sessions, state=state_filter, limit=limit, offset=offset)
+        return RunsOut(runs=[RunOut.of(run) for run in runs])
 
     @get("/{run_id:int}", sync_to_thread=True)
     def get_one(
@@ -113,12 +115,12 @@ class TrainingController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
         run_id: Id,
-    ) -> dict[str, Any]:
+    ) -> RunOut:
         """One run with its config, job state and checkpoint."""
         from vitdex.training.runs import show_run
 
         services.recover_orphans()
-        return show_run(sessions, run_id)
+        return RunOut.of(show_run(sessions, run_id))
 
     @post(
         "/{run_id:int}/resume",
@@ -131,13 +133,13 @@ class TrainingController(Controller):
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
         run_id: Id,
-    ) -> dict[str, Any]:
+    ) -> RunOut:
         """Queue a job that continues the run from its last checkpoint."""
         from vitdex.training.runs import resume_run, show_run
 
         run, job_id = resume_run(sessions, run_id)
         services.queue.submit(job_id, kind="train")
-        return show_run(sessions, run.id)
+        return RunOut.of(show_run(sessions, run.id))
 
     @post("/{run_id:int}/cancel", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
     def cancel(
@@ -145,9 +147,10 @@ class TrainingController(Controller):
         settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
         run_id: Id,
-    ) -> dict[str, Any]:
+    ) -> RunOut:
         """Ask the run to stop; it saves a checkpoint first, so it can resume. A run whose
         process died is cancelled at once."""
         from vitdex.training.runs import cancel_run
 
-        return cancel_run(sessions, run_id, stale_after_s=settings.jobs.job_stale_after_s)
+        stale = settings.jobs.job_stale_after_s
+        return RunOut.of(cancel_run(sessions, run_id, stale_after_s=stale))

@@ -1,0 +1,195 @@
+"""Bodies of DreamBooth datasets, training runs and registered checkpoints."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
+
+from vitdex.api.schemas.base import FromDict
+from vitdex.db.models import JobState
+
+
+@dataclass
+class DatasetOut(FromDict):
+    """A curated dataset with its item counts."""
+
+    id: int
+    name: str
+    prompt: str
+    class_prompt: str | None
+    space: str | None
+    #: How it was curated: seeds, k, min_score, dedup, max, mmr, space...
+    params: dict[str, Any]
+    export_path: str | None
+    #: ``instance`` and ``class`` (included), ``excluded`` and ``candidates``.
+    counts: dict[str, int]
+    created_at: str
+    updated_at: str
+
+
+@dataclass
+class DatasetItemOut(FromDict):
+    """A candidate of a dataset, in or out, and why."""
+
+    image_id: int
+    path: str
+    width: int | None
+    height: int | None
+    role: Literal["instance", "class"]
+    rank: int
+    #: Similarity to the seeds; null for the seeds themselves.
+    score: float | None
+    included: bool
+    #: seed, neighbour, below_min_score, near_duplicate, over_max, excluded_by_hand, ...
+    reason: str
+    duplicate_of: int | None
+    caption: str | None
+    crop: dict[str, Any] | None
+
+
+@dataclass
+class DatasetView(FromDict):
+    """A dataset with every candidate."""
+
+    dataset_id: int
+    dataset: DatasetOut
+    items: list[DatasetItemOut]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {
+        "dataset": DatasetOut,
+        "items": DatasetItemOut,
+    }
+
+
+@dataclass
+class DatasetChanged(DatasetView):
+    """A dataset after a change by hand, with the items it touched."""
+
+    changed: list[DatasetItemOut]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {
+        **DatasetView.nested,
+        "changed": DatasetItemOut,
+    }
+
+
+@dataclass
+class DatasetsPage(FromDict):
+    """Datasets, newest first, with the total."""
+
+    limit: int
+    offset: int
+    total: int
+    datasets: list[DatasetOut]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {"datasets": DatasetOut}
+
+
+@dataclass
+class DatasetDeleted(FromDict):
+    """A deleted dataset (its photos and exported files stay)."""
+
+    id: int
+    name: str
+    export_path: str | None
+    deleted: bool
+
+
+@dataclass
+class RunCheckpoint(FromDict):
+    """The newest checkpoint a run registered."""
+
+    id: int
+    path: str
+    sha256: str
+
+
+@dataclass
+class RunOut(FromDict):
+    """A training run with its job's state and newest checkpoint."""
+
+    id: int
+    state: JobState
+    step: int
+    total_steps: int
+    loss: float | None
+    base_model: str
+    version: str
+    dataset_id: int | None
+    job_id: int | None
+    job_state: JobState | None
+    output_dir: str
+    error: str | None
+    #: The full training config.
+    config: dict[str, Any]
+    checkpoint: RunCheckpoint | None
+    created_at: str
+    updated_at: str
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {"checkpoint": RunCheckpoint}
+
+
+@dataclass
+class RunsOut:
+    """Training runs, newest first."""
+
+    runs: list[RunOut]
+
+
+@dataclass
+class CheckpointOut(FromDict):
+    """A registered single-file Stable Diffusion checkpoint and how to reproduce it."""
+
+    id: int
+    name: str
+    #: ``invalid`` when validation failed (the file is kept for inspection).
+    status: Literal["ready", "invalid"]
+    base_model: str
+    version: str
+    run_id: int | None
+    dataset_id: int | None
+    #: sha256 over the sorted sha256s of the dataset's included images.
+    dataset_hash: str | None
+    steps: int | None
+    final_loss: float | None
+    path: str
+    sha256: str
+    size_bytes: int
+    #: ``safetensors`` or ``ckpt``.
+    format: str
+    #: Half precision (fp16) weights.
+    half: bool
+    yaml_path: str | None
+    sample_path: str | None
+    config: dict[str, Any]
+    created_at: str
+
+
+@dataclass
+class CheckpointDetail(CheckpointOut):
+    """A checkpoint with whether each of its files is still where recorded."""
+
+    #: ``path``, ``yaml_path``, ``sample_path``: present or not (null: none recorded).
+    files_present: dict[str, bool | None]
+
+
+@dataclass
+class CheckpointDeleted(CheckpointOut):
+    """An unregistered checkpoint and what became of its files."""
+
+    deleted_files: list[str]
+    #: Files kept, each with why.
+    kept_files: dict[str, str]
+
+
+@dataclass
+class CheckpointsPage(FromDict):
+    """Checkpoints, newest first, with the total that match."""
+
+    total: int
+    limit: int
+    offset: int
+    checkpoints: list[CheckpointOut]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {"checkpoints": CheckpointOut}
