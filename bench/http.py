@@ -103,11 +103,12 @@ class InProcess:
 def _in_process() -> InProcess:
     from litestar.serialization import encode_json
 
-    from vitdex.api.schemas import HitOut, SimilarOut
+    from vitdex.api.schemas import SimilarOut
     from vitdex.config import load_settings
     from vitdex.db import repo
     from vitdex.db.engine import make_engine, session_factory
-    from vitdex.search.service import QueryResult, SearchService
+    from vitdex.search.results import QueryResult
+    from vitdex.search.service import SearchService
 
     settings = load_settings()
     sessions = session_factory(make_engine(settings.storage.resolved_database_url))
@@ -129,7 +130,7 @@ def _in_process() -> InProcess:
             space=result.space,
             k=K,
             offset=0,
-            hits=[HitOut.of(h) for h in result.hits[:K]],
+            hits=result.hits[:K],
         )
         encoded: bytes = encode_json(out)
         return encoded

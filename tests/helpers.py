@@ -9,7 +9,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -93,15 +93,24 @@ def free_port() -> int:
 
 
 @contextmanager
-def served(env: dict[str, str], *, start_timeout: float = 60) -> Iterator[str]:
-    """``vitdex serve`` in a process of its own with ``env`` on top of this one's, on a
-    free port; yields its base URL once ``/health`` answers, and stops it afterwards."""
+def served(
+    env: dict[str, str],
+    *,
+    flags: Sequence[str] = (),
+    serve_args: Sequence[str] = (),
+    start_timeout: float = 60,
+) -> Iterator[str]:
+    """``vitdex FLAGS serve SERVE_ARGS`` in a process of its own with ``env`` on top of
+    this one's, on a free port; yields its base URL once ``/health`` answers, and stops
+    it afterwards."""
     import httpx
 
     port = free_port()
-    code = "from vitdex.api.serve import serve_command; serve_command()"
     proc = subprocess.Popen(
-        [sys.executable, "-c", code, "--host", "127.0.0.1", "--port", str(port)],
+        [
+            *(sys.executable, "-m", "vitdex", *flags, "serve", *serve_args),
+            *("--host", "127.0.0.1", "--port", str(port)),
+        ],
         env={**os.environ, **env},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

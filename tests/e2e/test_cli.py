@@ -17,6 +17,7 @@ from sqlalchemy.engine import make_url
 
 from tests.helpers import as_json, run_vitdex
 from tests.photos import make_broken_files, make_photo
+from vitdex.config import DEFAULT_SPACES
 from vitdex.db.models import Image, ImageStatus
 
 pytestmark = pytest.mark.slow
@@ -96,6 +97,15 @@ def test_index_similar_classify_status(vitdex_env: dict[str, str], library: Path
     }
     readable = vitdex("status", env=env).stdout
     assert "truncated.jpg" in readable and "failed" in readable
+    assert "spaces cls (final layer), cls@2 (layer 2 of 4)" in readable
+    # The default spaces fit any depth and say what they resolved to.
+    default = ("--spaces", ",".join(DEFAULT_SPACES))
+    resolved = as_json(vitdex(*default, "status", "--json", env=env))["configured"]
+    assert [(s["spec"], s["space"], s["layer"]) for s in resolved["spaces"]] == [
+        ("cls", "cls", None),
+        ("cls@2/3", "cls@3", 3),
+    ]
+    assert "cls@2/3 -> cls@3 (layer 3 of 4)" in vitdex(*default, "status", env=env).stdout
 
 
 def test_bad_arguments_exit_2(vitdex_env: dict[str, str], tmp_path: Path) -> None:

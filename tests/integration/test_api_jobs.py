@@ -175,7 +175,7 @@ def test_api_jobs_run_on_a_real_rq_worker(
         metrics = client.get("/metrics").text
         assert "vitdex_queue_depth 1.0" in metrics
         worker = subprocess.run(
-            [sys.executable, "-m", "vitdex.jobs.worker", "--burst"],
+            [sys.executable, "-m", "vitdex", "worker", "--burst"],
             capture_output=True,
             text=True,
             timeout=180,

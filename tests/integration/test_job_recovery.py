@@ -32,7 +32,7 @@ from vitdex.db import Image, ImageStatus, JobState, repo
 from vitdex.db import jobs as job_sql
 from vitdex.db.models import Job
 from vitdex.errors import QueueUnavailableError
-from vitdex.jobs.queue import RqQueue, recover_jobs, recover_orphans
+from vitdex.jobs import RqQueue, recover_jobs, recover_orphans
 from vitdex.vectors.factory import open_store
 
 Client = TestClient[Litestar]
@@ -90,7 +90,7 @@ def _indexed() -> int:
 def _start_worker(*, burst: bool = True) -> subprocess.Popen[bytes]:
     # Its own process group: SIGKILL reaches the worker and its scheduler child alike.
     return subprocess.Popen(
-        [sys.executable, "-m", "vitdex.jobs.worker", *(["--burst"] if burst else [])],
+        [sys.executable, "-m", "vitdex", "worker", *(["--burst"] if burst else [])],
         env=dict(os.environ),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,

@@ -22,7 +22,16 @@ from vitdex.config import load_settings
 from vitdex.db import Image, ImageStatus, JobState, repo
 from vitdex.db import jobs as job_sql
 from vitdex.db.recovery import owner_gone
-from vitdex.jobs.queue import RqQueue, ThreadQueue, make_queue, rq_job_id
+from vitdex.errors import ConfigError
+from vitdex.jobs import runner
+from vitdex.jobs.queue import (
+    RqQueue,
+    ThreadQueue,
+    bind_worker_settings,
+    make_queue,
+    rq_job_id,
+    run_queued_job,
+)
 from vitdex.search.cluster import get_cluster_run
 from vitdex.vectors.factory import open_store
 
@@ -91,12 +100,17 @@ def test_index_job_runs_to_success(thread_queue: ThreadQueue, tmp_path: Path) ->
 
 
 def test_cancel_mid_job_leaves_a_consistent_catalog(
-    thread_queue: ThreadQueue, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    vitdex_env: dict[str, str],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    request: pytest.FixtureRequest,
 ) -> None:
     import vitdex.jobs.index
 
-    monkeypatch.setenv("VITDEX_BATCH_SIZE", "1")
     monkeypatch.setattr(vitdex.jobs.index, "CANCEL_POLL_S", 0.0)  # check every batch
+    # The queue's jobs run with the settings it was made with: one photo per batch.
+    thread_queue = ThreadQueue(load_settings(batch_size=1))
+    request.addfinalizer(thread_queue.close)
     lib = tmp_path / "lib"
     n = 40
     _photos(lib, n, size=(40, 30))
@@ -192,7 +206,7 @@ def test_rq_worker_runs_index_and_cluster_jobs(
         assert queue.depth() == 2
         started = time.monotonic()
         proc = subprocess.run(
-            [sys.executable, "-m", "vitdex.jobs.worker", "--burst"],
+            [sys.executable, "-m", "vitdex", "worker", "--burst"],
             capture_output=True,
             text=True,
             timeout=180,
@@ -265,6 +279,7 @@ def test_two_catalogs_sharing_redis_keep_their_jobs_apart(
 
         # A worker of catalog A runs A's job; B's waits on B's own queue, untouched.
         monkeypatch.setenv("VITDEX_DATABASE_URL", vitdex_env["VITDEX_DATABASE_URL"])
+        bind_worker_settings(load_settings())  # what `vitdex worker` does
         SimpleWorker([queue_a.queue], connection=conn).work(burst=True)
         assert _job(a_id)["state"] == JobState.SUCCEEDED
         assert queue_b.depth() == 1
@@ -280,13 +295,25 @@ def test_two_catalogs_sharing_redis_keep_their_jobs_apart(
         result = stray.latest_result()
         assert result is not None and result.exc_string is not None
         assert f"job {b_id} belongs to catalog {queue_b.catalog[:12]}" in result.exc_string
+        assert "--home/--database-url" in result.exc_string
         monkeypatch.setenv("VITDEX_DATABASE_URL", f"sqlite:///{tmp_path / 'other.db'}")
         assert _job(b_id)["state"] == JobState.QUEUED
     finally:
+        bind_worker_settings(None)
         queue_a.close()
         queue_b.close()
         _clean_redis(conn, queue_name, queue_a.catalog, [a_id])
         _clean_redis(conn, queue_name, queue_b.catalog, [b_id])
+
+
+def test_a_bare_rq_worker_has_no_settings_to_run_a_job_with(vitdex_env: dict[str, str]) -> None:
+    """rq calls a job with its arguments only: without `vitdex worker`'s settings bound,
+    the job is refused, saying how to run it, and its row is left queued."""
+    job_id, _ = _enqueue("index", {"paths": ["/nowhere"]})
+    catalog = job_sql.catalog_identity(load_settings().storage.resolved_database_url)
+    with pytest.raises(ConfigError, match="run it with `vitdex worker`"):
+        run_queued_job(job_id, "index", catalog)
+    assert _job(job_id)["state"] == JobState.QUEUED
 
 
 @pytest.mark.parametrize("will_retry", [True, False])
@@ -294,14 +321,15 @@ def test_a_failed_attempt_is_queued_again_only_when_rq_will_retry_it(
     vitdex_env: dict[str, str], monkeypatch: pytest.MonkeyPatch, will_retry: bool
 ) -> None:
     job_id, _ = _enqueue("cluster", {"space": "cls"})
-    monkeypatch.setattr(job_sql, "_rq_will_retry", lambda: will_retry)
+    monkeypatch.setattr(runner, "_rq_will_retry", lambda: will_retry)
     followed: list[tuple[JobState, str | None]] = []
 
     def work(sessions: sessionmaker[Session]) -> None:
         raise RuntimeError("the database went away")
 
     with pytest.raises(RuntimeError):
-        job_sql.run_job_guarded(
+        runner.run_job_guarded(
+            load_settings(),
             job_id,
             work,
             what="test",

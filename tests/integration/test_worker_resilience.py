@@ -54,7 +54,7 @@ def private_redis(
 def _start_worker(tmp_path: Path) -> subprocess.Popen[str]:
     log = (tmp_path / "worker.log").open("w")
     return subprocess.Popen(
-        [sys.executable, "-m", "vitdex.jobs.worker"],
+        [sys.executable, "-m", "vitdex", "worker"],
         stdout=log,
         stderr=subprocess.STDOUT,
         text=True,

@@ -1,7 +1,7 @@
 """The HTTP API (Litestar): ``create_app`` builds it, ``vitdex serve`` runs it.
 
-``create_app`` is imported on first use: every ``vitdex`` command imports
-:mod:`vitdex.api.serve` to register ``serve``, and must not pay for Litestar.
+``create_app`` is imported on first use, so importing :mod:`vitdex.api.serve` (the HTTP
+protocol uvicorn loads by name) does not pay for Litestar.
 """
 
 from __future__ import annotations

@@ -48,6 +48,9 @@ def _metrics_of(scope: Scope) -> Metrics:
 def create_app(settings: Settings | None = None) -> Litestar:
     """Build the API app; ``settings`` default to the environment (``VITDEX_*``).
 
+    An edge, like the CLI group: the settings are built here once (or handed in by
+    ``vitdex serve``) and passed to everything the app runs, its in-process jobs too.
+
     Nothing heavy happens here: the catalog opens on start-up, the model on the first
     query that needs it.
     """

@@ -7,8 +7,7 @@ from typing import Any
 
 import click
 
-# vitdex.cli imports this module at its end (command registration), so these names exist.
-from vitdex.cli.main import Context, _handle_errors, _print_json
+from vitdex.cli.common import Context, handle_errors, out_console, print_json
 from vitdex.training.bases import SD_VERSIONS
 
 
@@ -87,7 +86,7 @@ def _print_checkpoint(data: dict[str, Any]) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the registered checkpoint as JSON.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def convert_command(
     obj: Context,
     source: str,
@@ -125,7 +124,7 @@ def convert_command(
             click.echo(f"{message} ...", err=True)
 
     row = convert_and_register(
-        obj.settings(),
+        obj.settings,
         folder,
         out=out,
         name=name,
@@ -139,7 +138,7 @@ def convert_command(
     )
     data = checkpoint_to_dict(row)
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     _print_checkpoint(data)
 
@@ -156,21 +155,18 @@ def checkpoints_group() -> None:
 @click.option("--offset", type=click.IntRange(min=0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def list_command(
     obj: Context, status: str | None, run_id: int | None, limit: int, offset: int, as_json: bool
 ) -> None:
     """Registered checkpoints, newest first."""
     from rich.table import Table
 
-    from vitdex.cli.main import out_console
     from vitdex.training.registry import list_checkpoints
 
-    data = list_checkpoints(
-        obj.settings(), status=status, run_id=run_id, limit=limit, offset=offset
-    )
+    data = list_checkpoints(obj.settings, status=status, run_id=run_id, limit=limit, offset=offset)
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     if not data["checkpoints"]:
         click.echo("no checkpoints registered (vitdex convert RUN_OR_DIFFUSERS_DIR)")
@@ -198,14 +194,14 @@ def list_command(
 @click.argument("ref", metavar="ID_OR_NAME")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def show_command(obj: Context, ref: str, as_json: bool) -> None:
     """One checkpoint: file, hash, how it was trained, and whether its files are present."""
     from vitdex.training.registry import show_checkpoint
 
-    data = show_checkpoint(obj.settings(), ref)
+    data = show_checkpoint(obj.settings, ref)
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     _print_checkpoint(data)
     if data["config"]:
@@ -219,14 +215,14 @@ def show_command(obj: Context, ref: str, as_json: bool) -> None:
 @click.option("--files", is_flag=True, help="Also delete the file, its YAML and its sample grid.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def delete_command(obj: Context, ref: str, files: bool, as_json: bool) -> None:
     """Unregister a checkpoint (its files stay unless --files)."""
     from vitdex.training.registry import delete_checkpoint
 
-    data = delete_checkpoint(obj.settings(), ref, files=files)
+    data = delete_checkpoint(obj.settings, ref, files=files)
     if as_json:
-        _print_json(data)
+        print_json(data)
         return
     click.echo(f"unregistered checkpoint {data['id']} {data['name']!r}")
     for path in data["deleted_files"]:

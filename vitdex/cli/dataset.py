@@ -8,9 +8,17 @@ from typing import Any
 import click
 from rich.table import Table
 
-# vitdex.cli imports this module at its end (command registration), so these names exist.
-from vitdex.cli.main import Context, _handle_errors, _open_catalog, _print_json, out_console
-from vitdex.db.models import INT64_MAX
+from vitdex.cli.common import (
+    IMAGE_ID,
+    Context,
+    err_console,
+    handle_errors,
+    open_catalog,
+    out_console,
+    print_json,
+    progress_bar,
+    stage_updater,
+)
 
 _ROLES = click.Choice(["instance", "class"])
 
@@ -126,7 +134,7 @@ def _print_summary(dataset: dict[str, Any]) -> None:
 @click.option("--class-label", help="Only draw class images with this predicted label.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def create(
     obj: Context,
     name: str,
@@ -164,10 +172,10 @@ def create(
         class_count=class_count,
         class_label=class_label,
     )
-    settings = obj.settings()
+    settings = obj.settings
     result = create_dataset(
         settings,
-        _open_catalog(settings),
+        open_catalog(settings),
         name,
         [parse_seed(s) for s in raw],
         prompt=prompt,
@@ -175,7 +183,7 @@ def create(
         options=options,
     )
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     _print_items(result["items"], f"dataset {result['dataset']['name']}")
     _print_summary(result["dataset"])
@@ -184,15 +192,15 @@ def create(
 @dataset_group.command("list")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def list_cmd(obj: Context, as_json: bool) -> None:
     """List datasets, newest first."""
     from vitdex.training.curate import list_datasets
 
-    settings = obj.settings()
-    result = list_datasets(_open_catalog(settings), limit=10_000)
+    settings = obj.settings
+    result = list_datasets(open_catalog(settings), limit=10_000)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     if not result["datasets"]:
         click.echo("no datasets yet (vitdex dataset create NAME --seed ... --prompt ...)")
@@ -219,15 +227,15 @@ def list_cmd(obj: Context, as_json: bool) -> None:
 @click.option("--role", type=_ROLES, help="Only instance or only class items.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def show(obj: Context, dataset: str, role: str | None, as_json: bool) -> None:
     """Show DATASET (a name or an id): every candidate, in or out, and why."""
     from vitdex.training.curate import show_dataset
 
-    settings = obj.settings()
-    result = show_dataset(_open_catalog(settings), dataset, role=role)
+    settings = obj.settings
+    result = show_dataset(open_catalog(settings), dataset, role=role)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     _print_items(result["items"], f"dataset {result['dataset']['name']}")
     _print_summary(result["dataset"])
@@ -241,7 +249,7 @@ def _print_changed(result: dict[str, Any], verb: str) -> None:
 
 @dataset_group.command("include")
 @click.argument("dataset")
-@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, INT64_MAX))
+@click.argument("image_ids", nargs=-1, required=True, type=IMAGE_ID)
 @click.option(
     "--role",
     type=_ROLES,
@@ -251,35 +259,35 @@ def _print_changed(result: dict[str, Any], verb: str) -> None:
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def include(
     obj: Context, dataset: str, image_ids: tuple[int, ...], role: str, as_json: bool
 ) -> None:
     """Include IMAGE_IDS in DATASET by hand (any catalog image may be added)."""
     from vitdex.training.curate import include_images
 
-    settings = obj.settings()
-    result = include_images(_open_catalog(settings), dataset, list(image_ids), role=role)
+    settings = obj.settings
+    result = include_images(open_catalog(settings), dataset, list(image_ids), role=role)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     _print_changed(result, "included")
 
 
 @dataset_group.command("exclude")
 @click.argument("dataset")
-@click.argument("image_ids", nargs=-1, required=True, type=click.IntRange(1, INT64_MAX))
+@click.argument("image_ids", nargs=-1, required=True, type=IMAGE_ID)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def exclude(obj: Context, dataset: str, image_ids: tuple[int, ...], as_json: bool) -> None:
     """Exclude candidates IMAGE_IDS from DATASET by hand."""
     from vitdex.training.curate import exclude_images
 
-    settings = obj.settings()
-    result = exclude_images(_open_catalog(settings), dataset, list(image_ids))
+    settings = obj.settings
+    result = exclude_images(open_catalog(settings), dataset, list(image_ids))
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     _print_changed(result, "excluded")
 
@@ -308,7 +316,7 @@ def exclude(obj: Context, dataset: str, image_ids: tuple[int, ...], as_json: boo
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def export(
     obj: Context,
     dataset: str,
@@ -321,14 +329,13 @@ def export(
     as_json: bool,
 ) -> None:
     """Write DATASET as square crops with caption files and a kohya dataset.toml."""
-    from vitdex.cli.main import _progress, _updater, err_console
     from vitdex.training.export import export_dataset
 
-    settings = obj.settings()
-    sessions = _open_catalog(settings)
+    settings = obj.settings
+    sessions = open_catalog(settings)
     show = not no_progress and (err_console.is_terminal or not as_json)
-    with _progress(show) as bar:
-        update = _updater(bar, "exporting", None)
+    with progress_bar(show) as bar:
+        update = stage_updater(bar, "exporting", None)
         result = export_dataset(
             settings,
             sessions,
@@ -341,7 +348,7 @@ def export(
             progress=lambda done, total: update(done, total=total),
         )
     if as_json:
-        _print_json(result.to_dict())
+        print_json(result.to_dict())
         return
     for skipped in result.skipped:
         click.echo(f"  skipped image {skipped['image_id']}: {skipped['path']}: {skipped['error']}")
@@ -357,14 +364,14 @@ def export(
 @click.argument("dataset")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def delete(obj: Context, dataset: str, as_json: bool) -> None:
     """Delete DATASET and its items (the photos and any exported files stay)."""
     from vitdex.training.curate import delete_dataset
 
-    settings = obj.settings()
-    result = delete_dataset(_open_catalog(settings), dataset)
+    settings = obj.settings
+    result = delete_dataset(open_catalog(settings), dataset)
     if as_json:
-        _print_json(result)
+        print_json(result)
         return
     click.echo(f"deleted dataset {result['id']} {result['name']!r}")

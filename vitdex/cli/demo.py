@@ -3,21 +3,45 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import click
 from rich.console import Console
-from rich.panel import Panel
 
-from vitdex.config import load_settings
-from vitdex.errors import ModelLoadError
+from vitdex.cli.common import (
+    BarProgress,
+    Context,
+    handle_errors,
+    open_catalog,
+    out_console,
+    print_index_report,
+    progress_bar,
+)
 
 DEMO_HOME = Path("demo-home")
 
 
+@click.command()
+@click.option(
+    "--photos",
+    type=int,
+    default=24,
+    show_default=True,
+    help="How many photos to generate beside the shipped samples.",
+)
+@click.pass_obj
+@handle_errors
+def demo(obj: Context, photos: int) -> None:
+    """Index sample photos (offline) and show similar and classify results."""
+    run_demo(obj, generated=photos, console=out_console)
+
+
 def _pick_model(settings_model: str, home: Path, console: Console) -> tuple[str, bool]:
     """The configured model if it loads, else a random ViT-B/16 saved under ``home``."""
-    from vitdex.indexer.embedder import Embedder, build_random_vit
+    from rich.panel import Panel
+
+    from vitdex.errors import ModelLoadError
+    from vitdex.indexer.embedder import Embedder
+    from vitdex.testing.vit import build_random_vit
 
     try:
         Embedder(settings_model, spaces=["cls"]).load()
@@ -31,8 +55,8 @@ def _pick_model(settings_model: str, home: Path, console: Console) -> tuple[str,
                 f"Could not load {settings_model!r}:\n{exc.message}\n\n"
                 f"Falling back to a RANDOMLY INITIALISED ViT-B/16 saved in {folder}.\n"
                 "Its labels are meaningless and its neighbours only reflect low-level "
-                "colour and layout. Point VITDEX_MODEL at a real checkpoint folder for "
-                "real results.",
+                "colour and layout. Point --model (VITDEX_MODEL) at a real checkpoint "
+                "folder for real results.",
                 title="demo: no pretrained model available",
                 border_style="yellow",
             )
@@ -40,16 +64,19 @@ def _pick_model(settings_model: str, home: Path, console: Console) -> tuple[str,
         return str(folder.resolve()), True
 
 
-def run_demo(overrides: dict[str, Any], *, generated: int, console: Console) -> None:
-    """Build the sample folder, index it, and print similar and classify results."""
-    from vitdex.cli.main import BarProgress, _open_catalog, _print_report, _progress
+def run_demo(obj: Context, *, generated: int, console: Console) -> None:
+    """Build the sample folder, index it, and print similar and classify results.
+
+    The catalog goes to the chosen home (``--home``, ``VITDEX_HOME``), else to
+    ``./demo-home``; the model is the configured one if it loads.
+    """
     from vitdex.cli.samples import make_sample_folder, shipped_photos
     from vitdex.indexer.embedder import Embedder
     from vitdex.indexer.pipeline import Indexer
     from vitdex.search.service import SearchService
 
-    base = load_settings(**overrides)
-    home = base.storage.home if overrides.get("home") or _env_home() else DEMO_HOME.resolve()
+    base = obj.settings
+    home = base.storage.home if obj.home_given else DEMO_HOME.resolve()
     photos = home / "photos"
     if not photos.is_dir():
         console.print(f"writing sample photos to {photos} ...")
@@ -59,15 +86,15 @@ def run_demo(overrides: dict[str, Any], *, generated: int, console: Console) -> 
             "scikit-image, each with edited copies, plus generated scenes)"
         )
     model, random_weights = _pick_model(base.model.model, home, console)
-    settings = load_settings(**{**overrides, "home": home, "model": model})
-    sessions = _open_catalog(settings)
+    settings = obj.settings_with(home=home, model=model)
+    sessions = open_catalog(settings)
     embedder = Embedder.from_settings(settings.model)
 
     console.rule("vitdex index")
-    with _progress(True) as bar:
+    with progress_bar(True) as bar:
         assert isinstance(bar, BarProgress)
         report = Indexer(settings, sessions, embedder, progress=bar).run([photos])
-    _print_report(report.to_dict(), embedder)
+    print_index_report(report.to_dict(), embedder)
 
     service = SearchService(settings, sessions)
     # A cat and a cup of coffee: what a reader recognises at once, ImageNet classes too.
@@ -86,8 +113,8 @@ def run_demo(overrides: dict[str, Any], *, generated: int, console: Console) -> 
         )
         for item in service.classify(queries, k=3):
             console.print(f"[bold]{item.query}[/]", highlight=False)
-            for label, score in item.labels:
-                console.print(f"  {score:7.2%}  {label}", highlight=False)
+            for scored in item.labels:
+                console.print(f"  {scored.score:7.2%}  {scored.label}", highlight=False)
     console.rule()
     # Plain echo: these are commands to copy, so they must not be wrapped.
     click.echo(
@@ -95,9 +122,3 @@ def run_demo(overrides: dict[str, Any], *, generated: int, console: Console) -> 
         f"  VITDEX_HOME={home} VITDEX_MODEL={model} vitdex status\n"
         f"  VITDEX_HOME={home} VITDEX_MODEL={model} vitdex similar {queries[0]}"
     )
-
-
-def _env_home() -> bool:
-    import os
-
-    return bool(os.environ.get("VITDEX_HOME"))

@@ -7,19 +7,21 @@ runs with their state, step and loss.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
-# vitdex.cli imports this module at its end (command registration), so these names exist.
-from vitdex.cli.main import (
+from vitdex.cli.common import (
     Context,
-    _handle_errors,
-    _open_catalog,
-    _print_json,
     err_console,
+    handle_errors,
+    open_catalog,
     out_console,
+    print_json,
 )
+
+if TYPE_CHECKING:
+    from vitdex.config import Settings
 
 
 class _TrainGroup(click.Group):
@@ -37,8 +39,8 @@ def train_group() -> None:
     and list runs."""
 
 
-def _run_job(job_id: int, *, progress: bool) -> None:
-    """Run a train job here, drawing its progress on stderr."""
+def _run_job(settings: Settings, job_id: int, *, progress: bool) -> None:
+    """Run a train job here, with this command's settings, drawing its progress on stderr."""
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,
@@ -54,7 +56,7 @@ def _run_job(job_id: int, *, progress: bool) -> None:
 
     if not progress:
         with quiet_hub():
-            run_train_job(job_id)
+            run_train_job(settings, job_id)
         return
     bar = Progress(
         SpinnerColumn(),
@@ -86,18 +88,17 @@ def _run_job(job_id: int, *, progress: bool) -> None:
             )
 
         with quiet_hub():
-            run_train_job(job_id, on_progress=show)
+            run_train_job(settings, job_id, on_progress=show)
 
 
 def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background: bool) -> None:
     from vitdex.training.runs import show_run
 
-    sessions = _open_catalog(obj.settings())
-    run = show_run(sessions, run_id)
+    run = show_run(open_catalog(obj.settings), run_id)
     if background:
         result: dict[str, Any] = {"run_id": run_id, "job_id": job_id, "state": run["state"]}
         if as_json:
-            _print_json(result)
+            print_json(result)
         else:
             out_console.print(f"run {run_id} queued as job {job_id}; `vitdex train list` shows it")
         return
@@ -112,7 +113,7 @@ def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background
         "output_dir": run["output_dir"],
     }
     if as_json:
-        _print_json(result)
+        print_json(result)
     elif run["checkpoint"]:
         ckpt = run["checkpoint"]
         out_console.print(
@@ -133,10 +134,11 @@ def _submit(obj: Context, job_id: int) -> None:
     from vitdex.errors import ConfigError
     from vitdex.jobs.queue import make_queue
 
-    settings = obj.settings()
+    settings = obj.settings
     if not settings.api.redis_url:
         raise ConfigError(
-            "--background needs a queue: set VITDEX_REDIS_URL and run `vitdex worker`"
+            "--background needs a queue: give --redis-url (VITDEX_REDIS_URL) and run "
+            "`vitdex worker` with the same flags"
         )
     queue = make_queue(settings)
     try:
@@ -149,13 +151,14 @@ def _recover(obj: Context) -> None:
     """Requeue (or cancel) runs whose process died before they are shown, so a killed
     ``vitdex train`` or worker does not read running for ever. With Redis the requeued
     jobs are submitted; without, ``vitdex train resume`` (or ``vitdex serve``) runs them."""
-    from vitdex.jobs.queue import JobQueue, make_queue, recover_orphans
+    from vitdex.jobs.queue import JobQueue, make_queue
+    from vitdex.jobs.recovery import recover_orphans
 
-    settings = obj.settings()
+    settings = obj.settings
     queue: JobQueue | None = make_queue(settings) if settings.api.redis_url else None
     try:
         recover_orphans(
-            _open_catalog(settings), queue, stale_after_s=settings.jobs.job_stale_after_s
+            open_catalog(settings), queue, stale_after_s=settings.jobs.job_stale_after_s
         )
     finally:
         if queue is not None:
@@ -227,7 +230,7 @@ def _recover(obj: Context) -> None:
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def start_command(
     obj: Context,
     /,
@@ -241,13 +244,13 @@ def start_command(
     """Train a DreamBooth checkpoint on DATASET (name or id), convert and register it."""
     from vitdex.training.runs import create_run
 
-    settings = obj.settings()
+    settings = obj.settings
     chosen = {key: value for key, value in options.items() if value is not None}
-    run, job_id = create_run(settings, _open_catalog(settings), dataset, base_model, chosen)
+    run, job_id = create_run(settings, open_catalog(settings), dataset, base_model, chosen)
     if background:
         _submit(obj, job_id)
     else:
-        _run_job(job_id, progress=not no_progress and not as_json)
+        _run_job(settings, job_id, progress=not no_progress and not as_json)
     _finish(obj, run.id, job_id, as_json=as_json, background=background)
 
 
@@ -262,16 +265,16 @@ def start_command(
 @click.option("--no-progress", is_flag=True, help="No progress bar.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def resume_command(
     obj: Context, run_id: int, force: bool, background: bool, no_progress: bool, as_json: bool
 ) -> None:
     """Continue run RUN_ID from its last checkpoint (same final weights as an unbroken run)."""
     from vitdex.training.runs import resume_run
 
-    settings = obj.settings()
+    settings = obj.settings
     run, job_id = resume_run(
-        _open_catalog(settings),
+        open_catalog(settings),
         run_id,
         force=force,
         stale_after_s=settings.jobs.job_stale_after_s,
@@ -279,7 +282,7 @@ def resume_command(
     if background:
         _submit(obj, job_id)
     else:
-        _run_job(job_id, progress=not no_progress and not as_json)
+        _run_job(settings, job_id, progress=not no_progress and not as_json)
     _finish(obj, run.id, job_id, as_json=as_json, background=background)
 
 
@@ -289,7 +292,7 @@ def resume_command(
 )
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def list_command(obj: Context, state: str | None, as_json: bool) -> None:
     """Training runs, newest first, with state, step and loss."""
     from rich.table import Table
@@ -297,9 +300,9 @@ def list_command(obj: Context, state: str | None, as_json: bool) -> None:
     from vitdex.training.runs import list_runs
 
     _recover(obj)
-    runs = list_runs(_open_catalog(obj.settings()), state=state)
+    runs = list_runs(open_catalog(obj.settings), state=state)
     if as_json:
-        _print_json(runs)
+        print_json(runs)
         return
     if not runs:
         out_console.print("no training runs")
@@ -323,15 +326,15 @@ def list_command(obj: Context, state: str | None, as_json: bool) -> None:
 @click.argument("run_id", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def show_command(obj: Context, run_id: int, as_json: bool) -> None:
     """One run with its full training config."""
     from vitdex.training.runs import show_run
 
     _recover(obj)
-    run = show_run(_open_catalog(obj.settings()), run_id)
+    run = show_run(open_catalog(obj.settings), run_id)
     if as_json:
-        _print_json(run)
+        print_json(run)
         return
     for key, value in run.items():
         if key != "config":
@@ -345,17 +348,17 @@ def show_command(obj: Context, run_id: int, as_json: bool) -> None:
 @click.argument("run_id", type=click.IntRange(min=1))
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
-@_handle_errors
+@handle_errors
 def cancel_command(obj: Context, run_id: int, as_json: bool) -> None:
     """Ask a queued or running run to stop (it saves a checkpoint first); a queued run,
     or one whose process died, is cancelled at once."""
     from vitdex.training.runs import cancel_run
 
-    settings = obj.settings()
+    settings = obj.settings
     stale = settings.jobs.job_stale_after_s
-    run = cancel_run(_open_catalog(settings), run_id, stale_after_s=stale)
+    run = cancel_run(open_catalog(settings), run_id, stale_after_s=stale)
     if as_json:
-        _print_json(run)
+        print_json(run)
     elif run["state"] == "cancelled":
         out_console.print(f"run {run_id}: cancelled")
     else:

@@ -6,23 +6,21 @@ backend, so they survive a Redis restart and read the same whichever queue ran t
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 import threading
-import time
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import STALE_AFTER_S
 from vitdex.db.models import ERROR_MAX, CatalogInfo, Job, JobState, iso, utcnow
-from vitdex.db.recovery import Heartbeat, is_orphan, recover_orphans
+from vitdex.db.recovery import is_orphan, recover_orphans
 from vitdex.db.training import follow_job
-from vitdex.errors import ConfigError, NotFoundError, VitdexError
+from vitdex.errors import ConfigError, NotFoundError
 
 #: States a job never leaves.
 FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCELLED})
@@ -30,11 +28,11 @@ FINISHED_STATES = frozenset({JobState.SUCCEEDED, JobState.FAILED, JobState.CANCE
 ACTIVE_STATES = frozenset({JobState.QUEUED, JobState.RUNNING})
 
 
-log = logging.getLogger(__name__)
-
-
 class JobCancelled(Exception):  # noqa: N818 - a signal, not an error
-    """Raised inside a job function when its row asks it to stop."""
+    """Raised inside a job function when its row asks it to stop.
+
+    Here, below the layers that do the work (the clustering in :mod:`vitdex.search`
+    raises it), so they need not import the job runner that catches it."""
 
 
 def enqueue_job_row(
@@ -80,6 +78,37 @@ def get_job(session: Session, job_id: int) -> Job:
     if job is None:
         raise NotFoundError(f"no job with id {job_id}")
     return job
+
+
+def create_foreground_job(session: Session, kind: str, params: Mapping[str, Any]) -> Job:
+    """A new job row, running from now in this process (a foreground run).
+
+    Its owner (host, pid) is recorded, marked foreground: should the process die, the
+    recovery sweep closes the row as interrupted instead of leaving it running for ever
+    (no queue would run it again; the next run of the command resumes the work).
+    """
+    owner = {"host": socket.gethostname(), "pid": os.getpid(), "foreground": True}
+    now = utcnow()
+    job = Job(
+        kind=kind,
+        params={**params, "owner": owner},
+        state=JobState.RUNNING,
+        started_at=now,
+        heartbeat_at=now,
+    )
+    session.add(job)
+    session.flush()
+    return job
+
+
+def update_job(session: Session, job_id: int, **values: Any) -> None:
+    """Update a job's progress, counts or state."""
+    session.execute(update(Job).where(Job.id == job_id).values(**values))
+
+
+def finish_job(session: Session, job_id: int, state: JobState, error: str | None = None) -> None:
+    """Close a job."""
+    update_job(session, job_id, state=state, error=error, finished_at=utcnow())
 
 
 def list_jobs(
@@ -156,7 +185,7 @@ def job_to_dict(job: Job, *, now: datetime | None = None) -> dict[str, Any]:
     }
 
 
-# --------------------------------------------------------------------------- runners
+# --------------------------------------------------------------------------- running rows
 
 
 def start_job(session: Session, job_id: int, *, stale_after_s: float = STALE_AFTER_S) -> Job | None:
@@ -234,99 +263,9 @@ def requeue_for_retry(session: Session, job_id: int, error: str) -> None:
     session.commit()
 
 
-class CancelPoller:
-    """A ``should_stop`` callable that reads ``jobs.cancel_requested`` at most every
-    ``interval`` seconds (one tiny query, in its own session so it never disturbs the
-    caller's transaction)."""
-
-    def __init__(
-        self, sessions: sessionmaker[Session], job_id: int, *, interval: float = 0.5
-    ) -> None:
-        self.sessions = sessions
-        self.job_id = job_id
-        self.interval = interval
-        self._last = float("-inf")
-        self._cancelled = False
-        self._lock = threading.Lock()
-
-    def __call__(self) -> bool:
-        """Whether somebody asked the job to stop."""
-        with self._lock:
-            if self._cancelled:
-                return True
-            now = time.monotonic()
-            if now - self._last < self.interval:
-                return False
-            self._last = now
-            with self.sessions() as session:
-                flag = session.scalar(select(Job.cancel_requested).where(Job.id == self.job_id))
-            self._cancelled = bool(flag)
-            return self._cancelled
-
-
-def _rq_will_retry() -> bool:
-    """Whether this runs inside an rq job that rq will retry after an exception."""
-    try:
-        from rq import get_current_job
-    except ImportError:  # pragma: no cover - rq is a dependency
-        return False
-    current = get_current_job()
-    return bool(current is not None and current.should_retry)
-
-
-def run_job_guarded(
-    job_id: int,
-    work: Callable[[sessionmaker[Session]], None],
-    *,
-    what: str,
-    on_end: Callable[[Session, JobState, str | None], None] | None = None,
-) -> None:
-    """Claim the job row, run ``work`` and record how it ended.
-
-    ``work`` closes the row itself on success or cancellation. A :class:`VitdexError`
-    (bad params, a missing folder) fails the job for good; any other error fails it
-    too, unless rq has retries left, in which case the row goes back to queued and the
-    error is re-raised so rq retries it. ``on_end(session, state, error)`` lets a record
-    that follows the job (a training run) take the state the row was given when ``work``
-    did not finish: cancelled, failed, or queued again for a retry.
-    """
-    from vitdex.config import load_settings
-
-    settings = load_settings()
-    sessions = catalog_sessions(settings.storage.resolved_database_url)
-    with sessions() as session:
-        if start_job(session, job_id, stale_after_s=settings.jobs.job_stale_after_s) is None:
-            log.info("job %d: finished, cancelled or run elsewhere; skipped", job_id)
-            return
-    # Beats while the work runs, so a process that dies is told from one at work.
-    heartbeat = Heartbeat(sessions, job_id, interval=settings.jobs.job_heartbeat_s).start()
-
-    def end(state: JobState, error: str | None, *, retry: bool = False) -> None:
-        with sessions() as session:
-            if retry:
-                requeue_for_retry(session, job_id, error or "")
-            else:
-                end_job(session, job_id, state, error=error)
-            if on_end is not None:
-                on_end(session, state, error)
-
-    try:
-        work(sessions)
-    except JobCancelled:
-        end(JobState.CANCELLED, None)
-    except VitdexError as exc:
-        log.warning("%s job %d failed: %s", what, job_id, exc.message)
-        end(JobState.FAILED, exc.message)
-    except Exception as exc:
-        retry = _rq_will_retry()
-        end(
-            JobState.QUEUED if retry else JobState.FAILED,
-            f"{type(exc).__name__}: {exc}",
-            retry=retry,
-        )
-        raise
-    finally:
-        heartbeat.stop()
+def cancel_requested(session: Session, job_id: int) -> bool:
+    """Whether somebody asked job ``job_id`` to stop (one tiny query)."""
+    return bool(session.scalar(select(Job.cancel_requested).where(Job.id == job_id)))
 
 
 # --------------------------------------------------------------------------- catalog
@@ -365,22 +304,3 @@ def catalog_sessions(database_url: str) -> sessionmaker[Session]:
             sessions = session_factory(engine)
             _catalogs[database_url] = sessions
         return sessions
-
-
-def progress_writer(
-    sessions: sessionmaker[Session], job_id: int, *, every_s: float = 0.0
-) -> Callable[[int, int], None]:
-    """A ``progress(done, total)`` callback that writes to the job row, at most once
-    every ``every_s`` seconds (the last call, ``done == total``, is always written)."""
-    last = float("-inf")
-
-    def write(done: int, total: int) -> None:
-        nonlocal last
-        now = time.monotonic()
-        if done != total and now - last < every_s:
-            return
-        last = now
-        with sessions() as session:
-            set_progress(session, job_id, done=done, total=total)
-
-    return write

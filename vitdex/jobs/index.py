@@ -1,7 +1,7 @@
 """Index jobs: the function a queue runs for a job row of kind ``index``.
 
-It takes only the job id and reads its settings from the environment, so rq can enqueue
-it by dotted path from a process that never imports torch.
+It takes the settings of the process that runs it and the job id, so rq can enqueue it
+by dotted path (and the id alone) from a process that never imports torch.
 """
 
 from __future__ import annotations
@@ -13,10 +13,11 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.config import ModelSettings, load_settings
+from vitdex.config import ModelSettings, Settings
 from vitdex.db import jobs as job_sql
 from vitdex.errors import ConfigError
 from vitdex.indexer.embedder import Embedder
+from vitdex.jobs.runner import CancelPoller, run_job_guarded
 
 log = logging.getLogger(__name__)
 
@@ -29,13 +30,9 @@ _embedders_lock = threading.Lock()
 
 
 def _model_key(model: ModelSettings) -> tuple[Any, ...]:
-    return (
-        model.model,
-        model.model_revision,
-        tuple(model.spaces),
-        model.device,
-        model.precision,
-        model.batch_size,
+    # Every field the embedder is built from: a worker serving two settings keeps two.
+    return tuple(
+        tuple(value) if isinstance(value, list) else value for value in model.model_dump().values()
     )
 
 
@@ -51,7 +48,7 @@ def cached_embedder(model: ModelSettings) -> Embedder:
         return embedder
 
 
-def run_index_job(job_id: int) -> None:
+def run_index_job(settings: Settings, job_id: int) -> None:
     """Run the index job ``job_id``: params ``{"paths": [...], "reembed": bool}``.
 
     Progress goes to the job row batch by batch; a cancel request stops it at its next
@@ -61,13 +58,12 @@ def run_index_job(job_id: int) -> None:
     def work(sessions: sessionmaker[Session]) -> None:
         from vitdex.indexer.pipeline import Indexer
 
-        settings = load_settings()
         with sessions() as session:
             params = dict(job_sql.get_job(session, job_id).params or {})
         paths = [Path(p) for p in params.get("paths") or []]
         if not paths:
             raise ConfigError("index job has no paths")
-        stop = job_sql.CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
+        stop = CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
         indexer = Indexer(settings, sessions, cached_embedder(settings.model), should_stop=stop)
         # The indexer sets the row running, writes progress and closes it.
         indexer.run(
@@ -77,4 +73,4 @@ def run_index_job(job_id: int) -> None:
             job_id=job_id,
         )
 
-    job_sql.run_job_guarded(job_id, work, what="index")
+    run_job_guarded(settings, job_id, work, what="index")

@@ -1,8 +1,9 @@
-"""Job queues: rq on Redis when ``VITDEX_REDIS_URL`` is set, else one background thread.
+"""Job queues: rq on Redis when a Redis URL is configured, else one background thread.
 
 The one place that branches on having Redis. Either way a job is a row in the ``jobs``
-table (see :mod:`vitdex.db.jobs`) and a module-level function that takes its id, named by
-dotted path so this module, and the API process that uses it, never imports torch.
+table (see :mod:`vitdex.db.jobs`) and a module-level function that takes the settings of
+the process that runs it and the row's id, named by dotted path so this module, and the
+API process that uses it, never imports torch.
 """
 
 from __future__ import annotations
@@ -12,23 +13,21 @@ import logging
 import queue as stdlib_queue
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
-from vitdex.config import STALE_AFTER_S, Settings
+from vitdex.config import Settings
 from vitdex.errors import ConfigError, QueueUnavailableError
 
 if TYPE_CHECKING:
     from redis import Redis
-    from sqlalchemy.orm import Session, sessionmaker
 
 log = logging.getLogger(__name__)
 
-#: Job kind → the function that runs a job row of that kind.
+#: Job kind → the function that runs a job row of that kind, ``fn(settings, job_id)``.
 JOB_FUNCTIONS: dict[str, str] = {
     "index": "vitdex.jobs.index.run_index_job",
-    "cluster": "vitdex.search.cluster.run_cluster_job",
+    "cluster": "vitdex.jobs.cluster.run_cluster_job",
     "train": "vitdex.jobs.training.run_train_job",
     "export": "vitdex.jobs.training.run_export_job",
 }
@@ -67,30 +66,51 @@ def rq_job_id(catalog: str, job_id: int) -> str:
     return f"vitdex-{catalog[:12]}-job-{job_id}"
 
 
+#: The settings :func:`run_queued_job` runs jobs with, bound by the worker (``vitdex
+#: worker``) of this process before it takes jobs off the queue.
+_worker_settings: Settings | None = None
+
+
+def bind_worker_settings(settings: Settings | None) -> None:
+    """Make ``settings`` the ones rq jobs of this process run with (``None`` unbinds).
+
+    rq calls a job's function with the job's arguments only, and those were chosen by
+    the process that enqueued it; the worker's own settings (its catalog, model and
+    device, from its flags and environment) reach the job through this binding.
+    """
+    global _worker_settings
+    _worker_settings = settings
+
+
 def run_queued_job(job_id: int, kind: str, catalog: str) -> None:
-    """What an rq worker runs: job row ``job_id`` of ``catalog``, by its ``kind``.
+    """What an rq worker runs: job row ``job_id`` of ``catalog``, by its ``kind``, with
+    the settings its worker bound (:func:`bind_worker_settings`).
 
     Each catalog has a queue of its own (:func:`rq_queue_name`); should a job reach a
-    worker whose ``VITDEX_DATABASE_URL`` is another catalog all the same, the worker
-    refuses it, saying so, rather than run its own row with that id.
+    worker whose catalog is another all the same, the worker refuses it, saying so,
+    rather than run its own row with that id.
     """
-    from vitdex.config import load_settings
     from vitdex.db import jobs as job_sql
 
-    url = load_settings().storage.resolved_database_url
-    mine = job_sql.catalog_identity(url)
+    settings = _worker_settings
+    if settings is None:
+        raise ConfigError(
+            f"job {job_id} needs the worker's settings: run it with `vitdex worker` "
+            "(a bare `rq worker` knows no catalog)"
+        )
+    mine = job_sql.catalog_identity(settings.storage.resolved_database_url)
     if mine != catalog:
         raise ConfigError(
-            f"job {job_id} belongs to catalog {catalog[:12]}, but this worker's "
-            f"VITDEX_DATABASE_URL is catalog {mine[:12]}: point the worker at the "
-            "catalog's database"
+            f"job {job_id} belongs to catalog {catalog[:12]}, but this worker's catalog "
+            f"is {mine[:12]}: start the worker with the catalog's --home/--database-url "
+            "(or VITDEX_HOME/VITDEX_DATABASE_URL)"
         )
-    _resolve(job_function_path(kind))(job_id)
+    _resolve(job_function_path(kind))(settings, job_id)
 
 
-def _resolve(path: str) -> Callable[[int], None]:
+def _resolve(path: str) -> Callable[[Settings, int], None]:
     module, _, name = path.rpartition(".")
-    func: Callable[[int], None] = getattr(importlib.import_module(module), name)
+    func: Callable[[Settings, int], None] = getattr(importlib.import_module(module), name)
     return func
 
 
@@ -141,6 +161,8 @@ class ThreadQueue:
     """
 
     def __init__(self, settings: Settings) -> None:
+        # Jobs run with this process's settings, handed in once, never re-read.
+        self._settings = settings
         self._kind_of = _KindLookup(settings)
         self._items: stdlib_queue.Queue[tuple[int, str] | None] = stdlib_queue.Queue()
         self._submitted: set[int] = set()
@@ -203,7 +225,7 @@ class ThreadQueue:
                     return
                 job_id, path = item
                 try:
-                    _resolve(path)(job_id)
+                    _resolve(path)(self._settings, job_id)
                 except Exception:
                     # The job function already recorded the failure in its row.
                     log.exception("job %d (%s) failed", job_id, path)
@@ -221,7 +243,7 @@ class RqQueue:
         url = settings.api.redis_url
         if connection is None:
             if not url:
-                raise ConfigError("VITDEX_REDIS_URL is not set")
+                raise ConfigError("no Redis to queue jobs on: give --redis-url (VITDEX_REDIS_URL)")
             connection = Redis.from_url(url)
         self._redis = connection
         self._stale_after_s = settings.jobs.job_stale_after_s
@@ -352,113 +374,8 @@ class RqQueue:
 
 
 def make_queue(settings: Settings, **kwargs: Any) -> JobQueue:
-    """rq when ``settings.api.redis_url`` is set, else a :class:`ThreadQueue`."""
+    """rq when ``settings.api.redis_url`` is set, else a :class:`ThreadQueue` running
+    jobs here with ``settings``."""
     if settings.api.redis_url:
         return RqQueue(settings, **kwargs)
     return ThreadQueue(settings)
-
-
-@dataclass
-class RecoveryReport:
-    """What :func:`recover_jobs` did, by job id."""
-
-    #: Orphans (running, their process gone) put back to queued.
-    requeued: list[int] = field(default_factory=list)
-    #: Orphans whose cancel was asked for: cancelled.
-    cancelled: list[int] = field(default_factory=list)
-    #: Orphans recovered too often: failed.
-    failed: list[int] = field(default_factory=list)
-    #: Queued rows handed to the queue (those it already held are left as they are).
-    submitted: list[int] = field(default_factory=list)
-    #: Why submitting stopped (the queue is unreachable), or None.
-    unavailable: str | None = None
-
-
-def recover_orphans(
-    sessions: sessionmaker[Session],
-    queue: JobQueue | None,
-    *,
-    stale_after_s: float = STALE_AFTER_S,
-) -> RecoveryReport:
-    """Requeue (or cancel) orphaned running jobs and submit those requeued to ``queue``.
-
-    The cheap part of :func:`recover_jobs` (one query over the running rows), run first
-    by every path that lists or cancels jobs, so a dead job never reads running for much
-    longer than ``stale_after_s``. With ``queue`` None (a CLI without Redis) requeued
-    rows wait for ``vitdex serve`` or ``vitdex train resume``. Never raises for an
-    unreachable queue: that is reported, and the rows stay queued.
-    """
-    from vitdex.db import recovery
-
-    with sessions() as session:
-        found = recovery.recover_orphans(session, stale_after_s=stale_after_s)
-        session.commit()
-    report = RecoveryReport(
-        requeued=[job_id for job_id, _ in found.requeued],
-        cancelled=found.cancelled,
-        failed=found.failed,
-    )
-    if queue is not None:
-        _submit_all(queue, found.requeued, report, replace=True)
-    return report
-
-
-def recover_jobs(
-    sessions: sessionmaker[Session],
-    queue: JobQueue,
-    *,
-    stale_after_s: float = STALE_AFTER_S,
-    limit: int = 10_000,
-) -> RecoveryReport:
-    """The recovery sweep: SQL is the record of truth for jobs.
-
-    Requeues orphaned running jobs (:func:`recover_orphans`), then submits every queued
-    row, oldest first (at most ``limit``), to ``queue``: a row the queue already holds
-    (waiting, scheduled for a retry, or just started) is left alone, one it lost (Redis
-    restarted empty, or down when the row was made) or ended is enqueued again. Run at
-    API start-up and by ``vitdex worker`` at start-up and periodically. Never raises
-    for an unreachable queue: ``report.unavailable`` says so.
-    """
-    from sqlalchemy import select
-
-    from vitdex.db.models import Job, JobState
-
-    report = recover_orphans(sessions, queue, stale_after_s=stale_after_s)
-    if report.unavailable is not None:
-        return report
-    with sessions() as session:
-        rows = session.execute(
-            select(Job.id, Job.kind)
-            .where(Job.state == JobState.QUEUED)
-            .order_by(Job.id)
-            .limit(limit)
-        ).all()
-    recovered = set(report.requeued)
-    waiting = [(job_id, kind) for job_id, kind in rows if job_id not in recovered]
-    _submit_all(queue, waiting, report, replace=False)
-    if report.requeued or report.cancelled or report.failed or report.unavailable:
-        log.warning(
-            "job recovery: %d orphans requeued, %d cancelled, %d failed; %d rows submitted%s",
-            len(report.requeued),
-            len(report.cancelled),
-            len(report.failed),
-            len(report.submitted),
-            f"; stopped: {report.unavailable}" if report.unavailable else "",
-        )
-    return report
-
-
-def _submit_all(
-    queue: JobQueue, rows: list[tuple[int, str]], report: RecoveryReport, *, replace: bool
-) -> None:
-    for job_id, kind in rows:
-        try:
-            queue.submit(job_id, kind=kind, replace=replace)
-        except QueueUnavailableError as exc:
-            report.unavailable = exc.message
-            log.warning("job recovery stopped: %s", exc.message)
-            return
-        except ConfigError as exc:  # a row of a kind this version does not know
-            log.warning("job %d not submitted: %s", job_id, exc.message)
-            continue
-        report.submitted.append(job_id)

@@ -1,8 +1,8 @@
 """Train jobs: the function a queue runs for a job row of kind ``train``.
 
-It takes only the job id (params ``{"run_id"}``) and reads its settings from the
-environment, so rq can enqueue it by dotted path from a process that never imports torch.
-One job exports the run's dataset (first time only), trains or resumes from the newest
+It takes the settings of the process that runs it and the job id (params
+``{"run_id"}``), so rq can enqueue it by dotted path from a process that never imports
+torch. One job exports the run's dataset (first time only), trains or resumes from the newest
 checkpoint, then converts the result to a single file and registers it.
 """
 
@@ -16,11 +16,12 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.config import load_settings
+from vitdex.config import Settings
 from vitdex.db import jobs as job_sql
 from vitdex.db import training as run_sql
 from vitdex.db.models import JobState
 from vitdex.errors import ConfigError
+from vitdex.jobs.runner import CancelPoller, progress_writer, run_job_guarded
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,9 @@ class _ProgressWriter:
                 )
 
 
-def run_train_job(job_id: int, on_progress: ProgressCallback | None = None) -> None:
+def run_train_job(
+    settings: Settings, job_id: int, on_progress: ProgressCallback | None = None
+) -> None:
     """Run the train job ``job_id``: export (once), train or resume, convert, register.
 
     ``on_progress`` (used by the CLI's progress bar) receives every event the SQL rows
@@ -95,7 +98,7 @@ def run_train_job(job_id: int, on_progress: ProgressCallback | None = None) -> N
         if not isinstance(found, int):
             raise ConfigError(f"train job {job_id} names no run")
         run_id = found
-        _train_run(sessions, job_id, run_id, on_progress)
+        _train_run(settings, sessions, job_id, run_id, on_progress)
 
     def follow(session: Session, state: JobState, error: str | None) -> None:
         # The run takes the state its job was given: cancelled, failed, or queued for
@@ -103,10 +106,11 @@ def run_train_job(job_id: int, on_progress: ProgressCallback | None = None) -> N
         if run_id is not None:
             run_sql.set_run_state(session, run_id, state, error=error)
 
-    job_sql.run_job_guarded(job_id, work, what="train", on_end=follow)
+    run_job_guarded(settings, job_id, work, what="train", on_end=follow)
 
 
 def _train_run(
+    settings: Settings,
     sessions: sessionmaker[Session],
     job_id: int,
     run_id: int,
@@ -119,7 +123,6 @@ def _train_run(
     from vitdex.training.registry import Provenance, convert_and_register
     from vitdex.training.runs import checkpoint_name
 
-    settings = load_settings()
     with sessions() as session:
         run = run_sql.set_run_state(session, run_id, JobState.RUNNING, job_id=job_id)
         config = TrainConfig.from_dict(run.config)
@@ -131,7 +134,7 @@ def _train_run(
 
             dataset_name = get_dataset(session, dataset_id).name
     progress = _ProgressWriter(sessions, job_id, run_id, on_progress)
-    stop = job_sql.CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
+    stop = CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
 
     data = out / "data"
     if not (data / "dataset.toml").is_file():
@@ -207,7 +210,7 @@ def _train_run(
         )
 
 
-def run_export_job(job_id: int) -> None:
+def run_export_job(settings: Settings, job_id: int) -> None:
     """Run the export job ``job_id`` (params from :func:`vitdex.training.export.enqueue_export`).
 
     Progress counts images; a cancel stops it between two images (the half-written folder
@@ -219,8 +222,8 @@ def run_export_job(job_id: int) -> None:
 
         with sessions() as session:
             params = dict(job_sql.get_job(session, job_id).params or {})
-        stop = job_sql.CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
-        write = job_sql.progress_writer(sessions, job_id, every_s=PROGRESS_EVERY_S)
+        stop = CancelPoller(sessions, job_id, interval=CANCEL_POLL_S)
+        write = progress_writer(sessions, job_id, every_s=PROGRESS_EVERY_S)
 
         def progress(done: int, total: int) -> None:
             write(done, total)
@@ -229,7 +232,7 @@ def run_export_job(job_id: int) -> None:
 
         path = params.get("path")
         result = export_dataset(
-            load_settings(),
+            settings,
             sessions,
             int(params["dataset_id"]),
             Path(path) if path else None,
@@ -242,4 +245,4 @@ def run_export_job(job_id: int) -> None:
         with sessions() as session:
             job_sql.end_job(session, job_id, JobState.SUCCEEDED, counts=result.to_dict())
 
-    job_sql.run_job_guarded(job_id, work, what="export")
+    run_job_guarded(settings, job_id, work, what="export")

@@ -1,5 +1,8 @@
 """The rq worker (``vitdex worker``): runs index, cluster, export and training jobs from Redis.
 
+It runs every job with the settings it was started with (:func:`run_worker`'s), whatever
+the process that queued the job was configured with: its catalog, model and device.
+
 It does not fork per job (rq's :class:`~rq.SimpleWorker`): the ViT is loaded once, before
 the first job, and a GPU context stays usable, neither of which survives rq's default
 fork-per-job worker.
@@ -24,10 +27,8 @@ from collections.abc import Callable, Iterator
 from types import FrameType
 from typing import TYPE_CHECKING, Any
 
-import click
-
-from vitdex.config import Settings, load_settings
-from vitdex.errors import ConfigError, VitdexError
+from vitdex.config import Settings
+from vitdex.errors import ConfigError
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -162,11 +163,12 @@ def _wait_for_redis(connection: Redis, url: str, stop: threading.Event) -> bool:
 
 
 def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True) -> bool:
-    """Work on this catalog's queue until stopped (or, with ``burst``, until empty).
+    """Work on this catalog's queue until stopped (or, with ``burst``, until empty),
+    running each job with ``settings``.
 
     Returns whether any job was run. ``preload`` loads the embedder first, so the first
     job does not pay for it and a broken model setting fails here, loudly. The recovery
-    sweep (:func:`vitdex.jobs.queue.recover_jobs`: jobs whose process died are queued again,
+    sweep (:func:`vitdex.jobs.recovery.recover_jobs`: jobs whose process died are queued again,
     queued rows that Redis lost are submitted again) runs each time the work loop starts
     and every half ``VITDEX_JOB_STALE_AFTER_S`` while it runs, from the scheduler thread,
     since the main thread is busy with the job.
@@ -175,11 +177,14 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
     from rq import Queue
 
     from vitdex.db.jobs import catalog_sessions
-    from vitdex.jobs.queue import RqQueue, recover_jobs, rq_queue_name
+    from vitdex.jobs.queue import RqQueue, bind_worker_settings, rq_queue_name
+    from vitdex.jobs.recovery import recover_jobs
 
     url = settings.api.redis_url
     if not url:
-        raise ConfigError("the worker needs VITDEX_REDIS_URL (redis://host:6379/0)")
+        raise ConfigError(
+            "the worker needs a Redis: give --redis-url redis://host:6379/0 (VITDEX_REDIS_URL)"
+        )
     if preload:
         from vitdex.jobs.index import cached_embedder
 
@@ -198,6 +203,7 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
     def sweep() -> None:  # it logs what it recovered
         recover_jobs(sessions, jobs_queue, stale_after_s=stale_after_s)
 
+    bind_worker_settings(settings)
     try:
         while not stop.is_set():
             if not _wait_for_redis(connection, url, stop):
@@ -234,21 +240,6 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
             else:
                 log.warning("lost Redis at %s; waiting for it to come back", url)
     finally:
+        bind_worker_settings(None)
         connection.close()
     return worked
-
-
-@click.command("worker")
-@click.option("--burst", is_flag=True, help="Exit once the queue is empty.")
-@click.option("--no-preload", is_flag=True, help="Load the model on the first job instead.")
-def worker_command(burst: bool, no_preload: bool) -> None:
-    """Run queued index, cluster, export and training jobs (needs VITDEX_REDIS_URL)."""
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        run_worker(load_settings(), burst=burst, preload=not no_preload)
-    except VitdexError as exc:
-        raise click.ClickException(exc.message) from None
-
-
-if __name__ == "__main__":
-    worker_command()

@@ -436,37 +436,3 @@ def filter_from_params(data: Mapping[str, Any] | None) -> SearchFilter | None:
                 raise ConfigError(f"{name} is not an ISO date: {values[name]!r}") from None
     flt = SearchFilter(**values)
     return None if flt.is_empty() else flt
-
-
-def run_cluster_job(job_id: int) -> None:
-    """Run the cluster job ``job_id``: params ``{"space", "k", "filter", "method", "seed"}``.
-
-    The run id and cluster count end up in the job's counts.
-    """
-    from vitdex.config import load_settings
-    from vitdex.db import jobs as job_sql
-    from vitdex.db.models import JobState
-
-    def work(sessions: sessionmaker[Session]) -> None:
-        with sessions() as session:
-            params = dict(job_sql.get_job(session, job_id).params or {})
-        if not params.get("space"):
-            raise ConfigError("cluster job has no space")
-        run_id = cluster_space(
-            load_settings(),
-            sessions,
-            space=str(params["space"]),
-            k=params.get("k", "auto"),
-            filter=filter_from_params(params.get("filter")),
-            method=str(params.get("method", "kmeans")),
-            seed=int(params.get("seed", 0)),
-            progress=job_sql.progress_writer(sessions, job_id),
-            should_stop=job_sql.CancelPoller(sessions, job_id),
-            job_id=job_id,
-        )
-        with sessions() as session:
-            run = session.get_one(ClusterRun, run_id)
-            counts = {"run_id": run_id, "clusters": run.k, "n_images": run.n_images}
-            job_sql.end_job(session, job_id, JobState.SUCCEEDED, counts=counts)
-
-    job_sql.run_job_guarded(job_id, work, what="cluster")

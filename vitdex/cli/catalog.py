@@ -1,0 +1,272 @@
+"""``vitdex index``, ``similar``, ``classify``, ``status`` and ``doctor``: the photo catalog
+and its search, thin wrappers over the indexer and the search service."""
+
+from __future__ import annotations
+
+import sys
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import click
+
+from vitdex.cli.common import (
+    Context,
+    err_console,
+    handle_errors,
+    open_catalog,
+    out_console,
+    print_index_report,
+    print_json,
+    progress_bar,
+)
+
+
+@click.command()
+@click.argument(
+    "paths",
+    nargs=-1,
+    required=True,
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+)
+@click.option("--json", "as_json", is_flag=True, help="Print a JSON summary on stdout.")
+@click.option("--reembed", is_flag=True, help="Re-embed everything (after a model change).")
+@click.option("--retry-failed", is_flag=True, help="Try failed files again even if unchanged.")
+@click.option("--no-progress", is_flag=True, help="No progress bar.")
+@click.pass_obj
+@handle_errors
+def index(
+    obj: Context,
+    paths: tuple[Path, ...],
+    as_json: bool,
+    reembed: bool,
+    retry_failed: bool,
+    no_progress: bool,
+) -> None:
+    """Index the photos under PATHS (folders); re-runs only cost time for changes."""
+    from vitdex.indexer.embedder import Embedder
+    from vitdex.indexer.pipeline import Indexer
+
+    settings = obj.settings
+    sessions = open_catalog(settings)
+    embedder = Embedder.from_settings(settings.model)
+    show = not no_progress and (err_console.is_terminal or not as_json)
+    with progress_bar(show) as bar:
+        indexer = Indexer(settings, sessions, embedder, progress=bar)
+        report = indexer.run(list(paths), reembed=reembed, retry_failed=retry_failed)
+    if as_json:
+        print_json(report.to_dict())
+        return
+    print_index_report(report.to_dict(), embedder)
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--id", "ids", type=int, multiple=True, help="Query by catalog image id.")
+@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
+@click.option("--space", help="Space to search (default: the first configured one).")
+@click.option("--include-self", is_flag=True, help="Keep the query image in its own hits.")
+@click.option("--library", "libraries", type=int, multiple=True, help="Only this library id.")
+@click.option("--folder", help="Only photos below this folder.")
+@click.option("--taken-after", type=click.DateTime(), help="Only photos taken at or after.")
+@click.option("--taken-before", type=click.DateTime(), help="Only photos taken before.")
+@click.option("--camera-make", help="Only photos from this camera make (EXIF).")
+@click.option("--camera-model", help="Only photos from this camera model (EXIF).")
+@click.option("--label", help="Only photos with this predicted label in their top 5.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def similar(
+    obj: Context,
+    images: tuple[Path, ...],
+    ids: tuple[int, ...],
+    k: int,
+    space: str | None,
+    include_self: bool,
+    libraries: tuple[int, ...],
+    folder: str | None,
+    taken_after: datetime | None,
+    taken_before: datetime | None,
+    camera_make: str | None,
+    camera_model: str | None,
+    label: str | None,
+    as_json: bool,
+) -> None:
+    """List the indexed photos closest to each IMAGE (a file) or --id."""
+    from rich.table import Table
+
+    from vitdex.filters import SearchFilter
+    from vitdex.search.service import SearchService
+
+    if not images and not ids:
+        raise click.UsageError("give at least one IMAGE or --id")
+    flt = SearchFilter(
+        library_ids=libraries,
+        path_prefix=str(Path(folder).expanduser().resolve()) if folder else None,
+        taken_after=taken_after,
+        taken_before=taken_before,
+        camera_make=camera_make,
+        camera_model=camera_model,
+        label=label,
+    )
+    settings = obj.settings
+    service = SearchService(settings, open_catalog(settings))
+    results = service.similar(images, ids, k=k, space=space, include_self=include_self, filter=flt)
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
+    for result in results:
+        table = Table(title=f"{result.query}  (space {result.space})", title_justify="left")
+        table.add_column("#", justify="right")
+        table.add_column("score", justify="right")
+        table.add_column("id", justify="right")
+        table.add_column("path", overflow="fold")
+        table.add_column("label")
+        for rank, hit in enumerate(result.hits, start=1):
+            label = hit.labels[0].label if hit.labels else ""
+            table.add_row(str(rank), f"{hit.score:.4f}", str(hit.image_id), hit.path, label)
+        out_console.print(table)
+
+
+@click.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path(path_type=Path, dir_okay=False))
+@click.option("-k", "k", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def classify(obj: Context, images: tuple[Path, ...], k: int, as_json: bool) -> None:
+    """Top-k labels of each IMAGE from the checkpoint's classifier."""
+    from vitdex.search.service import SearchService
+
+    settings = obj.settings
+    service = SearchService(settings, open_catalog(settings))
+    results = service.classify(images, k=k)
+    if as_json:
+        print_json([r.to_dict() for r in results])
+        return
+    for result in results:
+        out_console.print(f"[bold]{result.query}[/]", highlight=False)
+        for item in result.labels:
+            out_console.print(f"  {item.score:7.2%}  {item.label}", highlight=False)
+
+
+def _configured_line(configured: dict[str, Any]) -> str:
+    """The configured layer specs and what each resolved to on this model, e.g.
+    ``spaces cls (final layer), cls@2/3 -> cls@8 (layer 8 of 12)``."""
+    depth = configured.get("num_layers")
+    shown = []
+    for item in configured["spaces"]:
+        if item["space"] is None:
+            shown.append(f"{item['spec']} (unresolved: {item['error']})")
+            continue
+        name = (
+            item["space"] if item["space"] == item["spec"] else f"{item['spec']} -> {item['space']}"
+        )
+        where = "final layer" if item["layer"] is None else f"layer {item['layer']}"
+        if item["layer"] is not None and depth:
+            where += f" of {depth}"
+        shown.append(f"{name} ({where})")
+    return "spaces " + ", ".join(shown)
+
+
+@click.command()
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.option(
+    "--failed",
+    "max_failed",
+    type=int,
+    default=50,
+    show_default=True,
+    help="How many failed files to list.",
+)
+@click.pass_obj
+@handle_errors
+def status(obj: Context, as_json: bool, max_failed: int) -> None:
+    """What is indexed: images, spaces and their vectors, failed files and why."""
+    from rich.table import Table
+
+    from vitdex.indexer.status import collect_status
+
+    settings = obj.settings
+    data = collect_status(settings, open_catalog(settings), max_failed=max_failed)
+    if as_json:
+        print_json(data)
+        return
+    out_console.print(
+        f"home {data['home']}\ncatalog {data['database']}\nmodel {data['model']}",
+        highlight=False,
+    )
+    out_console.print(_configured_line(data["configured"]), highlight=False)
+    by = data["by_status"]
+    out_console.print(
+        f"images {data['images']}: {by['indexed']} indexed, {by['pending']} pending, "
+        f"{data['failed']} failed ({by['missing']} missing files forgotten)",
+        highlight=False,
+    )
+    table = Table(title="spaces", title_justify="left")
+    columns = ("name", "vectors", "in store", "index", "RAM B/vec", "mapped B/vec", "dim", "model")
+    for col in columns:
+        table.add_column(col)
+
+    def per_vector(value: Any) -> str:
+        return f"{value:,.0f}" if isinstance(value, int | float) else "-"
+
+    for sp in data["spaces"]:
+        store = sp["store"]
+        table.add_row(
+            sp["name"],
+            str(sp["vectors"]),
+            str(sp["store_count"]),
+            f"{store.get('backend', '?')} {store.get('index_type') or ''}".strip(),
+            per_vector(store.get("memory_bytes_per_vector")),
+            per_vector(store.get("mapped_bytes_per_vector")),
+            str(sp["dim"]),
+            f"{sp['model_id']} @ {sp['model_revision'][:12]}",
+        )
+    out_console.print(table)
+    if data["libraries"]:
+        out_console.print("libraries: " + ", ".join(lib["root"] for lib in data["libraries"]))
+    if data["failures"]:
+        out_console.print(f"failed files ({len(data['failures'])} most recent):")
+        for item in data["failures"]:
+            # One plain line per file, never cut, so it can be grepped.
+            click.echo(f"  {item['path']}: {item['error'] or 'unknown error'}")
+
+
+@click.command()
+@click.option("--repair", is_flag=True, help="Delete stray vectors, queue lost ones again.")
+@click.option(
+    "--wait",
+    type=click.FloatRange(min=0),
+    default=10.0,
+    show_default=True,
+    help="Seconds --repair waits for running writers (index, ...) before refusing.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def doctor(obj: Context, repair: bool, wait: float, as_json: bool) -> None:
+    """Check that the catalog and the vector stores agree (exit 1 when they do not)."""
+    from vitdex.indexer.doctor import diagnose
+
+    settings = obj.settings
+    report = diagnose(settings, open_catalog(settings), repair=repair, wait=wait)
+    if as_json:
+        print_json(report)
+    else:
+        for sp in report["spaces"]:
+            state = "ok"
+            if sp["strays"] or sp["missing"]:
+                state = "repaired" if sp["repaired"] else "MISMATCH"
+            click.echo(
+                f"{sp['name']}: {sp['vectors_in_catalog']} in catalog, "
+                f"{sp['vectors_in_store']} in store, {sp['strays']} stray, "
+                f"{sp['missing']} missing: {state}"
+            )
+            if sp.get("advice"):
+                click.echo(f"  {sp['advice']}")
+        for name in report["configured_spaces_not_built"]:
+            click.echo(f"{name}: configured but not built yet (run `vitdex index`)")
+        click.echo("all good" if report["ok"] else "problems found (vitdex doctor --repair)")
+    if not report["ok"]:
+        sys.exit(1)
