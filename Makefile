@@ -10,19 +10,21 @@ export VITDEX_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
 setup: $(STAMP)
 
-# torch is pinned to 2.13.0 in pyproject.toml: the CPU build these machines carry.
-$(STAMP): pyproject.toml
+# pyproject.toml takes any torch 2.6+; constraints.txt pins the CPU build these machines carry.
+$(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[dev,demo]'
+	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,demo]'
 	touch $(STAMP)
 
 demo: setup
 	$(VENV)/bin/vitdex demo
 
+# lint-imports holds the layers of DESIGN.md (the contracts are in pyproject.toml).
 lint: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports --no-logo
 
 typecheck: setup
 	$(VENV)/bin/mypy
@@ -48,4 +50,4 @@ bench: setup
 	$(PY) -m bench.train_step
 
 clean:
-	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache
+	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
