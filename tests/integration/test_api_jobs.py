@@ -59,8 +59,11 @@ def test_library_lifecycle(client: Client, photos: Path) -> None:
 
     listed = client.get("/api/v1/jobs", params={"kind": "index"}).json()
     assert listed["total"] == 2 and all(j["state"] == "succeeded" for j in listed["jobs"])
-    # cancelling a finished job changes nothing
-    assert client.delete(f"/api/v1/jobs/{job_id}").json()["state"] == "succeeded"
+    # cancelling a finished job is refused, naming its state, and changes nothing
+    refused = client.delete(f"/api/v1/jobs/{job_id}")
+    assert refused.status_code == 409, refused.text
+    assert "already succeeded" in refused.json()["detail"]
+    assert client.get(f"/api/v1/jobs/{job_id}").json()["state"] == "succeeded"
 
     removed = client.delete(f"/api/v1/libraries/{lib_id}")
     assert removed.status_code == 200 and removed.json()["images_removed"] == 13
@@ -109,6 +112,13 @@ def test_clusters(client: Client, photos: Path) -> None:
     for cluster in run["clusters"]:
         assert len(cluster["members"]) == min(2, cluster["size"])
         assert cluster["medoid_image_id"] in [m["image_id"] for m in cluster["members"]]
+        for member in cluster["members"]:
+            # Enough to show the member: its file's path and a thumbnail that answers.
+            image = client.get(f"/api/v1/images/{member['image_id']}").json()
+            assert member["path"] == image["path"]
+            assert member["thumbnail_url"] == f"/api/v1/images/{member['image_id']}/thumbnail"
+            thumb = client.get(member["thumbnail_url"])
+            assert thumb.status_code == 200 and thumb.headers["content-type"] == "image/jpeg"
     runs = client.get("/api/v1/clusters").json()
     assert runs["total"] == 1
 

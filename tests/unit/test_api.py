@@ -217,6 +217,37 @@ def test_images_browse_detail_labels(client: TestClient, indexed: Indexed) -> No
     assert flt["total"] == top["count"]
 
 
+def test_date_filters_take_dates_and_datetimes(client: TestClient, indexed: Indexed) -> None:  # type: ignore[type-arg]
+    """taken_after/taken_before take a plain date (midnight) as the CLI does, or a
+    date-time, on every route with the filter; anything else is a 400 naming the forms."""
+    qid = _image_id(client, indexed.photos[0])
+    routes = [("GET", "/api/v1/images"), ("GET", f"/api/v1/images/{qid}/similar")]
+    routes.append(("POST", "/api/v1/similar"))
+    for method, url in routes:
+        body = {"image_id": qid} if method == "POST" else None
+        counts = []
+        for value in ("2023-04-01", "2023-04-01T00:00:00", "2023-04-01T00:00:00+02:00"):
+            answer = client.request(method, url, params={"taken_before": value}, json=body)
+            assert answer.status_code == 200, (method, url, value, answer.text)
+            found = answer.json()
+            counts.append(found["total"] if "total" in found else len(found["hits"]))
+        assert len(set(counts)) == 1, (url, counts)
+        bad = client.request(method, url, params={"taken_after": "2023-13-01"}, json=body)
+        assert bad.status_code == 400, (url, bad.text)
+        assert "taken_after must be an ISO date" in bad.json()["detail"]
+        assert "2023-13-01" in bad.json()["detail"]
+    before = client.get("/api/v1/images", params={"taken_before": "2023-04-01"}).json()
+    assert before["total"] == 5
+    spec = client.get("/schema/openapi.json").json()
+    for path, method in (("/api/v1/images", "get"), ("/api/v1/similar", "post")):
+        params = {p["name"]: p for p in spec["paths"][path][method]["parameters"]}
+        for name in ("taken_after", "taken_before"):
+            schema = params[name]["schema"]
+            types = {c.get("type") for c in schema.get("oneOf", [schema])} - {"null"}
+            assert types == {"string"} and "format" not in schema, (path, name, schema)
+            assert "YYYY-MM-DD" in params[name]["description"]
+
+
 def test_thumbnail_and_file(client: TestClient, indexed: Indexed) -> None:  # type: ignore[type-arg]
     qid = _image_id(client, indexed.photos[1])
     thumb = client.get(f"/api/v1/images/{qid}/thumbnail", params={"size": 64})
@@ -494,6 +525,31 @@ def test_every_api_response_is_typed() -> None:
                     untyped.append(f"{method.upper()} {path} {status}: {schema}")
     assert answers >= 30, answers
     assert not untyped, "\n".join(untyped)
+
+
+@pytest.mark.usefixtures("vitdex_env")  # a home and a catalog for the app
+def test_every_operation_has_its_own_id_summary_and_description() -> None:
+    """Clients generated from the document name their methods by operationId: a generic
+    or repeated one (``GetOne`` five times) makes them clash or read as nothing."""
+    with TestClient(create_app(), raise_server_exceptions=False) as client:
+        spec = client.get("/schema/openapi.json").json()
+    seen: dict[str, str] = {}
+    problems = []
+    for path, operations in spec["paths"].items():
+        for method, op in operations.items():
+            where = f"{method.upper()} {path}"
+            op_id = op.get("operationId")
+            if not op_id:
+                problems.append(f"{where}: no operationId")
+            elif op_id in seen:
+                problems.append(f"{where}: operationId {op_id!r} also on {seen[op_id]}")
+            else:
+                seen[op_id] = where
+            for key in ("summary", "description"):
+                if not (op.get(key) or "").strip():
+                    problems.append(f"{where}: no {key}")
+    assert len(seen) >= 30, seen
+    assert not problems, "\n".join(problems)
 
 
 def test_controllers_hold_no_sql() -> None:

@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitdex.config import Settings
 from vitdex.db import jobs
 from vitdex.db.models import JobState
-from vitdex.errors import VitdexError
+from vitdex.errors import ConflictError, VitdexError
 
 if TYPE_CHECKING:
     from vitdex.jobs.queue import JobQueue
@@ -153,8 +153,17 @@ class Services:
             return jobs.job_to_dict(jobs.get_job(session, job_id))
 
     def cancel_job(self, job_id: int) -> dict[str, Any]:
-        """Ask a job to stop (a queued one, or one whose process died, stops at once)."""
+        """Ask a job to stop (a queued one, or one whose process died, stops at once).
+
+        A finished job cannot be cancelled: a 409 naming its state, rather than a 202
+        that promises a cancel which never happens."""
         with self.sessions() as session:
+            found = jobs.get_job(session, job_id)
+            if found.state in jobs.FINISHED_STATES:
+                raise ConflictError(
+                    f"job {job_id} is already {JobState(found.state).value}: "
+                    "only a queued or running job can be cancelled"
+                )
             stale = self.settings.jobs.job_stale_after_s
             job = jobs.request_cancel(session, job_id, stale_after_s=stale)
             session.commit()

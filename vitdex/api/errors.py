@@ -9,6 +9,7 @@ from litestar import Litestar, MediaType, Request, Response
 from litestar.exceptions import HTTPException, NotFoundException, ValidationException
 from litestar.handlers import HTTPRouteHandler
 
+from vitdex.api.validation import takes_json_body
 from vitdex.errors import VitdexError
 
 log = logging.getLogger("vitdex.api")
@@ -87,7 +88,8 @@ def document_errors(app: Litestar, *, auth: bool, prefix: str = "/api/v1") -> No
     """Declare on every operation under ``prefix`` the error statuses it answers with.
 
     Each operation gets 400 (an invalid parameter or body), and 401 when ``auth`` (API
-    keys are configured); one with a path parameter gets 404; a handler adds its own
+    keys are configured); one with a path parameter gets 404, one with a JSON body 415
+    (see :func:`vitdex.api.validation.json_content_type`); a handler adds its own
     (409, 422...) with ``raises=[...]`` in its decorator. Runs before the document is
     first generated.
     """
@@ -102,6 +104,8 @@ def document_errors(app: Litestar, *, auth: bool, prefix: str = "/api/v1") -> No
                 generic.append(Unauthorized)
             if "{" in route.path:
                 generic.append(NotFound)
+            if takes_json_body(handler):
+                generic.append(UnsupportedMediaType)
             own = list(handler.raises or ())
             statuses = {exc.status_code for exc in own}
             handler.raises = [

@@ -3,6 +3,13 @@
 - Integer path parameters must be written canonically (``0`` or ``[1-9][0-9]*``, an
   optional ``-``): Litestar parses ``{id:int}`` with ``int()``, which also reads ``01``,
   ``+1``, `` 1`` and ``１`` as 1, so ``DELETE /libraries/01`` deleted library 1.
+- A JSON body may come without a ``Content-Type`` (scripts forget the header) or as
+  ``application/x-www-form-urlencoded`` (what ``curl -d``, the README's example, sends):
+  both are read as JSON. Any other type must be JSON (``application/json`` or
+  ``*/*+json``), or the answer is 415. Every route holds to this:
+  :func:`json_content_type` on those with a declared JSON body, and
+  ``POST /api/v1/similar`` (which reads JSON or multipart itself) with
+  :func:`reads_as_json`.
 - JSON bodies are decoded by :class:`CheckedRequest`: a body nested too deeply for the
   decoder is a 400, not a ``RecursionError``; every integer in it must fit in int64 (the
   catalog's ids; a bigger one reached the driver as ``NumericValueOutOfRange``) and no
@@ -17,8 +24,10 @@ from typing import Any
 
 from litestar import Request
 from litestar.connection import ASGIConnection
-from litestar.exceptions import ValidationException
+from litestar.enums import RequestEncodingType
+from litestar.exceptions import ClientException, ValidationException
 from litestar.handlers.base import BaseRouteHandler
+from litestar.params import BodyKwarg
 
 from vitdex.db.models import INT64_MAX
 
@@ -52,6 +61,45 @@ def canonical_path_ints(
                 f"leading zeros), got {raw!r}",
                 extra=[{"key": name, "source": "path", "message": "not a canonical integer"}],
             )
+
+
+#: Read as JSON besides the JSON types: no type at all, and curl's default for ``-d``.
+_UNTYPED = {"", RequestEncodingType.URL_ENCODED}
+
+
+def reads_as_json(content_type: str) -> bool:
+    """Whether a body with this ``Content-Type`` (parameters and case aside) is read as
+    JSON: a JSON type, none, or curl's default (see the module docstring)."""
+    media_type = content_type.split(";", 1)[0].strip().lower()
+    return media_type in {*_UNTYPED, RequestEncodingType.JSON} or media_type.endswith("+json")
+
+
+def takes_json_body(handler: BaseRouteHandler) -> bool:
+    """Whether the handler declares a ``data`` body decoded as JSON (Litestar's default)."""
+    data = handler.parsed_fn_signature.parameters.get("data")
+    if data is None:
+        return False
+    kwarg = data.kwarg_definition
+    return not isinstance(kwarg, BodyKwarg) or kwarg.media_type == RequestEncodingType.JSON
+
+
+def json_content_type(
+    connection: ASGIConnection[Any, Any, Any, Any], handler: BaseRouteHandler
+) -> None:
+    """Guard: refuse (415) a body declared as something other than JSON on a JSON route.
+
+    Litestar decodes a JSON ``data`` whatever the header says, while ``/similar`` refused
+    a body without one: this makes every JSON route follow the module's one rule.
+    """
+    if not takes_json_body(handler):
+        return
+    content_type = connection.headers.get("content-type", "")
+    if not reads_as_json(content_type):
+        raise ClientException(
+            f"send the body as JSON (Content-Type: application/json, or none), "
+            f"not {content_type!r}",
+            status_code=415,
+        )
 
 
 def check_json(value: Any) -> None:

@@ -19,7 +19,7 @@ from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.db import repo
-from vitdex.db.models import Cluster, ClusterMember, ClusterRun, Space, iso
+from vitdex.db.models import Cluster, ClusterMember, ClusterRun, Image, Space, iso
 from vitdex.errors import ConfigError, NotFoundError
 from vitdex.vectors.store import SearchFilter
 
@@ -316,7 +316,7 @@ def get_cluster_run(
     cluster: int | None = None,
 ) -> dict[str, Any]:
     """A run with its clusters: size, medoid ids (the ``MEDOIDS`` members closest to the
-    centroid) and one page of member ids, closest first.
+    centroid) and one page of members (id, distance and file path), closest first.
 
     ``cluster`` (a label) keeps only that cluster. :class:`NotFoundError` for an unknown
     run or label.
@@ -352,19 +352,21 @@ def get_cluster_run(
         .subquery()
     )
     lo, hi = members_offset + 1, members_offset + members_limit
+    # Members cascade away with their image, so the join drops none.
     rows = session.execute(
-        select(ranked.c.cluster_id, ranked.c.image_id, ranked.c.distance, ranked.c.rank)
+        select(ranked.c.cluster_id, ranked.c.image_id, ranked.c.distance, ranked.c.rank, Image.path)
+        .join(Image, Image.id == ranked.c.image_id)
         .where((ranked.c.rank <= MEDOIDS) | ranked.c.rank.between(lo, hi))
         .order_by(ranked.c.cluster_id, ranked.c.rank)
     )
     medoids: dict[int, list[int]] = {}
     pages: dict[int, list[dict[str, Any]]] = {}
-    for cluster_id, image_id, distance, position in rows:
+    for cluster_id, image_id, distance, position, path in rows:
         if position <= MEDOIDS:
             medoids.setdefault(cluster_id, []).append(int(image_id))
         if lo <= position <= hi:
             pages.setdefault(cluster_id, []).append(
-                {"image_id": int(image_id), "distance": round(float(distance), 6)}
+                {"image_id": int(image_id), "distance": round(float(distance), 6), "path": path}
             )
     out = _run_dict(run, space_name)
     out["clusters"] = [

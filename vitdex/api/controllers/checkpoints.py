@@ -26,7 +26,13 @@ class CheckpointsController(Controller):
     path = "/checkpoints"
     tags: Sequence[str] = ["training"]
 
-    @get("/", sync_to_thread=True)
+    @get(
+        "/",
+        sync_to_thread=True,
+        operation_id="listCheckpoints",
+        summary="List checkpoints",
+        description="Checkpoints, newest first, with the total that match.",
+    )
     def list_all(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -44,14 +50,27 @@ class CheckpointsController(Controller):
         )
         return CheckpointsPage.of(page)
 
-    @get("/{checkpoint_id:int}", sync_to_thread=True)
+    @get(
+        "/{checkpoint_id:int}",
+        sync_to_thread=True,
+        operation_id="getCheckpoint",
+        summary="Get one checkpoint",
+        description="One checkpoint: file, sha256, training config, dataset hash, status.",
+    )
     def get_one(
         self, sessions: NamedDependency[sessionmaker[Session]], checkpoint_id: Id
     ) -> CheckpointDetail:
         """One checkpoint: file, sha256, training config, dataset hash, status."""
         return CheckpointDetail.of(registry.show_checkpoint(sessions, checkpoint_id))
 
-    @get("/{checkpoint_id:int}/sample", sync_to_thread=True, media_type="image/png")
+    @get(
+        "/{checkpoint_id:int}/sample",
+        sync_to_thread=True,
+        media_type="image/png",
+        operation_id="getCheckpointSample",
+        summary="Get a checkpoint's sample grid",
+        description="The fixed-seed sample grid (PNG) rendered from the registered file.",
+    )
     def sample(self, sessions: NamedDependency[sessionmaker[Session]], checkpoint_id: Id) -> File:
         """The fixed-seed sample grid (PNG) rendered from the registered file."""
         path = registry.sample_file(sessions, checkpoint_id)
@@ -62,7 +81,14 @@ class CheckpointsController(Controller):
             filename=f"checkpoint-{checkpoint_id}.png",
         )
 
-    @delete("/{checkpoint_id:int}", status_code=HTTP_200_OK, sync_to_thread=True)
+    @delete(
+        "/{checkpoint_id:int}",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        operation_id="deleteCheckpoint",
+        summary="Unregister a checkpoint",
+        description="Unregister a checkpoint; with ``files=true`` its own files are deleted too.",
+    )
     def remove(
         self,
         sessions: NamedDependency[sessionmaker[Session]],

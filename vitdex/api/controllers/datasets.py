@@ -10,6 +10,7 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
+from litestar.types import Guard
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.jobs import Offset
@@ -23,6 +24,7 @@ from vitdex.api.schemas import (
     JobOut,
     JobQueued,
 )
+from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
@@ -86,8 +88,17 @@ class DatasetsController(Controller):
 
     path = "/datasets"
     tags: Sequence[str] = ["training"]
+    guards: Sequence[Guard] = [json_content_type]
 
-    @post("/", status_code=HTTP_201_CREATED, sync_to_thread=True, raises=[NotFound, Conflict])
+    @post(
+        "/",
+        status_code=HTTP_201_CREATED,
+        sync_to_thread=True,
+        raises=[NotFound, Conflict],
+        operation_id="createDataset",
+        summary="Create a training dataset",
+        description="Curate a dataset: every candidate with the reason it is in or out.",
+    )
     def create(
         self,
         data: JSONBody[DatasetIn],
@@ -118,7 +129,13 @@ class DatasetsController(Controller):
         )
         return DatasetView.of(view)
 
-    @get("/", sync_to_thread=True)
+    @get(
+        "/",
+        sync_to_thread=True,
+        operation_id="listDatasets",
+        summary="List datasets",
+        description="Datasets, newest first, with their item counts.",
+    )
     def list_all(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -131,7 +148,13 @@ class DatasetsController(Controller):
         page = list_datasets(sessions, limit=limit, offset=offset)
         return DatasetsPage.of({"limit": limit, "offset": offset, **page})
 
-    @get("/{dataset_id:int}", sync_to_thread=True)
+    @get(
+        "/{dataset_id:int}",
+        sync_to_thread=True,
+        operation_id="getDataset",
+        summary="Get one dataset",
+        description="One dataset with every candidate, in or out, and why.",
+    )
     def get_one(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -145,7 +168,14 @@ class DatasetsController(Controller):
 
         return DatasetView.of(show_dataset(sessions, dataset_id, role=role))
 
-    @post("/{dataset_id:int}/include", status_code=HTTP_200_OK, sync_to_thread=True)
+    @post(
+        "/{dataset_id:int}/include",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        operation_id="includeDatasetImages",
+        summary="Add images to a dataset",
+        description="Include images by hand (any catalog image; a new one joins as ``role``).",
+    )
     def include(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -158,7 +188,14 @@ class DatasetsController(Controller):
         ids = _check_ids(data.image_ids, "image_ids")
         return DatasetChanged.of(include_images(sessions, dataset_id, ids, role=data.role))
 
-    @post("/{dataset_id:int}/exclude", status_code=HTTP_200_OK, sync_to_thread=True)
+    @post(
+        "/{dataset_id:int}/exclude",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        operation_id="excludeDatasetImages",
+        summary="Remove images from a dataset",
+        description="Exclude candidates by hand.",
+    )
     def exclude(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -176,6 +213,12 @@ class DatasetsController(Controller):
         status_code=HTTP_202_ACCEPTED,
         sync_to_thread=True,
         raises=[Forbidden, Conflict, Unavailable],
+        operation_id="exportDataset",
+        summary="Export a dataset",
+        description=(
+            "Queue writing square crops, captions and a kohya ``dataset.toml``; the job's "
+            "progress counts images and its ``counts`` hold the result when it succeeds."
+        ),
     )
     def export(
         self,
@@ -203,7 +246,14 @@ class DatasetsController(Controller):
         services.queue.submit(job["id"], kind="export")
         return JobQueued(job=JobOut.of(job))
 
-    @delete("/{dataset_id:int}", status_code=HTTP_200_OK, sync_to_thread=True)
+    @delete(
+        "/{dataset_id:int}",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        operation_id="deleteDataset",
+        summary="Delete a dataset",
+        description="Delete a dataset and its items (photos and exported files stay).",
+    )
     def remove(
         self, sessions: NamedDependency[sessionmaker[Session]], dataset_id: Id
     ) -> DatasetDeleted:

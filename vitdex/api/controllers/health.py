@@ -39,12 +39,24 @@ class HealthController(Controller):
 
     tags: Sequence[str] = ["health"]
 
-    @get("/health", sync_to_thread=False)
+    @get(
+        "/health",
+        sync_to_thread=False,
+        operation_id="health",
+        summary="Liveness",
+        description="The process is alive (touches nothing else).",
+    )
     def health(self) -> HealthOut:
         """The process is alive (touches nothing else)."""
         return HealthOut(status="ok")
 
-    @get("/ready", sync_to_thread=True)
+    @get(
+        "/ready",
+        sync_to_thread=True,
+        operation_id="ready",
+        summary="Readiness of the backends",
+        description="Database, vector store and queue are reachable; 503 naming what is not.",
+    )
     def ready(self, services: NamedDependency[Services]) -> Response[ReadyOut]:
         """Database, vector store and queue are reachable; 503 naming what is not."""
         checks: dict[str, str] = {}

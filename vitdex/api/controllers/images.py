@@ -102,7 +102,13 @@ class ImagesController(Controller):
     tags: Sequence[str] = ["images"]
     dependencies = filter_dependency
 
-    @get("/images", sync_to_thread=True)
+    @get(
+        "/images",
+        sync_to_thread=True,
+        operation_id="listImages",
+        summary="List catalog images",
+        description="Catalog images matching the filters, newest photo first, with the total.",
+    )
     def list_images(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -119,7 +125,13 @@ class ImagesController(Controller):
             total=total, limit=limit, offset=offset, images=[ImageOut.of(i) for i in images]
         )
 
-    @get("/images/{image_id:int}", sync_to_thread=True)
+    @get(
+        "/images/{image_id:int}",
+        sync_to_thread=True,
+        operation_id="getImage",
+        summary="Get one image",
+        description="One catalog image with its labels.",
+    )
     def get_image(
         self, sessions: NamedDependency[sessionmaker[Session]], image_id: ImageId
     ) -> ImageOut:
@@ -131,6 +143,12 @@ class ImagesController(Controller):
         sync_to_thread=True,
         media_type="image/jpeg",
         raises=[Unprocessable],
+        operation_id="getImageThumbnail",
+        summary="Get an image's thumbnail",
+        description=(
+            "A JPEG thumbnail, made once and then served from the disk cache. 403 when the "
+            "photo's path now leads outside its library and the allowed roots."
+        ),
     )
     def thumbnail(
         self,
@@ -163,7 +181,18 @@ class ImagesController(Controller):
         )
 
     # The media type follows the file's format; the document says so with a range.
-    @get("/images/{image_id:int}/file", sync_to_thread=True, media_type="*/*")
+    @get(
+        "/images/{image_id:int}/file",
+        sync_to_thread=True,
+        media_type="*/*",
+        operation_id="getImageFile",
+        summary="Download an image's original file",
+        description=(
+            "The original file, streamed, with its content type. Only a regular file that "
+            "resolves inside its library or an allowed root is sent (403 otherwise): a photo "
+            "replaced by a link to ``/etc/passwd`` is refused."
+        ),
+    )
     def file(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -200,7 +229,13 @@ class ImagesController(Controller):
             file_system=cast(FileSystemProtocol, _ConfinedFiles(within)),
         )
 
-    @get("/images/{image_id:int}/similar", raises=[Conflict, Unavailable])
+    @get(
+        "/images/{image_id:int}/similar",
+        raises=[Conflict, Unavailable],
+        operation_id="listSimilarImages",
+        summary="Find images similar to a catalog image",
+        description="Neighbours of a catalog image (same parameters as ``POST /api/v1/similar``).",
+    )
     async def similar(
         self,
         services: NamedDependency[Services],
@@ -216,7 +251,13 @@ class ImagesController(Controller):
         )
         return await anyio.to_thread.run_sync(call)
 
-    @get("/labels", sync_to_thread=True)
+    @get(
+        "/labels",
+        sync_to_thread=True,
+        operation_id="listLabels",
+        summary="List predicted labels with counts",
+        description="Predicted labels with the number of images carrying each, most common first.",
+    )
     def labels(
         self,
         sessions: NamedDependency[sessionmaker[Session]],

@@ -10,6 +10,7 @@ from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from litestar.types import Guard
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.deps import Services
@@ -26,6 +27,7 @@ from vitdex.api.schemas import (
     LibraryOut,
     LibraryQueued,
 )
+from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
@@ -105,12 +107,20 @@ class LibrariesController(Controller):
 
     path = "/libraries"
     tags: Sequence[str] = ["libraries"]
+    guards: Sequence[Guard] = [json_content_type]
 
     @post(
         "/",
         status_code=HTTP_202_ACCEPTED,
         sync_to_thread=True,
         raises=[Forbidden, NotFound, Unavailable],
+        operation_id="addLibrary",
+        summary="Register and index a library",
+        description=(
+            "Register a library (a folder inside the allowed roots) and enqueue its indexing. 503"
+            " when the job queue (Redis) is down: the job stays queued and is submitted when "
+            "Redis is back (by the recovery sweep, or by this same request repeated)."
+        ),
     )
     def add(
         self,
@@ -128,14 +138,26 @@ class LibrariesController(Controller):
         library, job = add_library(settings, sessions, services.queue, data.path)
         return LibraryQueued(library=LibraryOut.of(library), job=JobOut.of(job))
 
-    @get("/", sync_to_thread=True)
+    @get(
+        "/",
+        sync_to_thread=True,
+        operation_id="listLibraries",
+        summary="List libraries",
+        description="Every library with its image counts.",
+    )
     def list_all(self, sessions: NamedDependency[sessionmaker[Session]]) -> LibrariesOut:
         """Every library with its image counts."""
         from vitdex.indexer.libraries import list_libraries
 
         return LibrariesOut(libraries=[LibraryOut.of(lib) for lib in list_libraries(sessions)])
 
-    @get("/{library_id:int}", sync_to_thread=True)
+    @get(
+        "/{library_id:int}",
+        sync_to_thread=True,
+        operation_id="getLibrary",
+        summary="Get one library",
+        description="One library with its image counts.",
+    )
     def get_one(
         self, sessions: NamedDependency[sessionmaker[Session]], library_id: Id
     ) -> LibraryOut:
@@ -149,6 +171,12 @@ class LibrariesController(Controller):
         status_code=HTTP_202_ACCEPTED,
         sync_to_thread=True,
         raises=[Unavailable],
+        operation_id="scanLibrary",
+        summary="Rescan a library",
+        description=(
+            "Enqueue a rescan (returns the running one if a scan is already queued or running; "
+            "one whose process died is recovered and queued again instead)."
+        ),
     )
     def scan(
         self,
@@ -172,7 +200,15 @@ class LibrariesController(Controller):
         )
         return JobQueued(job=JobOut.of(job))
 
-    @delete("/{library_id:int}", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
+    @delete(
+        "/{library_id:int}",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        raises=[Conflict],
+        operation_id="deleteLibrary",
+        summary="Forget a library",
+        description="Forget a library: rows and vectors are removed, the photos are not touched.",
+    )
     def remove(
         self,
         settings: NamedDependency[Settings],
@@ -191,7 +227,13 @@ class JobsController(Controller):
     path = "/jobs"
     tags: Sequence[str] = ["jobs"]
 
-    @get("/", sync_to_thread=True)
+    @get(
+        "/",
+        sync_to_thread=True,
+        operation_id="listJobs",
+        summary="List jobs",
+        description="Jobs, newest first (jobs whose process died are recovered first).",
+    )
     def list_all(
         self,
         services: NamedDependency[Services],
@@ -209,16 +251,35 @@ class JobsController(Controller):
             total=total, limit=limit, offset=offset, jobs=[JobOut.of(job) for job in rows]
         )
 
-    @get("/{job_id:int}", sync_to_thread=True)
+    @get(
+        "/{job_id:int}",
+        sync_to_thread=True,
+        operation_id="getJob",
+        summary="Get one job",
+        description="One job: state, progress, counts, ETA, error.",
+    )
     def get_one(self, services: NamedDependency[Services], job_id: Id) -> JobOut:
         """One job: state, progress, counts, ETA, error."""
         return JobOut.of(services.get_job(job_id))
 
-    @delete("/{job_id:int}", status_code=HTTP_202_ACCEPTED, sync_to_thread=True)
+    @delete(
+        "/{job_id:int}",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[Conflict],
+        operation_id="cancelJob",
+        summary="Cancel a job",
+        description=(
+            "Ask the job to stop; it stops at its next batch and leaves the catalog consistent. A"
+            " queued job, or one whose process died, is cancelled at once; a finished one "
+            "(succeeded, failed or cancelled) is a 409 naming its state."
+        ),
+    )
     def cancel(self, services: NamedDependency[Services], job_id: Id) -> JobOut:
         """Ask the job to stop; it stops at its next batch and leaves the catalog consistent.
 
-        A queued job, or one whose process died, is cancelled at once."""
+        A queued job, or one whose process died, is cancelled at once; a finished one
+        (succeeded, failed or cancelled) is a 409 naming its state."""
         return JobOut.of(services.cancel_job(job_id))
 
 
@@ -227,8 +288,17 @@ class ClustersController(Controller):
 
     path = "/clusters"
     tags: Sequence[str] = ["clusters"]
+    guards: Sequence[Guard] = [json_content_type]
 
-    @post("/", status_code=HTTP_202_ACCEPTED, sync_to_thread=True, raises=[NotFound, Unavailable])
+    @post(
+        "/",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[NotFound, Unavailable],
+        operation_id="createClusterRun",
+        summary="Cluster a vector space",
+        description="Enqueue a clustering of a space; the job's counts name the run id when done.",
+    )
     def create(
         self,
         data: JSONBody[ClusterIn],
@@ -251,7 +321,13 @@ class ClustersController(Controller):
         services.queue.submit(job["id"], kind="cluster")
         return JobQueued(job=JobOut.of(job))
 
-    @get("/", sync_to_thread=True)
+    @get(
+        "/",
+        sync_to_thread=True,
+        operation_id="listClusterRuns",
+        summary="List clustering runs",
+        description="Finished clustering runs, newest first.",
+    )
     def list_runs(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -263,7 +339,13 @@ class ClustersController(Controller):
         runs, total = catalog.cluster_runs(sessions, space=space, limit=limit, offset=offset)
         return ClusterRunsPage(total=total, runs=[ClusterRunOut.of(run) for run in runs])
 
-    @get("/{run_id:int}", sync_to_thread=True)
+    @get(
+        "/{run_id:int}",
+        sync_to_thread=True,
+        operation_id="getClusterRun",
+        summary="Get a clustering run's clusters",
+        description="Clusters of a run with size, medoid images and a page of members.",
+    )
     def get_run(
         self,
         sessions: NamedDependency[sessionmaker[Session]],

@@ -14,6 +14,7 @@ from litestar.datastructures import UploadFile
 from litestar.di import NamedDependency, Provide
 from litestar.enums import RequestEncodingType
 from litestar.exceptions import ClientException, SerializationException, ValidationException
+from litestar.openapi.spec import Example
 from litestar.params import Body, Parameter
 
 from vitdex.api.deps import Services
@@ -26,6 +27,7 @@ from vitdex.api.errors import (
     UnsupportedMediaType,
 )
 from vitdex.api.schemas import Classification, SimilarOut
+from vitdex.api.validation import reads_as_json
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
 from vitdex.filters import SearchFilter
@@ -38,6 +40,26 @@ Offset = Annotated[
     int, Parameter(ge=0, le=MAX_DEPTH - 1000, description="Neighbours to skip (paging)")
 ]
 Space = Annotated[str | None, Parameter(description="Vector space (default: the first configured)")]
+_WHEN = "an ISO date (YYYY-MM-DD, meaning midnight) or date-time (YYYY-MM-DDTHH:MM[:SS])"
+_WHEN_EXAMPLES = [
+    Example(summary="a date (midnight)", value="2024-01-01"),
+    Example(summary="a date-time", value="2024-01-01T13:30:00"),
+]
+
+
+def parse_when(name: str, value: str | None) -> datetime | None:
+    """A ``taken_after``/``taken_before`` value as a naive datetime.
+
+    Declared as a plain string, not ``datetime``: Litestar's datetime parameters accept only
+    RFC 3339 date-times, while the CLI and README give dates (``2024-01-01``). A zone, when
+    given, is dropped: EXIF times are naive wall-clock times, so compare like with like.
+    """
+    if value is None:
+        return None
+    try:
+        return datetime.fromisoformat(value.strip()).replace(tzinfo=None)
+    except ValueError:
+        raise ConfigError(f"{name} must be {_WHEN}, got {value!r}") from None
 
 
 def provide_filter(
@@ -46,10 +68,11 @@ def provide_filter(
     ] = None,
     folder: Annotated[str | None, Parameter(description="Only images under this folder")] = None,
     taken_after: Annotated[
-        datetime | None, Parameter(description="Taken at or after (ISO datetime)")
+        str | None, Parameter(description=f"Taken at or after: {_WHEN}", examples=_WHEN_EXAMPLES)
     ] = None,
     taken_before: Annotated[
-        datetime | None, Parameter(description="Taken before (ISO datetime, exclusive)")
+        str | None,
+        Parameter(description=f"Taken before (exclusive): {_WHEN}", examples=_WHEN_EXAMPLES),
     ] = None,
     camera_make: Annotated[str | None, Parameter(description="Camera maker (exact)")] = None,
     camera_model: Annotated[str | None, Parameter(description="Camera model (exact)")] = None,
@@ -64,9 +87,8 @@ def provide_filter(
     for name, value in texts.items():
         if value is not None and "\x00" in value:
             raise ConfigError(f"{name} must not contain NUL characters")
-    # EXIF times are naive wall-clock times; compare like with like.
-    after = taken_after.replace(tzinfo=None) if taken_after else None
-    before = taken_before.replace(tzinfo=None) if taken_before else None
+    after = parse_when("taken_after", taken_after)
+    before = parse_when("taken_before", taken_before)
     if after and before and after >= before:
         raise ConfigError("taken_after must be earlier than taken_before")
     return SearchFilter(
@@ -133,12 +155,13 @@ async def _read_upload(upload: Any) -> tuple[str, bytes]:
 async def _similar_body(
     request: Request[Any, Any, Any],
 ) -> tuple[int | None, tuple[str, bytes] | None]:
-    """An uploaded file or ``{"image_id": N}``, by the request's content type."""
+    """An uploaded file or ``{"image_id": N}``, by the request's content type (none, or
+    curl's default, reads as JSON as on every JSON route)."""
     content_type, _ = request.content_type
     if content_type == RequestEncodingType.MULTI_PART:
         form = await request.form()
         return None, await _read_upload(form.get("file"))
-    if content_type == RequestEncodingType.JSON or content_type.endswith("+json"):
+    if reads_as_json(content_type):
         # The app's request class decodes it: too deep, NUL or past int64 is a 400 there.
         try:
             body = await request.json()
@@ -178,6 +201,11 @@ class SearchController(Controller):
             Unprocessable,
             Unavailable,
         ],
+        operation_id="searchSimilar",
+        summary="Find similar images to an upload or an id",
+        description=(
+            'Neighbours of an uploaded image (multipart ``file``) or of ``{"image_id": N}``.'
+        ),
     )
     async def similar(
         self,
@@ -206,6 +234,9 @@ class SearchController(Controller):
         "/classify",
         status_code=200,
         raises=[PayloadTooLarge, UnsupportedMediaType, Unprocessable, Unavailable],
+        operation_id="classifyImage",
+        summary="Classify an uploaded image",
+        description="Top-k labels of an uploaded image from the model's classifier.",
     )
     async def classify(
         self,

@@ -10,12 +10,14 @@ from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from litestar.types import Guard
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.jobs import Id, Offset
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.api.schemas import RunOut, RunsOut
+from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 
 
@@ -66,12 +68,16 @@ class TrainingController(Controller):
 
     path = "/training-runs"
     tags: Sequence[str] = ["training"]
+    guards: Sequence[Guard] = [json_content_type]
 
     @post(
         "/",
         status_code=HTTP_202_ACCEPTED,
         sync_to_thread=True,
         raises=[Forbidden, NotFound, Unavailable],
+        operation_id="startTrainingRun",
+        summary="Start a training run",
+        description="Create a run and queue its job; the checkpoint is registered when it ends.",
     )
     def start(
         self,
@@ -88,7 +94,16 @@ class TrainingController(Controller):
         services.queue.submit(job_id, kind="train")
         return RunOut.of(show_run(sessions, run.id))
 
-    @get("/", sync_to_thread=True)
+    @get(
+        "/",
+        sync_to_thread=True,
+        operation_id="listTrainingRuns",
+        summary="List training runs",
+        description=(
+            "Runs, newest first, with state, step and loss (a run whose process died is recovered"
+            " first: queued again, to resume from its checkpoint)."
+        ),
+    )
     def list_all(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -109,7 +124,13 @@ class TrainingController(Controller):
         runs = list_runs(sessions, state=state_filter, limit=limit, offset=offset)
         return RunsOut(runs=[RunOut.of(run) for run in runs])
 
-    @get("/{run_id:int}", sync_to_thread=True)
+    @get(
+        "/{run_id:int}",
+        sync_to_thread=True,
+        operation_id="getTrainingRun",
+        summary="Get one training run",
+        description="One run with its config, job state and checkpoint.",
+    )
     def get_one(
         self,
         sessions: NamedDependency[sessionmaker[Session]],
@@ -127,6 +148,9 @@ class TrainingController(Controller):
         status_code=HTTP_202_ACCEPTED,
         sync_to_thread=True,
         raises=[Conflict, Unavailable],
+        operation_id="resumeTrainingRun",
+        summary="Resume a training run",
+        description="Queue a job that continues the run from its last checkpoint.",
     )
     def resume(
         self,
@@ -141,7 +165,18 @@ class TrainingController(Controller):
         services.queue.submit(job_id, kind="train")
         return RunOut.of(show_run(sessions, run.id))
 
-    @post("/{run_id:int}/cancel", status_code=HTTP_200_OK, sync_to_thread=True, raises=[Conflict])
+    @post(
+        "/{run_id:int}/cancel",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        raises=[Conflict],
+        operation_id="cancelTrainingRun",
+        summary="Cancel a training run",
+        description=(
+            "Ask the run to stop; it saves a checkpoint first, so it can resume. A run whose "
+            "process died is cancelled at once."
+        ),
+    )
     def cancel(
         self,
         settings: NamedDependency[Settings],

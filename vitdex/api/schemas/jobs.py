@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Self
 
 from vitdex.api.schemas.base import FromDict
 from vitdex.db.models import JobState
@@ -111,10 +111,20 @@ class ClusterRunsPage:
 
 @dataclass
 class ClusterMemberOut(FromDict):
-    """An image of a cluster and its cosine distance to the centroid."""
+    """An image of a cluster, its cosine distance to the centroid, and enough to show it
+    (its file's path, its thumbnail's URL) without one request per member."""
 
     image_id: int
     distance: float
+    path: str
+    #: ``GET`` it for a JPEG thumbnail (``?size=`` as on that route).
+    thumbnail_url: str
+
+    @classmethod
+    def of(cls, data: Mapping[str, Any]) -> Self:
+        """The member of ``data`` (``image_id``, ``distance``, ``path``), with its URL."""
+        image_id = data["image_id"]
+        return super().of({**data, "thumbnail_url": f"/api/v1/images/{image_id}/thumbnail"})
 
 
 @dataclass
