@@ -6,20 +6,25 @@ from __future__ import annotations
 import sys
 from datetime import datetime
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
 from vitdex.cli.common import (
     Context,
-    err_console,
     handle_errors,
     open_catalog,
-    out_console,
     print_index_report,
     print_json,
+    print_line,
+    print_table,
     progress_bar,
 )
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+    from vitdex.search.results import LabelScore
 
 
 @click.command()
@@ -50,8 +55,7 @@ def index(
     settings = obj.settings
     sessions = open_catalog(settings)
     embedder = Embedder.from_settings(settings.model)
-    show = not no_progress and (err_console.is_terminal or not as_json)
-    with progress_bar(show) as bar:
+    with progress_bar(not no_progress) as bar:
         indexer = Indexer(settings, sessions, embedder, progress=bar)
         report = indexer.run(list(paths), reembed=reembed, retry_failed=retry_failed)
     if as_json:
@@ -93,8 +97,6 @@ def similar(
     as_json: bool,
 ) -> None:
     """List the indexed photos closest to each IMAGE (a file) or --id."""
-    from rich.table import Table
-
     from vitdex.filters import SearchFilter
     from vitdex.search.service import SearchService
 
@@ -116,16 +118,22 @@ def similar(
         print_json([r.to_dict() for r in results])
         return
     for result in results:
-        table = Table(title=f"{result.query}  (space {result.space})", title_justify="left")
-        table.add_column("#", justify="right")
-        table.add_column("score", justify="right")
-        table.add_column("id", justify="right")
-        table.add_column("path", overflow="fold")
-        table.add_column("label")
-        for rank, hit in enumerate(result.hits, start=1):
-            label = hit.labels[0].label if hit.labels else ""
-            table.add_row(str(rank), f"{hit.score:.4f}", str(hit.image_id), hit.path, label)
-        out_console.print(table)
+        rows = [
+            (str(rank), f"{hit.score:.4f}", str(hit.image_id), hit.path, _top_label(hit.labels))
+            for rank, hit in enumerate(result.hits, start=1)
+        ]
+        print_table(
+            f"{result.query}  (space {result.space})",
+            ("#", "score", "id", "path", "label"),
+            rows,
+            fold={"path"},
+            right={"#", "score", "id"},
+        )
+
+
+def _top_label(labels: Sequence[LabelScore]) -> str:
+    """The most likely label of a hit, or nothing for an image without labels."""
+    return labels[0].label if labels else ""
 
 
 @click.command()
@@ -135,19 +143,30 @@ def similar(
 @click.pass_obj
 @handle_errors
 def classify(obj: Context, images: tuple[Path, ...], k: int, as_json: bool) -> None:
-    """Top-k labels of each IMAGE from the checkpoint's classifier."""
-    from vitdex.search.service import SearchService
+    """Top-k labels of each IMAGE from the checkpoint's classifier.
+
+    A file that is missing or not an image is named on stderr with its reason (and listed
+    with an "error" in --json) while the others are classified: exit 0 when at least one
+    was, else that error's code (2).
+    """
+    from vitdex.search.service import ClassifyFailure, SearchService
 
     settings = obj.settings
     service = SearchService(settings, open_catalog(settings))
-    results = service.classify(images, k=k)
+    results = service.classify_each(images, k=k)
+    failures = [r for r in results if isinstance(r, ClassifyFailure)]
     if as_json:
         print_json([r.to_dict() for r in results])
-        return
     for result in results:
-        out_console.print(f"[bold]{result.query}[/]", highlight=False)
-        for item in result.labels:
-            out_console.print(f"  {item.score:7.2%}  {item.label}", highlight=False)
+        if isinstance(result, ClassifyFailure):
+            click.secho("error: ", fg="red", bold=True, err=True, nl=False)
+            click.echo(f"{result.query}: {result.error.message}", err=True)
+        elif not as_json:
+            print_line(result.query, style="bold")
+            for item in result.labels:
+                print_line(f"  {item.score:7.2%}  {item.label}")
+    if len(failures) == len(results):
+        sys.exit(failures[0].error.exit_code)
 
 
 def _configured_line(configured: dict[str, Any]) -> str:
@@ -183,8 +202,6 @@ def _configured_line(configured: dict[str, Any]) -> str:
 @handle_errors
 def status(obj: Context, as_json: bool, max_failed: int) -> None:
     """What is indexed: images, spaces and their vectors, failed files and why."""
-    from rich.table import Table
-
     from vitdex.indexer.status import collect_status
 
     settings = obj.settings
@@ -192,42 +209,40 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
     if as_json:
         print_json(data)
         return
-    out_console.print(
-        f"home {data['home']}\ncatalog {data['database']}\nmodel {data['model']}",
-        highlight=False,
-    )
-    out_console.print(_configured_line(data["configured"]), highlight=False)
+    print_line(f"home {data['home']}")
+    print_line(f"catalog {data['database']}")
+    print_line(f"model {data['model']}")
+    print_line(_configured_line(data["configured"]))
     by = data["by_status"]
-    out_console.print(
+    print_line(
         f"images {data['images']}: {by['indexed']} indexed, {by['pending']} pending, "
-        f"{data['failed']} failed ({by['missing']} missing files forgotten)",
-        highlight=False,
+        f"{data['failed']} failed ({by['missing']} missing files forgotten)"
     )
-    table = Table(title="spaces", title_justify="left")
     columns = ("name", "vectors", "in store", "index", "RAM B/vec", "mapped B/vec", "dim", "model")
-    for col in columns:
-        table.add_column(col)
 
     def per_vector(value: Any) -> str:
         return f"{value:,.0f}" if isinstance(value, int | float) else "-"
 
+    rows = []
     for sp in data["spaces"]:
         store = sp["store"]
-        table.add_row(
-            sp["name"],
-            str(sp["vectors"]),
-            str(sp["store_count"]),
-            f"{store.get('backend', '?')} {store.get('index_type') or ''}".strip(),
-            per_vector(store.get("memory_bytes_per_vector")),
-            per_vector(store.get("mapped_bytes_per_vector")),
-            str(sp["dim"]),
-            f"{sp['model_id']} @ {sp['model_revision'][:12]}",
+        rows.append(
+            (
+                sp["name"],
+                str(sp["vectors"]),
+                str(sp["store_count"]),
+                f"{store.get('backend', '?')} {store.get('index_type') or ''}".strip(),
+                per_vector(store.get("memory_bytes_per_vector")),
+                per_vector(store.get("mapped_bytes_per_vector")),
+                str(sp["dim"]),
+                f"{sp['model_id']} @ {sp['model_revision'][:12]}",
+            )
         )
-    out_console.print(table)
+    print_table("spaces", columns, rows)
     if data["libraries"]:
-        out_console.print("libraries: " + ", ".join(lib["root"] for lib in data["libraries"]))
+        print_line("libraries: " + ", ".join(lib["root"] for lib in data["libraries"]))
     if data["failures"]:
-        out_console.print(f"failed files ({len(data['failures'])} most recent):")
+        print_line(f"failed files ({len(data['failures'])} most recent):")
         for item in data["failures"]:
             # One plain line per file, never cut, so it can be grepped.
             click.echo(f"  {item['path']}: {item['error'] or 'unknown error'}")

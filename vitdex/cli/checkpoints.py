@@ -7,7 +7,7 @@ from typing import Any
 
 import click
 
-from vitdex.cli.common import Context, handle_errors, out_console, print_json
+from vitdex.cli.common import Context, handle_errors, print_json, print_table
 from vitdex.training.bases import SD_VERSIONS
 
 
@@ -160,8 +160,6 @@ def list_command(
     obj: Context, status: str | None, run_id: int | None, limit: int, offset: int, as_json: bool
 ) -> None:
     """Registered checkpoints, newest first."""
-    from rich.table import Table
-
     from vitdex.training.registry import list_checkpoints
 
     data = list_checkpoints(obj.settings, status=status, run_id=run_id, limit=limit, offset=offset)
@@ -171,23 +169,22 @@ def list_command(
     if not data["checkpoints"]:
         click.echo("no checkpoints registered (vitdex convert RUN_OR_DIFFUSERS_DIR)")
         return
-    table = Table(title=f"checkpoints ({data['total']})", title_justify="left")
-    for column in ("id", "name", "version", "status", "steps", "loss", "size", "format", "created"):
-        table.add_column(column, justify="right" if column in ("id", "steps", "size") else "left")
-    for item in data["checkpoints"]:
-        loss = item["final_loss"]
-        table.add_row(
+    rows = [
+        (
             str(item["id"]),
             item["name"],
             item["version"],
             item["status"],
             "-" if item["steps"] is None else str(item["steps"]),
-            f"{loss:.4f}" if isinstance(loss, float) else "-",
+            f"{item['final_loss']:.4f}" if isinstance(item["final_loss"], float) else "-",
             _size(item["size_bytes"]),
             item["format"] + (" fp16" if item["half"] else ""),
             (item["created_at"] or "")[:19],
         )
-    out_console.print(table)
+        for item in data["checkpoints"]
+    ]
+    columns = ("id", "name", "version", "status", "steps", "loss", "size", "format", "created")
+    print_table(f"checkpoints ({data['total']})", columns, rows, right={"id", "steps", "size"})
 
 
 @checkpoints_group.command("show")

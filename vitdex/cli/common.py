@@ -9,7 +9,8 @@ from __future__ import annotations
 import functools
 import json
 import sys
-from collections.abc import Callable, Iterator
+import time
+from collections.abc import Callable, Collection, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -103,6 +104,45 @@ def print_json(data: Any) -> None:
     click.echo(json.dumps(data, indent=2, default=str))
 
 
+def print_line(text: str, *, style: str | None = None) -> None:
+    """One line on stdout: through rich on a terminal (``style``, wrapped to its width);
+    off one, as it is, never wrapped or cut, so a pipe or a log gets whole paths."""
+    if out_console.is_terminal:
+        out_console.print(text, style=style, markup=False, highlight=False)
+    else:
+        click.echo(text)
+
+
+def print_table(
+    title: str,
+    columns: Sequence[str],
+    rows: Iterable[Sequence[str]],
+    *,
+    fold: Collection[str] = (),
+    right: Collection[str] = (),
+) -> None:
+    """A table on stdout. On a terminal, a rich table fitted to its width, the ``fold``
+    columns wrapped and the others cut; off one, the title, then the header and each row
+    as tab-separated lines, nothing cut (a width of 80 columns would cut paths)."""
+    if not out_console.is_terminal:
+        click.echo(title)
+        for row in (columns, *rows):
+            click.echo("\t".join(row))
+        return
+    from rich.table import Table
+
+    table = Table(title=title, title_justify="left")
+    for col in columns:
+        table.add_column(
+            col,
+            justify="right" if col in right else "left",
+            overflow="fold" if col in fold else "ellipsis",
+        )
+    for row in rows:
+        table.add_row(*row)
+    out_console.print(table)
+
+
 def open_catalog(settings: Settings) -> sessionmaker[Session]:
     """Sessions on the settings' catalog, migrated; one engine per process and URL."""
     from vitdex.db.jobs import catalog_sessions
@@ -160,8 +200,56 @@ class BarProgress:
         return update
 
 
+class LineProgress:
+    """The same reports as :class:`BarProgress`, as plain lines on stderr, for a log or a
+    pipe: a bar cannot redraw there, so each stage says when it starts, then at most
+    every ``every_s`` seconds how far it is, then when it is done."""
+
+    def __init__(self, every_s: float = 5.0) -> None:
+        self._every_s = every_s
+        self._total = 0
+        self._done = 0
+        self._work = self.stage("indexing")
+        self._scan = self.stage("scanning")
+
+    def scanning(self, files: int) -> None:
+        """Say how many files the scan has found, now and then."""
+        self._scan(files)
+
+    def begin(self, total: int) -> None:
+        """The work starts: ``total`` items."""
+        self._total = total
+        self._work(0, total)
+
+    def advance(self, n: int) -> None:
+        """``n`` more items done."""
+        self._done += n
+        self._work(self._done, self._total)
+
+    def stage(self, description: str, total: float | None = None) -> Callable[..., None]:
+        """A new stage; returns ``update(completed, total=None, description=None)``."""
+        last = float("-inf")
+        state = {"description": description, "total": total}
+
+        def update(
+            completed: float, total: float | None = None, description: str | None = None
+        ) -> None:
+            nonlocal last
+            state["description"] = description or state["description"]
+            state["total"] = total if total is not None else state["total"]
+            finished = state["total"] is not None and completed >= float(state["total"])
+            now = time.monotonic()
+            if not finished and now - last < self._every_s:
+                return
+            last = now
+            shown = f"{completed:g}" + (f"/{state['total']:g}" if state["total"] else "")
+            click.echo(f"{state['description']} {shown}", err=True)
+
+        return update
+
+
 def stage_updater(
-    bar: BarProgress | None, description: str, total: float | None
+    bar: BarProgress | LineProgress | None, description: str, total: float | None
 ) -> Callable[..., None]:
     """``bar.stage(...)``, or a no-op when there is no bar."""
     if bar is None:
@@ -170,10 +258,15 @@ def stage_updater(
 
 
 @contextmanager
-def progress_bar(enabled: bool) -> Iterator[BarProgress | None]:
-    """A :class:`BarProgress` drawing on stderr while the block runs, or ``None``."""
+def progress_bar(enabled: bool) -> Iterator[BarProgress | LineProgress | None]:
+    """What shows a long command's progress on stderr, or ``None`` when not ``enabled``:
+    a :class:`BarProgress` on a terminal; off one, where a bar cannot redraw in place and
+    would leave its frames in a log, a :class:`LineProgress` writing plain lines."""
     if not enabled:
         yield None
+        return
+    if not err_console.is_terminal:
+        yield LineProgress()
         return
     progress = Progress(
         SpinnerColumn(),
@@ -202,14 +295,13 @@ def print_index_report(data: dict[str, Any], embedder: Any) -> None:
         if data[key]:
             parts.append(f"{key} {data[key]}")
     parts.append(f"failed {data['failed']}")
-    out_console.print(", ".join(parts) + f" in {data['elapsed']:.1f} s", highlight=False)
+    print_line(", ".join(parts) + f" in {data['elapsed']:.1f} s")
     if data["embedded"]:
-        out_console.print(
+        print_line(
             f"{data['images_per_s']:.1f} images/s on {embedder.device} ({embedder.precision});"
-            " seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in data["timings"].items()),
-            highlight=False,
+            " seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in data["timings"].items())
         )
     for failure in data["failures"][:20]:
-        out_console.print(f"  failed: {failure['path']}: {failure['error']}", highlight=False)
+        print_line(f"  failed: {failure['path']}: {failure['error']}")
     if len(data["failures"]) > 20:
-        out_console.print(f"  ... and {len(data['failures']) - 20} more (vitdex status)")
+        print_line(f"  ... and {len(data['failures']) - 20} more (vitdex status)")

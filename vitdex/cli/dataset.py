@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Any
 
 import click
-from rich.table import Table
 
 from vitdex.cli.common import (
     IMAGE_ID,
@@ -16,6 +15,7 @@ from vitdex.cli.common import (
     open_catalog,
     out_console,
     print_json,
+    print_table,
     progress_bar,
     stage_updater,
 )
@@ -33,31 +33,29 @@ def _score(value: float | None) -> str:
 
 
 def _print_items(items: list[dict[str, Any]], title: str) -> None:
-    table = Table(title=title, title_justify="left")
-    for col, justify in (
-        ("role", "left"),
-        ("#", "right"),
-        ("score", "right"),
-        ("id", "right"),
-        ("in", "center"),
-        ("reason", "left"),
-        ("path", "left"),
-    ):
-        table.add_column(col, justify=justify, overflow="fold" if col == "path" else None)  # type: ignore[arg-type]
+    rows = []
     for item in items:
         reason = item["reason"]
         if item["duplicate_of"] is not None:
             reason += f" of {item['duplicate_of']}"
-        table.add_row(
-            item["role"],
-            str(item["rank"]),
-            _score(item["score"]),
-            str(item["image_id"]),
-            "yes" if item["included"] else "-",
-            reason,
-            item["path"],
+        rows.append(
+            (
+                item["role"],
+                str(item["rank"]),
+                _score(item["score"]),
+                str(item["image_id"]),
+                "yes" if item["included"] else "-",
+                reason,
+                item["path"],
+            )
         )
-    out_console.print(table)
+    print_table(
+        title,
+        ("role", "#", "score", "id", "in", "reason", "path"),
+        rows,
+        fold={"path"},
+        right={"#", "score", "id"},
+    )
 
 
 def _print_summary(dataset: dict[str, Any]) -> None:
@@ -205,21 +203,20 @@ def list_cmd(obj: Context, as_json: bool) -> None:
     if not result["datasets"]:
         click.echo("no datasets yet (vitdex dataset create NAME --seed ... --prompt ...)")
         return
-    table = Table(title="datasets", title_justify="left")
-    for col in ("id", "name", "instance", "class", "left out", "prompt", "exported to"):
-        table.add_column(col, overflow="fold")
-    for ds in result["datasets"]:
-        counts = ds["counts"]
-        table.add_row(
+    columns = ("id", "name", "instance", "class", "left out", "prompt", "exported to")
+    rows = [
+        (
             str(ds["id"]),
             ds["name"],
-            str(counts["instance"]),
-            str(counts["class"]),
-            str(counts["excluded"]),
+            str(ds["counts"]["instance"]),
+            str(ds["counts"]["class"]),
+            str(ds["counts"]["excluded"]),
             ds["prompt"],
             ds["export_path"] or "",
         )
-    out_console.print(table)
+        for ds in result["datasets"]
+    ]
+    print_table("datasets", columns, rows, fold=set(columns))
 
 
 @dataset_group.command("show")

@@ -7,7 +7,7 @@ import logging
 import os
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -251,7 +251,23 @@ class SearchService:
         self, files: Sequence[Path] = (), *, uploads: Sequence[tuple[str, bytes]] = (), k: int = 5
     ) -> list[Classification]:
         """Top-k labels of each file, then of each upload (a ``(name, content)`` pair),
-        from the checkpoint's classifier."""
+        from the checkpoint's classifier; the first file that cannot be read or decoded
+        raises its error (the API answers one upload, so a bad one is the request's
+        error)."""
+        out = []
+        for result in self.classify_each(files, uploads=uploads, k=k):
+            if isinstance(result, ClassifyFailure):
+                raise result.error
+            out.append(result)
+        return out
+
+    def classify_each(
+        self, files: Sequence[Path] = (), *, uploads: Sequence[tuple[str, bytes]] = (), k: int = 5
+    ) -> list[Classification | ClassifyFailure]:
+        """Like :meth:`classify`, but a file or upload that is missing, unreadable or not
+        an image gets a :class:`ClassifyFailure` in its place, so one bad file in a batch
+        costs only its own result. What fails for every file alike (no classifier, a model
+        that does not load, a bad ``k``) still raises."""
         if k < 1:
             raise ConfigError("k must be at least 1")
         embedder = self.embedder(self.settings.model.spaces)
@@ -262,14 +278,32 @@ class SearchService:
                 "(it is a feature-extraction checkpoint); use a *ForImageClassification "
                 "checkpoint such as google/vit-base-patch16-224 to classify"
             )
-        named = [*((str(file), _read(file)) for file in files), *uploads]
-        out = []
-        for name, data in named:
-            result = self._embed_one(self.settings.model.spaces, data)
+        # Files are read one at a time, as their turn comes: a missing one fails alone.
+        named: list[tuple[str, Path | bytes]] = [*((str(f), f) for f in files), *uploads]
+        out: list[Classification | ClassifyFailure] = []
+        for name, source in named:
+            try:
+                data = source if isinstance(source, bytes) else _read(source)
+                result = self._embed_one(self.settings.model.spaces, data)
+            except (ImageError, NotFoundError) as exc:
+                out.append(ClassifyFailure(name, exc))
+                continue
             assert result.logits is not None
             labels = embedder.top_labels(result.logits, k)[0]
             out.append(Classification(name, label_scores(labels)))
         return out
+
+
+@dataclass
+class ClassifyFailure:
+    """A file or upload of a classify batch that could not be classified, and why."""
+
+    query: str
+    error: ImageError | NotFoundError
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict: a :class:`Classification`'s keys, no labels, plus ``error``."""
+        return {"query": self.query, "labels": [], "error": self.error.message}
 
 
 def _hit(found: SearchHit, img: Image, labels: Sequence[tuple[str, float]]) -> Hit:
