@@ -77,6 +77,22 @@ def test_train_convert_register(dataset: str, tiny_sd: Path) -> None:
     assert "no dataset" in missing.stderr
 
 
+def test_steps_alone_scales_and_says_the_total(dataset: str, tiny_sd: Path) -> None:
+    """`--steps 4` alone trains 4 + 2 steps (the default 350/800 ratio), not 4 + 350,
+    and says so on stderr before training."""
+    done = vitdex("train", dataset, "--base", str(tiny_sd), "--steps", "4", *TRAIN, "--json")
+    assert as_json(done)["steps"] == 6
+    assert "training: 4 UNet steps, 2 text-encoder steps, 6 steps in total" in done.stderr
+
+
+def test_uncached_hub_base_offline_exits_3(vitdex_env: dict[str, str], tmp_path: Path) -> None:
+    """Refused before any run is made, with the ways out, no traceback, exit code 3."""
+    env = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    refused = run_vitdex("train", "rex", "--base", "someone/uncached", env=env, code=3)
+    assert "cannot load the Stable Diffusion base 'someone/uncached'" in refused.stderr
+    assert "--base-config" in refused.stderr and "Traceback" not in refused.stderr
+
+
 def test_sigkilled_run_resumes(
     dataset: str, tiny_sd: Path, tmp_path: Path, tiny_sd_factory: Callable[[str], Path]
 ) -> None:

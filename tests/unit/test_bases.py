@@ -15,6 +15,7 @@ from vitdex.errors import ConfigError, ModelLoadError, NotFoundError
 from vitdex.training.bases import (
     BASE_VERSIONS,
     base_kind,
+    check_base_available,
     check_resolution,
     detect_loaded_version,
     detect_version,
@@ -190,6 +191,52 @@ def test_hub_id_offline_is_explained(monkeypatch: pytest.MonkeyPatch, tmp_path: 
     assert "not in the local Hugging Face cache" in message
     assert "HF_HUB_OFFLINE" in message
     assert "hf download someone/not-a-cached-model" in message
+
+
+def test_uncached_hub_base_offline_names_the_ways_out(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Not diffusers' raw "root cause in the stacktrace above": the base, why, the fixes."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
+    for attempt in (lambda: check_base_available("someone/uncached"), _load_uncached):
+        with pytest.raises(ModelLoadError) as info:
+            attempt()
+        message = info.value.message
+        assert message.startswith("cannot load the Stable Diffusion base 'someone/uncached'")
+        assert "not in the local Hugging Face cache and the hub cannot be reached" in message
+        assert "(HF_HUB_OFFLINE is set)" in message
+        assert "--base FOLDER" in message and "--base-config FOLDER" in message
+        assert "stacktrace" not in message
+        assert info.value.exit_code == 3
+    # Local bases and online mode are load_base's to judge.
+    check_base_available(str(tmp_path))
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    check_base_available("someone/uncached")
+
+
+def _load_uncached() -> None:
+    load_base("someone/uncached", version="sd15")
+
+
+def test_unreachable_hub_online_gets_the_same_ways_out(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Online but without a connection, diffusers' raw text is replaced the same way."""
+    from vitdex.training import bases
+
+    class Refusing:
+        @staticmethod
+        def from_pretrained(*_: object, **__: object) -> None:
+            raise OSError(
+                "Cannot load model someone/uncached: the model is not fully cached locally "
+                "... Please check out the root cause in the stacktrace above."
+            )
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(bases, "_pipeline_class", lambda _: Refusing)
+    with pytest.raises(ModelLoadError) as info:
+        _load_uncached()
+    assert "the hub cannot be reached (no connection)" in info.value.message
+    assert "--base FOLDER" in info.value.message and "stacktrace" not in info.value.message
 
 
 def test_single_file_with_local_config(tmp_path: Path, tiny_sd: Path) -> None:

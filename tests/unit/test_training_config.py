@@ -10,7 +10,13 @@ from typing import Any
 import pytest
 
 from vitdex.errors import ConfigError
-from vitdex.training.config import TrainConfig, config_differences, plan_stages, stage_at
+from vitdex.training.config import (
+    TrainConfig,
+    config_differences,
+    plan_stages,
+    scale_text_encoder_steps,
+    stage_at,
+)
 
 
 def test_config_module_does_not_import_torch() -> None:
@@ -65,3 +71,14 @@ def test_stage_at_and_differences() -> None:
     assert [stage_at(stages, s).name for s in range(8)] == ["text_encoder"] * 3 + ["unet"] * 5
     other = TrainConfig(**{**config.to_dict(), "save_every": 7, "seed": 1})
     assert config_differences(config, other) == ["seed"]  # save_every may change on resume
+
+
+def test_steps_alone_scales_the_text_encoder_steps() -> None:
+    """--steps 4 alone must not keep the 350 default text encoder steps (354 in all)."""
+    assert scale_text_encoder_steps({"steps": 4})["text_encoder_steps"] == 2
+    assert scale_text_encoder_steps({"steps": 800})["text_encoder_steps"] == 350
+    assert scale_text_encoder_steps({"steps": 0})["text_encoder_steps"] == 0
+    explicit = {"steps": 4, "text_encoder_steps": 0}
+    assert scale_text_encoder_steps(explicit) == explicit
+    assert scale_text_encoder_steps({"seed": 1}) == {"seed": 1}
+    assert TrainConfig(base_model="x", instance_dir="d").text_encoder_steps == 350

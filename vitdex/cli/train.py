@@ -18,6 +18,7 @@ from vitdex.cli.common import (
     open_catalog,
     out_console,
     print_json,
+    print_table,
 )
 
 if TYPE_CHECKING:
@@ -39,7 +40,7 @@ def train_group() -> None:
     and list runs."""
 
 
-def _run_job(settings: Settings, job_id: int, *, progress: bool) -> None:
+def run_training_job(settings: Settings, job_id: int, *, progress: bool) -> None:
     """Run a train job here, with this command's settings, drawing its progress on stderr."""
     from rich.progress import (
         BarColumn,
@@ -130,6 +131,22 @@ def _finish(obj: Context, run_id: int, job_id: int, *, as_json: bool, background
         err_console.print(f"stopped; `vitdex train resume {run_id}` continues from the last save")
 
 
+def _say_steps(saved: dict[str, Any]) -> None:
+    """Print the run's step counts on stderr before it starts: the text encoder steps
+    add to the UNet steps in two-stage mode, which ``--steps`` alone does not say."""
+    from vitdex.training.config import TrainConfig
+
+    config = TrainConfig.from_dict(saved)
+    unet, text = config.steps, config.text_encoder_steps
+    if config.mode != "two-stage":
+        text = min(text, unet)
+    err_console.print(
+        f"training: {unet} UNet steps, {text} text-encoder steps, "
+        f"{config.total_steps} steps in total ({config.mode})",
+        highlight=False,
+    )
+
+
 def _submit(obj: Context, job_id: int) -> None:
     from vitdex.errors import ConfigError
     from vitdex.jobs.queue import make_queue
@@ -179,8 +196,12 @@ def _recover(obj: Context) -> None:
     "--base-config", help="Diffusers folder with the configs of a single-file base (offline)."
 )
 @click.option("--resolution", type=int, help="Training resolution (default: the version's).")
-@click.option("--steps", type=click.IntRange(min=0), help="UNet steps.")
-@click.option("--text-encoder-steps", type=click.IntRange(min=0), help="Text encoder steps.")
+@click.option("--steps", type=click.IntRange(min=0), help="UNet steps (default 800).")
+@click.option(
+    "--text-encoder-steps",
+    type=click.IntRange(min=0),
+    help="Text encoder steps (default 350; with --steps alone, --steps x 350/800, rounded).",
+)
 @click.option(
     "--mode",
     type=click.Choice(["two-stage", "joint"]),
@@ -242,15 +263,19 @@ def start_command(
     **options: Any,
 ) -> None:
     """Train a DreamBooth checkpoint on DATASET (name or id), convert and register it."""
+    from vitdex.training.bases import check_base_available
     from vitdex.training.runs import create_run
 
     settings = obj.settings
+    # A hub base that offline mode cannot load fails now, with exit code 3 and no run.
+    check_base_available(base_model)
     chosen = {key: value for key, value in options.items() if value is not None}
     run, job_id = create_run(settings, open_catalog(settings), dataset, base_model, chosen)
+    _say_steps(run.config)
     if background:
         _submit(obj, job_id)
     else:
-        _run_job(settings, job_id, progress=not no_progress and not as_json)
+        run_training_job(settings, job_id, progress=not no_progress and not as_json)
     _finish(obj, run.id, job_id, as_json=as_json, background=background)
 
 
@@ -282,7 +307,7 @@ def resume_command(
     if background:
         _submit(obj, job_id)
     else:
-        _run_job(settings, job_id, progress=not no_progress and not as_json)
+        run_training_job(settings, job_id, progress=not no_progress and not as_json)
     _finish(obj, run.id, job_id, as_json=as_json, background=background)
 
 
@@ -295,8 +320,6 @@ def resume_command(
 @handle_errors
 def list_command(obj: Context, state: str | None, as_json: bool) -> None:
     """Training runs, newest first, with state, step and loss."""
-    from rich.table import Table
-
     from vitdex.training.runs import list_runs
 
     _recover(obj)
@@ -307,19 +330,20 @@ def list_command(obj: Context, state: str | None, as_json: bool) -> None:
     if not runs:
         out_console.print("no training runs")
         return
-    table = Table("id", "state", "step", "loss", "base", "dataset", "checkpoint")
-    for run in runs:
-        loss = run["loss"]
-        table.add_row(
+    rows = [
+        (
             str(run["id"]),
             run["state"],
             f"{run['step']}/{run['total_steps']}",
-            f"{loss:.4f}" if loss is not None else "-",
+            "-" if run["loss"] is None else f"{run['loss']:.4f}",
             f"{run['base_model']} ({run['version']})",
             str(run["dataset_id"] or "-"),
             run["checkpoint"]["path"] if run["checkpoint"] else "-",
         )
-    out_console.print(table)
+        for run in runs
+    ]
+    columns = ("id", "state", "step", "loss", "base", "dataset", "checkpoint")
+    print_table("training runs", columns, rows, fold={"base", "checkpoint"})
 
 
 @train_group.command("show")

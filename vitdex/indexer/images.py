@@ -17,6 +17,7 @@ import logging
 import os
 import re
 import threading
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib import metadata
@@ -356,12 +357,27 @@ def _allow_pillow(max_megapixels: float) -> None:
         Image.MAX_IMAGE_PIXELS = wanted
 
 
+#: ``catch_warnings`` swaps the process's filters: decode threads interleaving it could
+#: leave the "ignore" filter installed for good.
+_WARNINGS_LOCK = threading.Lock()
+
+
+def _open_image(stream: IO[bytes]) -> Image.Image:
+    """``Image.open`` without Pillow's DecompressionBombWarning: Pillow warns past
+    ``MAX_IMAGE_PIXELS`` (kept >= VITDEX_MAX_MEGAPIXELS by :func:`_allow_pillow`), so the
+    header check refuses that file with vitdex's own reason; the warning was noise beside
+    it in ``vitdex index`` and worker output. Pillow elsewhere still warns."""
+    with _WARNINGS_LOCK, warnings.catch_warnings():
+        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+        return Image.open(stream, formats=_allowed_formats())
+
+
 def _decode_stream(
     stream: IO[bytes], max_megapixels: float, min_size: tuple[int, int] | None
 ) -> DecodedImage:
     _allow_pillow(max_megapixels)
     try:
-        opened = Image.open(stream, formats=_allowed_formats())
+        opened = _open_image(stream)
     except Image.DecompressionBombError as exc:
         raise _pillow_bomb(exc, max_megapixels) from exc
     except UnidentifiedImageError as exc:

@@ -106,8 +106,12 @@ def _looks_like_path(model: str) -> bool:
     )
 
 
-def _offline() -> bool:
-    # Read at call time: huggingface_hub reads HF_HUB_OFFLINE once, at import.
+def hub_offline() -> bool:
+    """Whether Hugging Face's offline switch is on (HF_HUB_OFFLINE, TRANSFORMERS_OFFLINE).
+
+    Hugging Face's own variable, not a vitdex setting; read at call time because
+    huggingface_hub reads it once, at import.
+    """
     for name in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"):
         if os.environ.get(name, "").strip().upper() in {"1", "ON", "YES", "TRUE"}:
             return True
@@ -121,7 +125,7 @@ def hub_endpoint() -> str:
     return str(os.environ.get("HF_ENDPOINT") or constants.ENDPOINT)
 
 
-def _hub_reachable(endpoint: str, timeout: float = _PROBE_TIMEOUT_S) -> bool:
+def hub_reachable(endpoint: str, timeout: float = _PROBE_TIMEOUT_S) -> bool:
     """Whether a TCP connection to the hub opens within ``timeout`` seconds.
 
     huggingface_hub retries an unreachable host for about half a minute; this probe
@@ -252,14 +256,14 @@ def _from_hub(model: str, revision: str | None) -> Checkpoint:
     label = model if revision is None else f"{model} (revision {revision})"
     # "models/vit" is a valid hub id and a relative path: say that no such folder exists.
     also = f"; there is no folder {Path(model).resolve()} either" if "/" in model else ""
-    if _offline():
+    if hub_offline():
         raise load_error(
             model,
             f"{label} is not in the local Hugging Face cache and HF_HUB_OFFLINE is set "
             f"({type(cached_error).__name__}){also}",
         )
     endpoint = hub_endpoint()
-    if not _hub_reachable(endpoint):
+    if not hub_reachable(endpoint):
         raise load_error(
             model,
             f"{label} is not in the local Hugging Face cache and {endpoint} cannot be reached "

@@ -12,6 +12,7 @@ import importlib
 import logging
 import queue as stdlib_queue
 import threading
+import time
 from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
@@ -105,7 +106,29 @@ def run_queued_job(job_id: int, kind: str, catalog: str) -> None:
             f"is {mine[:12]}: start the worker with the catalog's --home/--database-url "
             "(or VITDEX_HOME/VITDEX_DATABASE_URL)"
         )
-    _resolve(job_function_path(kind))(settings, job_id)
+    started = time.monotonic()
+    try:
+        _resolve(job_function_path(kind))(settings, job_id)
+    finally:
+        # One line per job, whatever became of it, so a worker's log says what it did.
+        log.info(
+            "job %d (%s): %s in %.1f s",
+            job_id,
+            kind,
+            _row_state(settings, job_id),
+            time.monotonic() - started,
+        )
+
+
+def _row_state(settings: Settings, job_id: int) -> str:
+    """The state job row ``job_id`` ended in, or why it could not be read."""
+    from vitdex.db import jobs as job_sql
+
+    try:
+        with job_sql.catalog_sessions(settings.storage.resolved_database_url)() as session:
+            return str(job_sql.get_job(session, job_id).state)
+    except Exception as exc:  # the log line must not hide the job's own outcome
+        return f"state unknown ({exc})"
 
 
 def _resolve(path: str) -> Callable[[Settings, int], None]:

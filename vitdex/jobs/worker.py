@@ -162,6 +162,13 @@ def _wait_for_redis(connection: Redis, url: str, stop: threading.Event) -> bool:
             signal.signal(sig, handler)
 
 
+def redacted_url(url: str) -> str:
+    """``url`` with its password, if any, replaced by ``***``."""
+    from sqlalchemy.engine import make_url
+
+    return make_url(url).render_as_string(hide_password=True)
+
+
 def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True) -> bool:
     """Work on this catalog's queue until stopped (or, with ``burst``, until empty),
     running each job with ``settings``.
@@ -185,11 +192,23 @@ def run_worker(settings: Settings, *, burst: bool = False, preload: bool = True)
         raise ConfigError(
             "the worker needs a Redis: give --redis-url redis://host:6379/0 (VITDEX_REDIS_URL)"
         )
+    device = f"{settings.model.device} (resolved by the first job)"
     if preload:
         from vitdex.jobs.index import cached_embedder
 
-        cached_embedder(settings.model).load()
+        embedder = cached_embedder(settings.model)
+        embedder.load()
+        device = str(embedder.device)
     name = rq_queue_name(settings)
+    # The one line that says which catalog, model and device this worker serves; the
+    # URL's password is hidden, since worker logs are read and kept by others.
+    log.info(
+        "worker started: queue %s, catalog %s, model %s, device %s",
+        name,
+        redacted_url(settings.storage.resolved_database_url),
+        settings.model.model,
+        device,
+    )
     stop = threading.Event()
     worker_class = _worker_class()
     level = logging.getLevelName(logging.getLogger().getEffectiveLevel())

@@ -10,7 +10,6 @@ concrete checkpoint, given as a hub id, a diffusers folder or a single ``.safete
 from __future__ import annotations
 
 import json
-import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
@@ -18,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from vitdex.errors import ConfigError, ModelLoadError, NotFoundError
+from vitdex.indexer.models import hub_offline
 from vitdex.training.quiet import quiet_hub
 
 __all__ = [
@@ -27,6 +27,7 @@ __all__ = [
     "BaseVersion",
     "LoadedBase",
     "base_kind",
+    "check_base_available",
     "check_resolution",
     "detect_loaded_version",
     "detect_version",
@@ -346,24 +347,48 @@ class LoadedBase:
     prediction_type: str
 
 
-def _hub_error(spec: str, exc: Exception) -> ModelLoadError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in {"1", "true", "yes", "on"}
-    name = type(exc).__name__
-    if offline or "LocalEntryNotFound" in name or "offline" in str(exc).lower():
-        why = (
-            f"{spec!r} is not in the local Hugging Face cache and the hub cannot be reached "
-            f"({'HF_HUB_OFFLINE is set' if offline else 'no connection'}). Download it once on "
-            f"a connected machine (`hf download {spec}`) and copy the cache, or pass a local "
-            "diffusers folder or single-file checkpoint instead"
-        )
-    elif "RepositoryNotFound" in name or "GatedRepo" in name:
-        why = (
+def _not_cached_error(spec: str, revision: str | None, *, offline: bool) -> ModelLoadError:
+    """A hub base neither cached nor downloadable, with the ways out (diffusers' own text
+    points at a stack trace that a CLI user never sees)."""
+    label = spec if revision is None else f"{spec} (revision {revision})"
+    return ModelLoadError(
+        f"cannot load the Stable Diffusion base {label!r}: it is not in the local Hugging "
+        "Face cache and the hub cannot be reached "
+        f"({'HF_HUB_OFFLINE is set' if offline else 'no connection'}). Ways out: download "
+        f"it once on a connected machine (`hf download {spec}`) and copy the cache; or give "
+        "--base FOLDER, a diffusers folder saved elsewhere (`save_pretrained`, or the "
+        "snapshot folder of a copied cache); or, for a single .safetensors/.ckpt file, "
+        "--base FILE --base-config FOLDER, a local diffusers folder of the same architecture"
+    )
+
+
+def check_base_available(spec: str, revision: str | None = None) -> None:
+    """Refuse early (:class:`ModelLoadError`, exit code 3) a hub base that is not cached
+    while HF_HUB_OFFLINE is set; anything else is left to :func:`load_base`."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if base_kind(spec) != "hub" or not hub_offline():
+        return
+    try:
+        cached = try_to_load_from_cache(spec, "model_index.json", revision=revision)
+    except Exception:  # a malformed id or cache: diffusers says what is wrong
+        return
+    if not isinstance(cached, str):
+        raise _not_cached_error(spec, revision, offline=True)
+
+
+def _hub_error(spec: str, revision: str | None, exc: Exception) -> ModelLoadError:
+    offline = hub_offline()
+    name, text = type(exc).__name__, str(exc).lower()
+    unreachable = ("offline", "not fully cached", "connect", "cannot reach")
+    if offline or "LocalEntryNotFound" in name or any(word in text for word in unreachable):
+        return _not_cached_error(spec, revision, offline=offline)
+    if "RepositoryNotFound" in name or "GatedRepo" in name:
+        return ModelLoadError(
             f"the hub has no accessible repository {spec!r} (wrong id, private or gated: "
             "log in with `hf auth login` and accept its licence)"
         )
-    else:
-        why = f"cannot load {spec!r} from the hub: {exc}"
-    return ModelLoadError(why)
+    return ModelLoadError(f"cannot load {spec!r} from the hub: {exc}")
 
 
 def _pipeline_class(name: str) -> Any:
@@ -443,12 +468,14 @@ def load_base(
             ) and folder_version != "sdxl":
                 kwargs.setdefault("safety_checker", None)
                 kwargs.setdefault("requires_safety_checker", False)
+        if kind == "hub":
+            check_base_available(source, revision)
         try:
             with quiet_hub():
                 pipe = cls.from_pretrained(source, **kwargs)
         except Exception as exc:
             if kind == "hub":
-                raise _hub_error(source, exc) from exc
+                raise _hub_error(source, revision, exc) from exc
             raise ModelLoadError(f"cannot load the diffusers folder {source}: {exc}") from exc
         detected = folder_version or detect_loaded_version(pipe)
 

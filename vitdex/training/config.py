@@ -29,6 +29,7 @@ __all__ = [
     "latest_checkpoint",
     "list_checkpoints",
     "plan_stages",
+    "scale_text_encoder_steps",
     "stage_at",
 ]
 
@@ -46,6 +47,10 @@ LR_SCHEDULERS = (
 #: weights); every other field must match the checkpoint's.
 RESUMABLE_CHANGES = frozenset({"save_every", "keep_checkpoints"})
 _CHECKPOINT = re.compile(r"^step-(\d{8})$")
+#: Default UNet and text encoder steps; their ratio scales the text encoder steps of a
+#: run that sets only ``steps`` (see :func:`scale_text_encoder_steps`).
+DEFAULT_STEPS = 800
+DEFAULT_TEXT_ENCODER_STEPS = 350
 
 
 # --------------------------------------------------------------------------- config
@@ -79,9 +84,9 @@ class TrainConfig:
     #: Caption of class images without a ``.txt`` sidecar (and prompt for generating them).
     class_prompt: str = "a photo of a person"
     #: UNet steps (optimizer steps; each sees batch_size x gradient_accumulation_steps).
-    steps: int = 800
+    steps: int = DEFAULT_STEPS
     #: Text encoder steps: the first stage (two-stage) or the joint part (joint).
-    text_encoder_steps: int = 350
+    text_encoder_steps: int = DEFAULT_TEXT_ENCODER_STEPS
     #: ``two-stage`` (text encoder, then UNet) or ``joint``.
     mode: str = "two-stage"
     #: Peak learning rate of the UNet.
@@ -196,6 +201,22 @@ class TrainConfig:
             problems.append("resolution must be a positive multiple of 8")
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
+
+
+def scale_text_encoder_steps(options: Mapping[str, Any]) -> dict[str, Any]:
+    """``options`` with ``text_encoder_steps`` scaled to ``steps`` when only ``steps`` is set.
+
+    The text encoder default (350) belongs to the UNet default (800); kept fixed, it
+    would make a 4-step trial run 354 steps. So a run that sets only ``steps`` gets the
+    default ratio (350/800, rounded half up); explicit text encoder steps stay as given.
+    """
+    resolved = dict(options)
+    steps = resolved.get("steps")
+    if isinstance(steps, int) and resolved.get("text_encoder_steps") is None:
+        resolved["text_encoder_steps"] = (
+            steps * DEFAULT_TEXT_ENCODER_STEPS + DEFAULT_STEPS // 2
+        ) // DEFAULT_STEPS
+    return resolved
 
 
 # --------------------------------------------------------------------------- results

@@ -30,7 +30,7 @@ from vitdex.db.models import Job, JobState, TrainingRun, utcnow
 from vitdex.db.recovery import is_orphan
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError
 from vitdex.paths import inside
-from vitdex.training.config import TrainConfig
+from vitdex.training.config import TrainConfig, scale_text_encoder_steps
 
 #: Config fields the run fills in itself: callers may not set them.
 _MANAGED = frozenset({"base_model", "instance_dir", "class_dir"})
@@ -79,9 +79,11 @@ def create_run(
     """Create a run of ``dataset`` on ``base_model`` and its first (queued) job row.
 
     ``options`` are :class:`TrainConfig` fields. Returns the run and the job id; the
-    caller runs the job (in this process or through the queue).
+    caller runs the job (in this process or through the queue). ``steps`` given alone
+    scales the text encoder's steps to it (:func:`scale_text_encoder_steps`), for the CLI
+    and the API alike.
     """
-    options = dict(options or {})
+    options = scale_text_encoder_steps(options or {})
     managed = sorted(_MANAGED & set(options))
     if managed:
         raise ConfigError(f"these settings are set by the run itself: {', '.join(managed)}")
