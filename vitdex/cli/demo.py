@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import shlex
+import shutil
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 from rich.console import Console
 
 from vitdex.cli.common import (
-    BarProgress,
     Context,
     handle_errors,
     open_catalog,
@@ -16,6 +19,10 @@ from vitdex.cli.common import (
     print_index_report,
     progress_bar,
 )
+from vitdex.errors import VitdexError
+
+if TYPE_CHECKING:
+    from vitdex.config import Settings
 
 DEMO_HOME = Path("demo-home")
 
@@ -28,11 +35,19 @@ DEMO_HOME = Path("demo-home")
     show_default=True,
     help="How many photos to generate beside the shipped samples.",
 )
+@click.option(
+    "--train",
+    is_flag=True,
+    help="Then train a few steps on a tiny RANDOM Stable Diffusion base (no weights needed), "
+    "convert and register the checkpoint.",
+)
 @click.pass_obj
 @handle_errors
-def demo(obj: Context, photos: int) -> None:
+def demo(obj: Context, photos: int, train: bool) -> None:
     """Index sample photos (offline) and show similar and classify results."""
-    run_demo(obj, generated=photos, console=out_console)
+    settings = run_demo(obj, generated=photos, console=out_console)
+    if train:
+        train_demo(settings, out_console)
 
 
 def _pick_model(settings_model: str, home: Path, console: Console) -> tuple[str, bool]:
@@ -64,11 +79,12 @@ def _pick_model(settings_model: str, home: Path, console: Console) -> tuple[str,
         return str(folder.resolve()), True
 
 
-def run_demo(obj: Context, *, generated: int, console: Console) -> None:
+def run_demo(obj: Context, *, generated: int, console: Console) -> Settings:
     """Build the sample folder, index it, and print similar and classify results.
 
     The catalog goes to the chosen home (``--home``, ``VITDEX_HOME``), else to
-    ``./demo-home``; the model is the configured one if it loads.
+    ``./demo-home``; the model is the configured one if it loads. Returns the settings the
+    demo ran with (its home and model), for the training part.
     """
     from vitdex.cli.samples import make_sample_folder, shipped_photos
     from vitdex.indexer.embedder import Embedder
@@ -92,7 +108,6 @@ def run_demo(obj: Context, *, generated: int, console: Console) -> None:
 
     console.rule("vitdex index")
     with progress_bar(True) as bar:
-        assert isinstance(bar, BarProgress)
         report = Indexer(settings, sessions, embedder, progress=bar).run([photos])
     print_index_report(report.to_dict(), embedder)
 
@@ -116,9 +131,105 @@ def run_demo(obj: Context, *, generated: int, console: Console) -> None:
             for scored in item.labels:
                 console.print(f"  {scored.score:7.2%}  {scored.label}", highlight=False)
     console.rule()
+    prefix = (
+        f"VITDEX_HOME={shlex.quote(str(home))} VITDEX_MODEL={shlex.quote(model)} {invocation()}"
+    )
     # Plain echo: these are commands to copy, so they must not be wrapped.
     click.echo(
         f"catalog and vectors are in {home}; try:\n"
-        f"  VITDEX_HOME={home} VITDEX_MODEL={model} vitdex status\n"
-        f"  VITDEX_HOME={home} VITDEX_MODEL={model} vitdex similar {queries[0]}"
+        f"  {prefix} status\n"
+        f"  {prefix} similar {shlex.quote(str(queries[0]))}"
     )
+    return settings
+
+
+DEMO_DATASET = "demo-chelsea"
+DEMO_SEED_PHOTO = Path("shipped") / "chelsea-original.jpg"
+
+
+def train_demo(settings: Settings, console: Console) -> None:
+    """Train, convert and register a checkpoint on the demo photos, with no weights at all.
+
+    The base is a tiny random Stable Diffusion 1.5 built under the demo home and training
+    runs 64 px for a few steps on the CPU: the point is to see the whole path (dataset →
+    run → single-file checkpoint → registry) work in well under a minute, not the images.
+    The dataset and the run go through the same services as ``vitdex dataset create`` and
+    ``vitdex train``.
+    """
+    from vitdex.cli.train import run_training_job
+    from vitdex.errors import NotFoundError
+    from vitdex.testing.sd import build_random_sd
+    from vitdex.training.curate import CurateOptions, create_dataset, show_dataset
+    from vitdex.training.quiet import quiet_hub
+    from vitdex.training.runs import create_run, show_run
+
+    home = settings.storage.home
+    base = home / "random-sd15-tiny"
+    if not (base / "model_index.json").is_file():
+        console.print(f"building a tiny RANDOM Stable Diffusion base in {base} ...")
+        with quiet_hub():
+            build_random_sd(base, version="sd15", preset="tiny", seed=0)
+    sessions = open_catalog(settings)
+    try:
+        show_dataset(sessions, DEMO_DATASET)
+    except NotFoundError:
+        create_dataset(
+            settings,
+            sessions,
+            DEMO_DATASET,
+            [home / "photos" / DEMO_SEED_PHOTO],
+            prompt="a photo of sks cat",
+            options=CurateOptions(k=6),
+        )
+    console.rule("vitdex train (RANDOM BASE: the images it makes are noise)")
+    run, job_id = create_run(
+        settings,
+        sessions,
+        DEMO_DATASET,
+        str(base),
+        {
+            "resolution": 64,
+            "steps": 4,
+            "text_encoder_steps": 2,
+            "mixed_precision": "no",
+            "device": "cpu",
+            "force": True,
+        },
+    )
+    run_training_job(settings, job_id, progress=True)
+    shown = show_run(sessions, run.id)
+    ckpt = shown["checkpoint"]
+    if shown["state"] != "succeeded" or not ckpt:
+        raise VitdexError(f"demo training run {run.id} ended {shown['state']}: {shown['error']}")
+    click.echo(
+        f"run {run.id}: {shown['step']} steps on dataset {DEMO_DATASET!r}\n"
+        f"checkpoint {ckpt['id']}: {ckpt['path']}\nsha256 {ckpt['sha256']}\n"
+        f"see it with: {invocation()} --home {shlex.quote(str(home))} checkpoints show {ckpt['id']}"
+    )
+
+
+def _shown(path: Path) -> str:
+    """``path`` relative to the working folder when inside it (``./`` if bare), else absolute."""
+    absolute = path.absolute()
+    try:
+        relative = absolute.relative_to(Path.cwd())
+    except ValueError:
+        return str(absolute)
+    return str(relative) if len(relative.parts) > 1 else f"./{relative}"
+
+
+def invocation() -> str:
+    """How to run this same ``vitdex`` again from this shell, to print in hints.
+
+    A plain ``vitdex`` only when that name on ``PATH`` is the executable now running: after
+    ``make demo`` the venv is usually not activated, and a hint that says ``vitdex`` would
+    then fail (or run another install). ``python -m vitdex`` runs are shown the same way.
+    """
+    argv0 = Path(sys.argv[0])
+    if argv0.name == "__main__.py":
+        return f"{shlex.quote(_shown(Path(sys.executable)))} -m vitdex"
+    running = Path(shutil.which(str(argv0)) or argv0)
+    on_path = shutil.which("vitdex")
+    if on_path is not None and Path(on_path).resolve() == running.resolve():
+        return "vitdex"
+    return shlex.quote(_shown(running))

@@ -19,6 +19,7 @@ from vitdex.cli.common import Context
 from vitdex.cli.dataset import dataset_group
 from vitdex.cli.db import db_group
 from vitdex.cli.demo import demo
+from vitdex.cli.model import model_group
 from vitdex.cli.serve import serve_command, worker_command
 from vitdex.cli.store import migrate_store_cmd, reindex
 from vitdex.cli.train import train_group
@@ -90,6 +91,7 @@ for _command in (
     train_group,
     checkpoints_group,
     convert_command,
+    model_group,
 ):
     cli.add_command(_command)
 
