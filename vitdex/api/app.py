@@ -22,6 +22,7 @@ from vitdex.api.controllers import (
     SearchController,
     TrainingController,
 )
+from vitdex.api.docs import LocalSwaggerRenderPlugin
 from vitdex.api.errors import document_errors, error_response
 from vitdex.api.metrics import Metrics, metrics_middleware
 from vitdex.api.validation import CheckedRequest, canonical_path_ints
@@ -92,6 +93,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             version=__version__,
             description="Similarity search and classification over an indexed photo library.",
             path="/schema",
+            # Swagger UI only, its assets served by the app: the page works offline.
+            render_plugins=[LocalSwaggerRenderPlugin("/schema")],
             components=Components(security_schemes=_SECURITY_SCHEMES if auth else None),
         ),
         request_max_body_size=max_body,
