@@ -6,12 +6,13 @@ vector stores (which apply it to payloads) both use these, and neither imports t
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import difflib
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["SearchFilter", "image_payload"]
+__all__ = ["FilterMiss", "SearchFilter", "close_values", "image_payload"]
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,11 @@ class SearchFilter:
 
     FAISS gets them as ``allowed_ids`` resolved in SQL; Qdrant as payload filters over
     the payload written at upsert (see :func:`image_payload`).
+
+    Camera make and model match ignoring case: EXIF says "Apple" or "NIKON CORPORATION",
+    people type "apple". SQL compares ``lower()`` of both sides; a payload backend
+    matches exact values, so the search layer first looks up which stored spellings the
+    value stands for (``camera_make_spellings``) and hands the store those.
     """
 
     library_ids: tuple[int, ...] = ()
@@ -30,12 +36,71 @@ class SearchFilter:
     taken_before: datetime | None = None
     camera_make: str | None = None
     camera_model: str | None = None
-    #: A predicted label among the image's stored top labels.
+    #: A predicted label among the image's stored top labels (exact: the model's names).
     label: str | None = None
+    #: The stored spellings ``camera_make`` matches ignoring case, as the catalog found
+    #: them; None: not looked up (a payload backend then matches the value as given).
+    camera_make_spellings: tuple[str, ...] | None = None
+    #: Likewise for ``camera_model``.
+    camera_model_spellings: tuple[str, ...] | None = None
 
     def is_empty(self) -> bool:
         """Whether no condition is set."""
         return self == SearchFilter()
+
+
+#: How each filter field that names a value is called in messages.
+VALUE_FIELDS = {"camera_make": "camera make", "camera_model": "camera model", "label": "label"}
+
+
+@dataclass(frozen=True)
+class FilterMiss:
+    """A filter value that no photo in the catalog has, and what the user may have meant.
+
+    A filter that quietly matches nothing looks like "no similar photos"; naming the
+    value and its close spellings turns a typo into a one-step fix.
+    """
+
+    #: The filter field (``camera_make``, ``camera_model`` or ``label``).
+    field: str
+    value: str
+    #: Stored values that look like ``value`` (closest first).
+    close: tuple[str, ...]
+    #: When none is close: the most common stored values, so the user sees what exists.
+    common: tuple[str, ...] = ()
+
+    @property
+    def message(self) -> str:
+        """One line for people: what matched nothing and what to try instead."""
+        what = f"no photo has {VALUE_FIELDS.get(self.field, self.field)} {self.value!r}"
+        if self.close:
+            return f"{what}; close values: {', '.join(self.close)}"
+        if self.common:
+            return f"{what}; the catalog has: {', '.join(self.common)}"
+        return f"{what}; no photo in the catalog has any {VALUE_FIELDS.get(self.field)}"
+
+
+def close_values(value: str, candidates: Iterable[str], n: int = 5) -> tuple[str, ...]:
+    """Up to ``n`` of ``candidates`` that look like ``value``, closest first.
+
+    Compared ignoring case: values that contain it (or that it contains) come first,
+    shortest first ("tabby" → "tabby, tabby cat"), then near spellings by difflib's ratio
+    ("aple" → "Apple").
+    """
+    wanted = value.casefold().strip()
+    by_folded: dict[str, str] = {}
+    for candidate in candidates:
+        by_folded.setdefault(candidate.casefold(), candidate)
+    if not wanted:
+        return ()
+
+    def contains(f: str) -> bool:
+        return len(wanted) >= 2 and (wanted in f or (len(f) >= 3 and f in wanted))
+
+    inside = sorted(filter(contains, by_folded), key=lambda f: (len(f), f))
+    near = difflib.get_close_matches(wanted, list(by_folded), n=n, cutoff=0.6)
+    ordered = dict.fromkeys([*inside, *near])
+    return tuple(by_folded[f] for f in list(ordered)[:n])
 
 
 def image_payload(

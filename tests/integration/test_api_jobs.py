@@ -130,6 +130,25 @@ def test_clusters(client: Client, photos: Path) -> None:
     assert done["state"] == "succeeded", done
     assert client.get(f"/api/v1/clusters/{done['counts']['run_id']}").json()["n_images"] == 6
 
+    # A filter value no photo has says so, on the job and on every filtered answer.
+    missed = client.post("/api/v1/clusters", json={"filter": {"camera_make": "aple"}})
+    failed = wait_for_job(client, missed.json()["job"]["id"])
+    assert failed["state"] == "failed"
+    assert "no photo has camera make 'aple'" in failed["error"], failed
+    labels = [row["label"] for row in client.get("/api/v1/labels").json()["labels"]]
+    shout = labels[0].upper()  # labels are exact: another case misses, and is close
+    page = client.get("/api/v1/images", params={"label": shout, "camera_make": "aple"})
+    assert page.status_code == 200 and page.json()["total"] == 0
+    notes = {n["field"]: n for n in page.json()["filter_notes"]}
+    assert notes["camera_make"]["close"] == [] and notes["camera_make"]["common"] == []
+    assert notes["label"]["close"][0] == labels[0], notes
+    assert notes["label"]["message"].startswith(f"no photo has label '{shout}'; close values: ")
+    hits = client.post("/api/v1/similar", params={"label": "nosuchlabel"}, json={"image_id": 1})
+    assert hits.status_code == 200 and hits.json()["hits"] == []
+    (note,) = hits.json()["filter_notes"]
+    assert note["field"] == "label" and set(note["common"]) <= set(labels) and note["common"]
+    assert client.get("/api/v1/images").json()["filter_notes"] == []
+
     assert client.post("/api/v1/clusters", json={"space": "nope"}).status_code == 404
     assert client.post("/api/v1/clusters", json={"k": 1}).status_code == 400
     assert client.post("/api/v1/clusters", json={"k": "many"}).status_code == 400

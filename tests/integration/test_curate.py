@@ -229,6 +229,20 @@ def test_max_mmr_class_images_and_errors(library: Library) -> None:
     )
     for it in by_role(labelled["items"], "class"):
         assert label in [lab for lab, _ in labels[it["image_id"]]]
+    # A class label no photo has would leave the class set empty: refused, with the
+    # stored spelling offered.
+    with pytest.raises(
+        ConfigError, match=f"no photo has label '{label.upper()}'; close values: {label}"
+    ):
+        create_dataset(
+            lib.settings,
+            lib.sessions,
+            "mislabelled",
+            [seed],
+            prompt="p",
+            class_prompt="c",
+            options=CurateOptions(class_count=2, class_label=label.upper(), **common),  # type: ignore[arg-type]
+        )
 
     with pytest.raises(ConflictError, match="already exists"):
         create_dataset(lib.settings, lib.sessions, "capped", [seed], prompt="p")

@@ -38,7 +38,8 @@ def indexed(
             size=(96, 72),
             seed=i,
             taken_at=datetime(2023 + i % 2, 1 + i % 12, 1 + i, 12, 0, 0),
-            camera=CAMERAS[i % 3],
+            # One phone wrote its make in capitals: "apple" must find both spellings.
+            camera=("APPLE", "iPhone 15") if i == 22 else CAMERAS[i % 3],
         )
     settings = load_settings()
     engine = make_engine(settings.storage.resolved_database_url)
@@ -92,6 +93,14 @@ def test_each_filter_matches_brute_force(indexed: tuple[SearchService, Path]) ->
             SearchFilter(camera_make="Apple", camera_model="iPhone 15"),
             lambda img: img.camera_model == "iPhone 15",
         ),
+        "camera_any_case": (
+            SearchFilter(camera_make="apple", camera_model="IPHONE 15"),
+            lambda img: img.camera_model == "iPhone 15",
+        ),
+        "make_any_case": (
+            SearchFilter(camera_make="aPPle"),
+            lambda img: (img.camera_make or "").lower() == "apple",
+        ),
         "label": (
             SearchFilter(label=common_label),
             lambda img: common_label in [lab for lab, _ in labels[img.id]],
@@ -117,6 +126,28 @@ def test_filter_matching_nothing_gives_no_hits(indexed: tuple[SearchService, Pat
     assert result[0].hits == []
 
 
+def test_filter_value_no_photo_has_names_close_values(
+    indexed: tuple[SearchService, Path],
+) -> None:
+    service, _ = indexed
+    flt = SearchFilter(camera_make="aple", camera_model="iphone 15", label="nosuchlabel")
+    assert service.similar(ids=[1], k=5, filter=flt)[0].hits == []
+    misses = {m.field: m for m in service.filter_misses(flt)}
+    # The model exists (in another case), so only make and label are named.
+    assert set(misses) == {"camera_make", "label"}
+    # Make ignores case, so one spelling is offered: the most common.
+    assert misses["camera_make"].close == ("Apple",)
+    assert "no photo has camera make 'aple'; close values: " in misses["camera_make"].message
+    # Nothing looks like "nosuchlabel": the common labels are listed instead.
+    with service.sessions() as session:
+        labels = {
+            lab for ls in repo.labels_of(session, list(range(1, 25))).values() for lab, _ in ls
+        }
+    assert not misses["label"].close
+    assert misses["label"].common and set(misses["label"].common) <= labels
+    assert service.filter_misses(SearchFilter(camera_make="SONY")) == []
+
+
 def test_cli_filters(vitdex_env: dict[str, str], indexed: tuple[SearchService, Path]) -> None:
     from click.testing import CliRunner
 
@@ -135,3 +166,10 @@ def test_cli_filters(vitdex_env: dict[str, str], indexed: tuple[SearchService, P
     assert hits and all(h["camera_make"] == "Sony" for h in hits)
     bad = runner.invoke(cli, ["similar", "--id", "1", "--taken-after", "yesterday"])
     assert bad.exit_code == 2
+    typo = runner.invoke(cli, ["similar", "--id", "1", "--camera-make", "Cannon"])
+    assert typo.exit_code == 0, typo.output
+    assert "note: no photo has camera make 'Cannon'; close values: Canon" in typo.stderr
+    any_case = runner.invoke(cli, ["similar", "--id", "1", "--camera-make", "sony", "--json"])
+    assert any_case.exit_code == 0, any_case.output
+    hits = json.loads(any_case.stdout)[0]["hits"]
+    assert hits and all(h["camera_make"] == "Sony" for h in hits)

@@ -226,10 +226,13 @@ def matches(payload: Mapping[str, Any], flt: SearchFilter) -> bool:
         return False
     if flt.taken_before is not None and (taken is None or taken >= seconds(flt.taken_before)):
         return False
-    if flt.camera_make is not None and payload["camera_make"] != flt.camera_make:
-        return False
-    if flt.camera_model is not None and payload["camera_model"] != flt.camera_model:
-        return False
+    # A payload backend gets a make or model as the stored spellings it stands for.
+    for key, value, spelt in (
+        ("camera_make", flt.camera_make, flt.camera_make_spellings),
+        ("camera_model", flt.camera_model, flt.camera_model_spellings),
+    ):
+        if value is not None and payload[key] not in (spelt if spelt is not None else (value,)):
+            return False
     return flt.label is None or flt.label in payload["labels"]
 
 
@@ -258,6 +261,14 @@ def filters(data: Dataset) -> dict[str, SearchFilter]:
         "after_on_bound": SearchFilter(taken_after=bound),
         "before_on_bound": SearchFilter(taken_before=bound),
         "make": SearchFilter(camera_make="Apple"),
+        "make_spelt": SearchFilter(camera_make="apple", camera_make_spellings=("Apple",)),
+        "makes_spelt": SearchFilter(camera_make="x", camera_make_spellings=("Apple", "Nikon")),
+        "model_spelt": SearchFilter(
+            camera_make_spellings=("Apple", "Nikon"),
+            camera_make="a",
+            camera_model="z6",
+            camera_model_spellings=("Z6",),
+        ),
         "model": SearchFilter(camera_model="EOS 5D"),
         "label": SearchFilter(label="beach"),
         "combined": SearchFilter(

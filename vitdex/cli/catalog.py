@@ -74,8 +74,8 @@ def index(
 @click.option("--folder", help="Only photos below this folder.")
 @click.option("--taken-after", type=click.DateTime(), help="Only photos taken at or after.")
 @click.option("--taken-before", type=click.DateTime(), help="Only photos taken before.")
-@click.option("--camera-make", help="Only photos from this camera make (EXIF).")
-@click.option("--camera-model", help="Only photos from this camera model (EXIF).")
+@click.option("--camera-make", help="Only photos from this camera make (EXIF; any case).")
+@click.option("--camera-model", help="Only photos from this camera model (EXIF; any case).")
 @click.option("--label", help="Only photos with this predicted label in their top 5.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
@@ -114,6 +114,11 @@ def similar(
     settings = obj.settings
     service = SearchService(settings, open_catalog(settings))
     results = service.similar(images, ids, k=k, space=space, include_self=include_self, filter=flt)
+    if any(not r.hits for r in results):
+        # An empty answer from a typo looks like "nothing similar": say which value missed.
+        for miss in service.filter_misses(flt):
+            click.secho("note: ", fg="yellow", bold=True, err=True, nl=False)
+            click.echo(miss.message, err=True)
     if as_json:
         print_json([r.to_dict() for r in results])
         return

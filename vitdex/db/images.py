@@ -302,10 +302,11 @@ def where_filter(stmt: Select[Any], flt: SearchFilter) -> Select[Any]:
         stmt = stmt.where(Image.taken_at >= flt.taken_after)
     if flt.taken_before is not None:  # exclusive, as on every backend
         stmt = stmt.where(Image.taken_at < flt.taken_before)
+    # Make and model ignore case (EXIF writes "Apple", people type "apple").
     if flt.camera_make is not None:
-        stmt = stmt.where(Image.camera_make == flt.camera_make)
+        stmt = stmt.where(func.lower(Image.camera_make) == func.lower(flt.camera_make))
     if flt.camera_model is not None:
-        stmt = stmt.where(Image.camera_model == flt.camera_model)
+        stmt = stmt.where(func.lower(Image.camera_model) == func.lower(flt.camera_model))
     if flt.label is not None:
         stmt = stmt.where(
             select(ImageLabel.id)

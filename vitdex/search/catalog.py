@@ -14,9 +14,9 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.db import browse, jobs, repo
+from vitdex.db import browse, facets, jobs, repo
 from vitdex.db.models import Image
-from vitdex.filters import SearchFilter
+from vitdex.filters import FilterMiss, SearchFilter
 from vitdex.paths import photo_roots
 from vitdex.search.cluster import get_cluster_run, list_cluster_runs
 from vitdex.search.results import LabelScore, label_scores
@@ -45,6 +45,14 @@ def list_images(
     return page.total, [
         LabelledImage(img, label_scores(labels.get(img.id, []))) for img in page.images
     ]
+
+
+def filter_misses(sessions: sessionmaker[Session], flt: SearchFilter) -> list[FilterMiss]:
+    """The filter values (camera make, model, label) that no photo has, with close ones."""
+    if flt.is_empty():
+        return []
+    with sessions() as session:
+        return facets.filter_misses(session, flt)
 
 
 def get_image(sessions: sessionmaker[Session], image_id: int) -> LabelledImage:

@@ -18,7 +18,7 @@ import numpy.typing as npt
 from sqlalchemy import func, insert, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.db import repo
+from vitdex.db import facets, repo
 from vitdex.db.models import Cluster, ClusterMember, ClusterRun, Image, Space, iso
 from vitdex.errors import ConfigError, NotFoundError
 from vitdex.vectors.store import SearchFilter
@@ -167,9 +167,14 @@ def cluster_space(
     with sessions() as session:
         space_row = repo.get_space(session, space)
         ids, x = _load_vectors(settings, session, space_row, filter)
+        empty = filter is not None and not len(ids)
+        misses = facets.filter_misses(session, filter) if filter is not None and empty else []
     n = len(ids)
     if n < 2:
-        raise ConfigError(f"space {space!r} has {n} matching vectors; clustering needs 2 or more")
+        why = "".join(f"; {m.message}" for m in misses)
+        raise ConfigError(
+            f"space {space!r} has {n} matching vectors; clustering needs 2 or more{why}"
+        )
     if isinstance(k, int) and not 2 <= k <= min(n, 1000):
         raise ConfigError(f"k must lie between 2 and {min(n, 1000)} for {n} images, not {k}")
 

@@ -15,10 +15,10 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
-from vitdex.db import repo
+from vitdex.db import facets, repo
 from vitdex.db.models import Image, ImageStatus, Space
 from vitdex.errors import ConfigError, ImageError, NoClassifierError, NotFoundError
-from vitdex.filters import SearchFilter
+from vitdex.filters import FilterMiss, SearchFilter
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.images import decode_image
 from vitdex.indexer.repair import compare_space
@@ -65,11 +65,15 @@ def search_filtered(
     filter: SearchFilter | None,
 ) -> list[list[SearchHit]]:
     """The ``k`` nearest of each query among the images ``filter`` allows: Qdrant filters
-    on its own payload indexes, server side; FAISS searches exactly among the ids the
-    filter selects in SQL."""
+    on its own payload indexes, server side (camera make and model as the stored
+    spellings they match ignoring case); FAISS searches exactly among the ids the filter
+    selects in SQL."""
     if filter is None or filter.is_empty():
         return store.search(queries, k)
     if store.uses_payloads:
+        filter = facets.with_spellings(session, filter)
+        if filter.camera_make_spellings == () or filter.camera_model_spellings == ():
+            return [[] for _ in range(len(queries))]  # no photo has that make or model
         payload_store: Any = store
         hits: list[list[SearchHit]] = payload_store.search(queries, k, filter=filter)
         return hits
@@ -246,6 +250,14 @@ class SearchService:
                 ]
                 results.append(QueryResult(name, qid, sp.name, out[offset : offset + k]))
         return results
+
+    def filter_misses(self, filter: SearchFilter | None) -> list[FilterMiss]:
+        """The camera make, camera model or label of ``filter`` that no photo has, with
+        the values close to each: why a filtered search came back empty."""
+        if filter is None or filter.is_empty():
+            return []
+        with self.sessions() as session:
+            return facets.filter_misses(session, filter)
 
     def classify(
         self, files: Sequence[Path] = (), *, uploads: Sequence[tuple[str, bytes]] = (), k: int = 5

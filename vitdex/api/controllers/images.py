@@ -28,7 +28,14 @@ from vitdex.api.controllers.search import (
 )
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Unavailable, Unprocessable
-from vitdex.api.schemas import ImageOut, ImagesPage, LabelCount, LabelsOut, SimilarOut
+from vitdex.api.schemas import (
+    FilterNote,
+    ImageOut,
+    ImagesPage,
+    LabelCount,
+    LabelsOut,
+    SimilarOut,
+)
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX, ImageStatus
 from vitdex.errors import ForbiddenError, NotFoundError
@@ -121,8 +128,13 @@ class ImagesController(Controller):
         total, images = catalog.list_images(
             sessions, flt, status=status.value if status else None, limit=limit, offset=offset
         )
+        notes = catalog.filter_misses(sessions, flt) if total == 0 else []
         return ImagesPage(
-            total=total, limit=limit, offset=offset, images=[ImageOut.of(i) for i in images]
+            total=total,
+            limit=limit,
+            offset=offset,
+            images=[ImageOut.of(i) for i in images],
+            filter_notes=[FilterNote.of(m) for m in notes],
         )
 
     @get(

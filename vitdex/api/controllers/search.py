@@ -26,7 +26,7 @@ from vitdex.api.errors import (
     Unprocessable,
     UnsupportedMediaType,
 )
-from vitdex.api.schemas import Classification, SimilarOut
+from vitdex.api.schemas import Classification, FilterNote, SimilarOut
 from vitdex.api.validation import reads_as_json
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
@@ -74,9 +74,11 @@ def provide_filter(
         str | None,
         Parameter(description=f"Taken before (exclusive): {_WHEN}", examples=_WHEN_EXAMPLES),
     ] = None,
-    camera_make: Annotated[str | None, Parameter(description="Camera maker (exact)")] = None,
-    camera_model: Annotated[str | None, Parameter(description="Camera model (exact)")] = None,
-    label: Annotated[str | None, Parameter(description="A predicted label")] = None,
+    camera_make: Annotated[str | None, Parameter(description="Camera maker (any case)")] = None,
+    camera_model: Annotated[str | None, Parameter(description="Camera model (any case)")] = None,
+    label: Annotated[
+        str | None, Parameter(description="A predicted label (exact, as /labels lists it)")
+    ] = None,
 ) -> SearchFilter:
     """Dependency: the metadata filter given as query parameters."""
     ids = tuple(library_id or ())
@@ -128,6 +130,7 @@ def run_similar(
     (result,) = services.search.similar(
         ids=ids, uploads=uploads, k=k, offset=offset, space=space, filter=flt
     )
+    notes = services.search.filter_misses(flt) if not result.hits else []
     return SimilarOut(
         query=result.query,
         image_id=result.image_id,
@@ -135,6 +138,7 @@ def run_similar(
         k=k,
         offset=offset,
         hits=result.hits,
+        filter_notes=[FilterNote.of(m) for m in notes],
     )
 
 

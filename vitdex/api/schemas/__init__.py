@@ -21,7 +21,7 @@ from vitdex.api.schemas.jobs import (
     LibraryOut,
     LibraryQueued,
 )
-from vitdex.api.schemas.search import Classification, Hit, LabelScore, SimilarOut
+from vitdex.api.schemas.search import Classification, FilterNote, Hit, LabelScore, SimilarOut
 from vitdex.api.schemas.training import (
     CheckpointDeleted,
     CheckpointDetail,
@@ -55,6 +55,7 @@ __all__ = [
     "DatasetOut",
     "DatasetView",
     "DatasetsPage",
+    "FilterNote",
     "FromDict",
     "HealthOut",
     "Hit",

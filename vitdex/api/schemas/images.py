@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 
+from vitdex.api.schemas.search import FilterNote
 from vitdex.search.catalog import LabelledImage
 from vitdex.search.results import LabelScore, photo_facts
 
@@ -60,6 +61,8 @@ class ImagesPage:
     limit: int
     offset: int
     images: list[ImageOut]
+    #: Set when nothing matches because a filter value matches no photo.
+    filter_notes: list[FilterNote] = field(default_factory=list)
 
 
 @dataclass

@@ -5,11 +5,32 @@ A hit is the search service's own :class:`~vitdex.search.results.Hit`, serialise
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Self
 
+from vitdex.filters import FilterMiss
 from vitdex.search.results import Classification, Hit, LabelScore
 
-__all__ = ["Classification", "Hit", "LabelScore", "SimilarOut"]
+__all__ = ["Classification", "FilterNote", "Hit", "LabelScore", "SimilarOut"]
+
+
+@dataclass
+class FilterNote:
+    """A filter value no photo has (so the answer is empty), and values close to it."""
+
+    #: ``camera_make``, ``camera_model`` or ``label``.
+    field: str
+    value: str
+    message: str
+    #: Stored values that look like ``value``, closest first.
+    close: list[str]
+    #: With nothing close: the most common stored values.
+    common: list[str]
+
+    @classmethod
+    def of(cls, miss: FilterMiss) -> Self:
+        """The note for one miss."""
+        return cls(miss.field, miss.value, miss.message, list(miss.close), list(miss.common))
 
 
 @dataclass
@@ -22,3 +43,5 @@ class SimilarOut:
     k: int
     offset: int
     hits: list[Hit]
+    #: Set when there are no hits because a filter value matches no photo.
+    filter_notes: list[FilterNote] = field(default_factory=list)

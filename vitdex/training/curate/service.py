@@ -18,7 +18,7 @@ import numpy as np
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.config import Settings
-from vitdex.db import datasets, repo
+from vitdex.db import datasets, facets, repo
 from vitdex.db.models import ImageStatus, Space
 from vitdex.errors import ConfigError, ImageError, NotFoundError
 from vitdex.filters import SearchFilter
@@ -191,6 +191,10 @@ def create_dataset(
     with sessions() as session:
         # Fail on a taken name before any work (create_dataset checks again at insert).
         datasets.check_name(session, name)
+        if options.class_label is not None and class_count:
+            # A label no photo has would leave the class set quietly empty.
+            for miss in facets.filter_misses(session, SearchFilter(label=options.class_label)):
+                raise ConfigError(f"--class-label: {miss.message}")
         space = resolve_space(session, settings.model.spaces[0], options.space)
         store = open_store(settings, space.name, space.dim, space.metric)
         try:

@@ -164,13 +164,22 @@ def search_filter_to_qdrant(
                     ),
                 )
             )
-        for key, value in (
-            ("camera_make", flt.camera_make),
-            ("camera_model", flt.camera_model),
-            ("labels", flt.label),
+        # Payload values match exactly: a camera make or model matches the stored
+        # spellings the catalog found for it (ignoring case), else the value as given.
+        for key, value, spelt in (
+            ("camera_make", flt.camera_make, flt.camera_make_spellings),
+            ("camera_model", flt.camera_model, flt.camera_model_spellings),
+            ("labels", flt.label, None),
         ):
-            if value is not None:
-                must.append(models.FieldCondition(key=key, match=models.MatchValue(value=value)))
+            if value is None:
+                continue
+            values = list(spelt) if spelt is not None else [value]
+            match: models.MatchValue | models.MatchAny = (
+                models.MatchValue(value=values[0])
+                if len(values) == 1
+                else models.MatchAny(any=values)
+            )
+            must.append(models.FieldCondition(key=key, match=match))
     return models.Filter(must=must) if must else None
 
 
