@@ -15,10 +15,12 @@ from vitdex.api.controllers import (
     CheckpointsController,
     ClustersController,
     DatasetsController,
+    FacetsController,
     HealthController,
     ImagesController,
     JobsController,
     LibrariesController,
+    MapsController,
     SearchController,
     TrainingController,
 )
@@ -26,6 +28,7 @@ from vitdex.api.docs import LocalSwaggerRenderPlugin
 from vitdex.api.errors import document_errors, error_response
 from vitdex.api.metrics import Metrics, metrics_middleware
 from vitdex.api.validation import CheckedRequest, canonical_path_ints
+from vitdex.api.web.routes import template_config, web_handlers
 from vitdex.config import Settings, load_settings
 
 #: Room for the multipart framing around an upload of exactly the allowed size.
@@ -71,6 +74,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
             LibrariesController,
             JobsController,
             ClustersController,
+            MapsController,
+            FacetsController,
             DatasetsController,
             TrainingController,
             CheckpointsController,
@@ -81,7 +86,8 @@ def create_app(settings: Settings | None = None) -> Litestar:
     )
 
     app = Litestar(
-        route_handlers=[HealthController, api],
+        route_handlers=[HealthController, api, *web_handlers()],
+        template_config=template_config(),
         dependencies=deps.dependencies,
         exception_handlers={Exception: error_response},
         request_class=CheckedRequest,

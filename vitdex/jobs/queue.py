@@ -31,6 +31,7 @@ JOB_FUNCTIONS: dict[str, str] = {
     "cluster": "vitdex.jobs.cluster.run_cluster_job",
     "train": "vitdex.jobs.training.run_train_job",
     "export": "vitdex.jobs.training.run_export_job",
+    "map": "vitdex.jobs.maps.run_map_job",
 }
 
 #: rq retries for transient failures (a database or Redis blip), spaced out.

@@ -2,9 +2,11 @@
 
 from vitdex.api.controllers.checkpoints import CheckpointsController
 from vitdex.api.controllers.datasets import DatasetsController
+from vitdex.api.controllers.facets import FacetsController
 from vitdex.api.controllers.health import HealthController
 from vitdex.api.controllers.images import ImagesController
 from vitdex.api.controllers.jobs import ClustersController, JobsController, LibrariesController
+from vitdex.api.controllers.maps import MapsController
 from vitdex.api.controllers.search import SearchController
 from vitdex.api.controllers.training import TrainingController
 
@@ -12,10 +14,12 @@ __all__ = [
     "CheckpointsController",
     "ClustersController",
     "DatasetsController",
+    "FacetsController",
     "HealthController",
     "ImagesController",
     "JobsController",
     "LibrariesController",
+    "MapsController",
     "SearchController",
     "TrainingController",
 ]
