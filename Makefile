@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-stamp
 # The catalog tests run on SQLite and on this PostgreSQL server (a fresh database per test).
 export VITDEX_TEST_POSTGRES_URL ?= postgresql://postgres@127.0.0.1:5432/test
 
-.PHONY: setup demo test lint typecheck unit integration e2e bench clean
+.PHONY: setup setup-browser demo test lint typecheck unit integration e2e browser bench clean
 
 setup: $(STAMP)
 
@@ -16,6 +16,17 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -c constraints.txt -e '.[dev,demo]'
 	touch $(STAMP)
+
+# Browser tests drive the system chromium (Playwright never downloads a browser). As root
+# with apt-get it is installed here; elsewhere install it yourself (the tests skip without it).
+setup-browser:
+	@command -v chromium >/dev/null 2>&1 || command -v chromium-browser >/dev/null 2>&1 || \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q chromium || { apt-get update -q && apt-get install -y -q chromium; }; \
+	  else \
+	    echo "browser tests need chromium (apt-get install chromium); they are skipped without it"; \
+	  fi
 
 demo: setup
 	$(VENV)/bin/vitdex demo
@@ -38,7 +49,10 @@ integration: setup
 e2e: setup
 	$(VENV)/bin/pytest tests/e2e -q
 
-test: lint typecheck
+browser: setup setup-browser
+	$(VENV)/bin/pytest tests/browser -q
+
+test: lint typecheck setup-browser
 	$(VENV)/bin/pytest tests -q
 
 # Each benchmark prints its figures and the ratios its targets apply to.
@@ -48,6 +62,7 @@ bench: setup
 	$(PY) -m bench.store_memory
 	$(PY) -m bench.http
 	$(PY) -m bench.train_step
+	$(PY) -m bench.ui
 
 clean:
 	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache .import_linter_cache

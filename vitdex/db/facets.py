@@ -7,16 +7,26 @@ which stored values look like it.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
-from vitdex.db.models import Image, ImageLabel
+from vitdex.db.images import where_filter
+from vitdex.db.models import Image, ImageLabel, ImageVector, Space
 from vitdex.filters import FilterMiss, SearchFilter, close_values
 
-__all__ = ["filter_misses", "with_spellings"]
+__all__ = [
+    "Adjacent",
+    "FacetCounts",
+    "adjacent",
+    "facet_counts",
+    "filter_misses",
+    "matching_ids",
+    "space_counts",
+    "with_spellings",
+]
 
 #: How many of the most common values a miss lists when none is close.
 COMMON_SHOWN = 8
@@ -78,3 +88,158 @@ def filter_misses(session: Session, flt: SearchFilter) -> list[FilterMiss]:
         common = () if close else tuple(stored[:COMMON_SHOWN])
         misses.append(FilterMiss(field, value, close, common))
     return misses
+
+
+#: The order the library grid shows: newest photo first, undated last, newest row first.
+LIBRARY_ORDER = (Image.taken_at.desc().nulls_last(), Image.id.desc())
+
+
+@dataclass
+class FacetCounts:
+    """How many images each filter value would match, under the other filters.
+
+    Each facet leaves out its own condition (the camera makes are counted as if no make
+    were chosen), so a sidebar can show what clicking another value would give.
+    """
+
+    #: Images matching every condition.
+    total: int
+    libraries: list[tuple[int, int]]
+    statuses: list[tuple[str, int]]
+    camera_makes: list[tuple[str, int]]
+    camera_models: list[tuple[str, int]]
+    #: The most common labels only (``labels_limit``).
+    labels: list[tuple[str, int]]
+    years: list[tuple[int, int]]
+
+
+def _matching(stmt: Select[Any], flt: SearchFilter, status: str | None) -> Select[Any]:
+    if status is not None:
+        stmt = stmt.where(Image.status == status)
+    return where_filter(stmt, flt)
+
+
+def _grouped(
+    session: Session,
+    column: ColumnElement[Any] | InstrumentedAttribute[Any],
+    flt: SearchFilter,
+    status: str | None,
+    limit: int | None = None,
+) -> list[tuple[Any, int]]:
+    n = func.count()
+    stmt = _matching(select(column, n).select_from(Image), flt, status)
+    stmt = stmt.where(column.is_not(None)).group_by(column).order_by(n.desc(), column)
+    if limit is not None:
+        stmt = stmt.limit(limit)
+    return [(value, int(count)) for value, count in session.execute(stmt)]
+
+
+def _label_counts(
+    session: Session, flt: SearchFilter, status: str | None, limit: int
+) -> list[tuple[str, int]]:
+    n = func.count(func.distinct(ImageLabel.image_id))
+    stmt: Any = select(ImageLabel.label, n).group_by(ImageLabel.label)
+    if status is not None or not flt.is_empty():
+        stmt = _matching(stmt.join(Image, Image.id == ImageLabel.image_id), flt, status)
+    stmt = stmt.order_by(n.desc(), ImageLabel.label).limit(limit)
+    return [(label, int(count)) for label, count in session.execute(stmt)]
+
+
+def facet_counts(
+    session: Session, flt: SearchFilter, status: str | None, *, labels_limit: int = 20
+) -> FacetCounts:
+    """Counts per library, status, camera make and model, label (top ``labels_limit``)
+    and capture year, each under every condition but its own: one GROUP BY apiece."""
+    total = session.scalar(_matching(select(func.count()).select_from(Image), flt, status))
+    year = func.extract("year", Image.taken_at)
+    return FacetCounts(
+        total=int(total or 0),
+        libraries=_grouped(session, Image.library_id, replace(flt, library_ids=()), status),
+        statuses=_grouped(session, Image.status, flt, None),
+        camera_makes=_grouped(session, Image.camera_make, replace(flt, camera_make=None), status),
+        camera_models=_grouped(
+            session, Image.camera_model, replace(flt, camera_model=None), status
+        ),
+        labels=_label_counts(session, replace(flt, label=None), status, labels_limit),
+        years=[
+            (int(y), n)
+            for y, n in _grouped(
+                session, year, replace(flt, taken_after=None, taken_before=None), status
+            )
+        ],
+    )
+
+
+def matching_ids(
+    session: Session, flt: SearchFilter, status: str | None, cap: int
+) -> tuple[list[int], int]:
+    """Up to ``cap`` ids matching, in library order (newest photo first), and how many match."""
+    total = session.scalar(_matching(select(func.count()).select_from(Image), flt, status))
+    stmt = _matching(select(Image.id), flt, status).order_by(*LIBRARY_ORDER).limit(cap)
+    return list(session.scalars(stmt)), int(total or 0)
+
+
+@dataclass
+class Adjacent:
+    """An image's neighbours in library order under a filter (None at either end), and
+    its 1-based position among the ``total`` matching (0 when it does not match)."""
+
+    previous: int | None
+    next: int | None
+    position: int
+    total: int
+
+
+def _before(taken: Any, image_id: int) -> ColumnElement[bool]:
+    """Rows shown before (taken, id) in :data:`LIBRARY_ORDER`."""
+    if taken is None:
+        return or_(Image.taken_at.is_not(None), Image.id > image_id)
+    return or_(Image.taken_at > taken, and_(Image.taken_at == taken, Image.id > image_id))
+
+
+def _after(taken: Any, image_id: int) -> ColumnElement[bool]:
+    """Rows shown after (taken, id) in :data:`LIBRARY_ORDER`."""
+    if taken is None:
+        return and_(Image.taken_at.is_(None), Image.id < image_id)
+    return or_(
+        Image.taken_at < taken,
+        and_(Image.taken_at == taken, Image.id < image_id),
+        Image.taken_at.is_(None),
+    )
+
+
+def adjacent(session: Session, flt: SearchFilter, status: str | None, image: Image) -> Adjacent:
+    """The previous and next image around ``image`` in the grid's order (keyset queries, so
+    the cost does not grow with the image's position)."""
+    taken, iid = image.taken_at, image.id
+    prev_stmt = _matching(select(Image.id), flt, status).where(_before(taken, iid))
+    prev_stmt = prev_stmt.order_by(Image.taken_at.asc().nulls_first(), Image.id.asc()).limit(1)
+    next_stmt = _matching(select(Image.id), flt, status).where(_after(taken, iid))
+    next_stmt = next_stmt.order_by(*LIBRARY_ORDER).limit(1)
+    count = select(func.count()).select_from(Image)
+    total = int(session.scalar(_matching(count, flt, status)) or 0)
+    here = _matching(count.where(Image.id == iid), flt, status)
+    position = 0
+    if session.scalar(here):
+        position = 1 + int(
+            session.scalar(_matching(count, flt, status).where(_before(taken, iid))) or 0
+        )
+    return Adjacent(
+        previous=session.scalar(prev_stmt),
+        next=session.scalar(next_stmt),
+        position=position,
+        total=total,
+    )
+
+
+def space_counts(session: Session) -> list[tuple[Space, int]]:
+    """Every vector space with the number of images holding a vector in it, oldest first."""
+    n = (
+        select(func.count())
+        .select_from(ImageVector)
+        .where(ImageVector.space_id == Space.id)
+        .scalar_subquery()
+    )
+    return [
+        (space, int(count)) for space, count in session.execute(select(Space, n).order_by(Space.id))
+    ]

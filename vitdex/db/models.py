@@ -191,7 +191,9 @@ class ImageLabel(Base):
     __tablename__ = "image_labels"
     __table_args__ = (
         UniqueConstraint("image_id", "rank"),
-        Index("ix_image_labels_label", "label"),
+        # (label, image_id): label filters and the browsing page's per-label photo counts
+        # read this index alone, without visiting the table.
+        Index("ix_image_labels_label_image", "label", "image_id"),
     )
 
     id: Mapped[int] = mapped_column(BigId, primary_key=True)

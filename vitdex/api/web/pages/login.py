@@ -7,6 +7,7 @@ from typing import Any
 
 from litestar import Controller, Request, get, post
 from litestar.datastructures import Cookie
+from litestar.params import FromQuery
 from litestar.response import Redirect, Template
 
 from vitdex import __version__
@@ -34,7 +35,7 @@ class LoginController(Controller):
 
     @get("/login")
     async def login_form(
-        self, request: Request[Any, Any, Any], next: str = "/"
+        self, request: Request[Any, Any, Any], next: FromQuery[str] = "/"
     ) -> Template | Redirect:
         """The sign-in form; straight on when signing in is not needed or already done."""
         keys = services_of(request.app.state).settings.api.api_keys
