@@ -325,6 +325,47 @@ def set_included(
     return items
 
 
+#: Longest caption accepted (kohya reads one line of tokens; this is far past any prompt).
+CAPTION_MAX = 2000
+
+
+def set_caption(
+    session: Session, dataset_id: int, image_id: int, caption: str | None, *, role: str
+) -> tuple[DatasetItem, Image]:
+    """Set (or, with ``None``, clear) the caption of one item by hand; flushes.
+
+    The export writes this caption instead of the dataset's prompt, so one photo can name
+    what the others do not show. A caption is one line: newlines are refused.
+    """
+    if role not in ROLES:
+        raise ConfigError(f"unknown role {role!r} (one of: {', '.join(ROLES)})")
+    if caption is not None:
+        caption = caption.strip()
+        if not caption:
+            raise ConfigError("a caption may not be empty (send null to use the prompt)")
+        if len(caption) > CAPTION_MAX:
+            raise ConfigError(f"a caption has at most {CAPTION_MAX} characters")
+        if any(ch in caption for ch in "\r\n\x00"):
+            raise ConfigError("a caption is one line: no line breaks or NUL characters")
+    dataset = get_dataset(session, dataset_id)
+    found = session.execute(
+        select(DatasetItem, Image)
+        .join(Image, Image.id == DatasetItem.image_id)
+        .where(
+            DatasetItem.dataset_id == dataset_id,
+            DatasetItem.image_id == image_id,
+            DatasetItem.role == role,
+        )
+    ).first()
+    if found is None:
+        raise NotFoundError(f"image {image_id} is no {role} candidate of dataset {dataset_id}")
+    item, image = found
+    item.caption = caption
+    dataset.updated_at = utcnow()
+    session.flush()
+    return item, image
+
+
 # --------------------------------------------------------------------------- views
 
 

@@ -120,6 +120,7 @@ def _train_run(
     from vitdex.training.config import TrainConfig
     from vitdex.training.dreambooth import TrainProgress, train
     from vitdex.training.export import export_dataset, exported_instance_hash
+    from vitdex.training.losses import record_loss
     from vitdex.training.registry import Provenance, convert_and_register
     from vitdex.training.runs import checkpoint_name
 
@@ -160,6 +161,8 @@ def _train_run(
         )
 
     def reported(event: TrainProgress) -> None:
+        if event.phase == "training" and event.loss is not None:
+            record_loss(out, event.step, event.loss)  # every step: the run page's curve
         progress(event.to_dict())
 
     result = train(config, out, on_progress=reported, should_stop=stop)

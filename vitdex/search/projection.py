@@ -407,6 +407,20 @@ def queue_map(
 # --------------------------------------------------------------------------- points
 
 
+def map_points(
+    settings: Settings,
+    sessions: sessionmaker[Session],
+    space: str,
+    method: str,
+    cluster_run: int | None,
+) -> tuple[CachedMap, dict[str, Any]]:
+    """A fresh map of ``space`` and the colour keys of its points, in one session (404
+    when not computed yet, 409 when stale: see :func:`read_map`)."""
+    with sessions() as session:
+        cached = read_map(settings, session, space, method)
+        return cached, point_keys(session, space, cached.ids, cluster_run)
+
+
 def display_xy(xy: Floats) -> Floats:
     """``xy`` moved and scaled into [0, 1] (the longer side spans it; the aspect kept)."""
     if not len(xy):

@@ -20,7 +20,7 @@ import logging
 import math
 import re
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -221,6 +221,7 @@ def _write(
     out: Path,
     jobs: list[_Job],
     *,
+    captions: Mapping[int, str],
     prompt: str,
     class_prompt: str,
     resolution: int,
@@ -243,7 +244,8 @@ def _write(
     report = progress or (lambda _done, _total: None)
     report(0, len(jobs))
     for done, (item_id, image_id, path, role_dir, within) in enumerate(jobs, start=1):
-        caption = prompt if role_dir == INSTANCE_DIR else class_prompt
+        # A caption set by hand on the item wins over the dataset's prompt.
+        caption = captions.get(item_id) or (prompt if role_dir == INSTANCE_DIR else class_prompt)
         try:
             # Read failures are the photo's (skipped), kept apart from the export's own.
             data = read_photo(path, within)
@@ -309,14 +311,17 @@ def export_dataset(
         prompt, class_prompt = row.prompt, row.class_prompt
         allowed = settings.api.allowed_roots
         within = {lib.id: photo_roots(lib.root, allowed) for lib in repo.list_libraries(session)}
+        instances = datasets.included_items(session, dataset_id, "instance")
+        class_rows = datasets.included_items(session, dataset_id, "class")
         plan: list[_Job] = [
             (item.id, image.id, image.path, INSTANCE_DIR, within[image.library_id])
-            for item, image in datasets.included_items(session, dataset_id, "instance")
+            for item, image in instances
         ]
         classes: list[_Job] = [
             (item.id, image.id, image.path, CLASS_DIR, within[image.library_id])
-            for item, image in datasets.included_items(session, dataset_id, "class")
+            for item, image in class_rows
         ]
+        captions = {item.id: item.caption for item, _ in instances + class_rows if item.caption}
     if not plan:
         raise ConfigError(
             f"dataset {name!r} has no included instance images "
@@ -332,6 +337,7 @@ def export_dataset(
         result = _write(
             out,
             plan + classes,
+            captions=captions,
             prompt=prompt,
             class_prompt=class_prompt or "",
             resolution=resolution,

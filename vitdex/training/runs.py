@@ -26,11 +26,12 @@ from vitdex.config import STALE_AFTER_S, Settings
 from vitdex.db import datasets as dataset_sql
 from vitdex.db import jobs as job_sql
 from vitdex.db import training as run_sql
-from vitdex.db.models import Job, JobState, TrainingRun, utcnow
+from vitdex.db.models import Checkpoint, Job, JobState, TrainingRun, utcnow
 from vitdex.db.recovery import is_orphan
-from vitdex.errors import ConfigError, ConflictError, ForbiddenError
+from vitdex.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
 from vitdex.paths import inside
 from vitdex.training.config import TrainConfig, scale_text_encoder_steps
+from vitdex.training.losses import read_losses
 
 #: Config fields the run fills in itself: callers may not set them.
 _MANAGED = frozenset({"base_model", "instance_dir", "class_dir"})
@@ -211,3 +212,47 @@ def checkpoint_name(dataset_name: str | None, run_id: int) -> str:
     """The registered name of a run's checkpoint: ``<dataset>-run<id>``, file-name safe."""
     stem = re.sub(r"[^A-Za-z0-9._-]+", "-", dataset_name or "dreambooth").strip("-.")
     return f"{stem or 'dreambooth'}-run{run_id}"
+
+
+def _own_folder(settings: Settings, run: TrainingRun) -> Path:
+    """The run's folder, refused unless it lies inside VITDEX_HOME/training."""
+    folder = Path(run.output_dir).resolve()
+    if not inside(folder, [(settings.storage.home / "training").resolve()]):
+        raise ForbiddenError(f"training run {run.id} keeps its files outside VITDEX_HOME/training")
+    return folder
+
+
+def run_losses(settings: Settings, sessions: sessionmaker[Session], run_id: int) -> dict[str, Any]:
+    """A run's loss per reported step, oldest first: ``{"run_id", "points": [{step, loss}]}``.
+
+    Read from the log the training job appends to each step (:mod:`vitdex.training.losses`);
+    a resumed step keeps its latest loss. A run that reported nothing yet has no points.
+    """
+    with sessions() as session:
+        run = run_sql.get_run(session, run_id)
+        folder = _own_folder(settings, run)
+    points = read_losses(folder)
+    return {"run_id": run_id, "points": [{"step": s, "loss": v} for s, v in points]}
+
+
+def run_checkpoint_file(
+    settings: Settings, sessions: sessionmaker[Session], run_id: int, checkpoint_id: int
+) -> Path:
+    """The single-file checkpoint ``checkpoint_id`` that run ``run_id`` registered.
+
+    Served only from the run's own folder: a checkpoint registered from elsewhere, or one
+    of another run, is not found here.
+    """
+    with sessions() as session:
+        run = run_sql.get_run(session, run_id)
+        folder = _own_folder(settings, run)
+        row = session.get(Checkpoint, checkpoint_id)
+        if row is None or row.run_id != run_id:
+            raise NotFoundError(f"training run {run_id} has no checkpoint {checkpoint_id}")
+        recorded = Path(row.path)
+    path = recorded.resolve()
+    if not inside(path, [folder]):
+        raise ForbiddenError(f"checkpoint {checkpoint_id} lies outside its run's folder")
+    if not path.is_file():
+        raise NotFoundError(f"the file of checkpoint {checkpoint_id} is gone from {recorded}")
+    return path

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Annotated, Literal
 
-from litestar import Controller, delete, get, post
+from litestar import Controller, delete, get, patch, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.status_codes import HTTP_200_OK, HTTP_201_CREATED, HTTP_202_ACCEPTED
@@ -19,6 +19,7 @@ from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.api.schemas import (
     DatasetChanged,
     DatasetDeleted,
+    DatasetItemOut,
     DatasetsPage,
     DatasetView,
     JobOut,
@@ -30,6 +31,7 @@ from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
 
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX, description="Dataset id")]
+ImageId = Annotated[int, PathParameter(ge=1, le=INT64_MAX, description="Image id")]
 
 
 @dataclass
@@ -73,6 +75,16 @@ class ExportIn:
     num_repeats: int | None = None
     class_repeats: int = 1
     detect_faces: bool = True
+
+
+@dataclass
+class CaptionIn:
+    """An item's caption, written by the next export instead of the dataset's prompt."""
+
+    #: One line; null goes back to the dataset's prompt (or class prompt).
+    caption: str | None
+    #: Which item of the image: its instance or its class candidate.
+    role: Literal["instance", "class"] = "instance"
 
 
 def _check_ids(ids: Sequence[int], what: str) -> list[int]:
@@ -207,6 +219,30 @@ class DatasetsController(Controller):
 
         changed = exclude_images(sessions, dataset_id, _check_ids(data.image_ids, "image_ids"))
         return DatasetChanged.of(changed)
+
+    @patch(
+        "/{dataset_id:int}/items/{image_id:int}",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        raises=[NotFound],
+        operation_id="setDatasetItemCaption",
+        summary="Set an item's caption",
+        description=(
+            "Caption one photo by hand (null: back to the prompt); the next export writes it."
+        ),
+    )
+    def set_caption(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        image_id: ImageId,
+        data: JSONBody[CaptionIn],
+    ) -> DatasetItemOut:
+        """Caption one photo by hand (null: back to the prompt); the next export writes it."""
+        from vitdex.training.curate import set_caption
+
+        item = set_caption(sessions, dataset_id, image_id, data.caption, role=data.role)
+        return DatasetItemOut.of(item)
 
     @post(
         "/{dataset_id:int}/export",

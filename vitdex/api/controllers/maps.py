@@ -103,9 +103,7 @@ class MapsController(Controller):
         ] = None,
     ) -> MapPoints:
         """A fresh map's points (404 when not computed yet, 409 when stale)."""
-        with sessions() as session:
-            cached = projection.read_map(settings, session, space, method)
-            keys = projection.point_keys(session, space, cached.ids, cluster_run)
+        cached, keys = projection.map_points(settings, sessions, space, method, cluster_run)
         xy = np.round(projection.display_xy(cached.xy).astype(np.float64), 4)
         return MapPoints(
             space=space,

@@ -8,7 +8,8 @@ from typing import Annotated, Any, Literal
 
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
-from litestar.params import JSONBody, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
+from litestar.response import File
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from litestar.types import Guard
 from sqlalchemy.orm import Session, sessionmaker
@@ -17,8 +18,12 @@ from vitdex.api.controllers.jobs import Id, Offset
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.api.schemas import RunOut, RunsOut
+from vitdex.api.schemas.training import RunLosses
 from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
+from vitdex.db.models import INT64_MAX
+
+CheckpointId = Annotated[int, PathParameter(ge=1, le=INT64_MAX, description="Checkpoint id")]
 
 
 @dataclass
@@ -189,3 +194,52 @@ class TrainingController(Controller):
 
         stale = settings.jobs.job_stale_after_s
         return RunOut.of(cancel_run(sessions, run_id, stale_after_s=stale))
+
+    @get(
+        "/{run_id:int}/losses",
+        sync_to_thread=True,
+        raises=[NotFound, Forbidden],
+        operation_id="getTrainingRunLosses",
+        summary="Get a training run's loss curve",
+        description="The loss per reported step, oldest first (about one point a second).",
+    )
+    def losses(
+        self,
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+        run_id: Id,
+    ) -> RunLosses:
+        """The loss per reported step, oldest first (about one point a second)."""
+        from vitdex.training.runs import run_losses
+
+        return RunLosses.of(run_losses(settings, sessions, run_id))
+
+    @get(
+        "/{run_id:int}/checkpoints/{checkpoint_id:int}/file",
+        sync_to_thread=True,
+        media_type="application/octet-stream",
+        raises=[NotFound, Forbidden],
+        operation_id="getTrainingRunCheckpointFile",
+        summary="Download a run's checkpoint",
+        description=(
+            "The single-file checkpoint (.safetensors) the run registered, served only from "
+            "the run's own folder."
+        ),
+    )
+    def checkpoint_file(
+        self,
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+        run_id: Id,
+        checkpoint_id: CheckpointId,
+    ) -> File:
+        """The single-file checkpoint the run registered, from the run's own folder only."""
+        from vitdex.training.runs import run_checkpoint_file
+
+        path = run_checkpoint_file(settings, sessions, run_id, checkpoint_id)
+        return File(
+            path,
+            media_type="application/octet-stream",
+            content_disposition_type="attachment",
+            filename=path.name,
+        )

@@ -193,3 +193,21 @@ class CheckpointsPage(FromDict):
     checkpoints: list[CheckpointOut]
 
     nested: ClassVar[Mapping[str, type[FromDict]]] = {"checkpoints": CheckpointOut}
+
+
+@dataclass
+class LossPoint(FromDict):
+    """The training loss reported at one optimizer step."""
+
+    step: int
+    loss: float
+
+
+@dataclass
+class RunLosses(FromDict):
+    """A run's loss curve, oldest step first (at most one point a second was logged)."""
+
+    run_id: int
+    points: list[LossPoint]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {"points": LossPoint}

@@ -21,6 +21,7 @@ from vitdex.training.curate.service import (
     include_images,
     list_datasets,
     parse_seed,
+    set_caption,
     show_dataset,
 )
 
@@ -35,5 +36,6 @@ __all__ = [
     "parse_seed",
     "select_class",
     "select_instances",
+    "set_caption",
     "show_dataset",
 ]

@@ -343,6 +343,25 @@ def exclude_images(
     return _set_included(sessions, name_or_id, image_ids, False, "instance")
 
 
+def set_caption(
+    sessions: sessionmaker[Session],
+    name_or_id: str | int,
+    image_id: int,
+    caption: str | None,
+    *,
+    role: str = "instance",
+) -> dict[str, Any]:
+    """Set one item's caption by hand (``None``: back to the dataset's prompt); the item.
+
+    The next export writes it as that photo's caption file.
+    """
+    with sessions() as session:
+        dataset = datasets.find_dataset(session, name_or_id)
+        item, image = datasets.set_caption(session, dataset.id, image_id, caption, role=role)
+        session.commit()
+        return datasets.item_to_dict(item, image)
+
+
 def delete_dataset(sessions: sessionmaker[Session], name_or_id: str | int) -> dict[str, Any]:
     """Delete a dataset and its items; exported files are left where they are."""
     with sessions() as session:

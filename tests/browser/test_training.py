@@ -1,0 +1,178 @@
+"""Datasets, dataset, jobs and training-run pages, driven by clicks: curate a dataset from
+the selection, exclude a photo, caption one, export it, train a tiny Stable Diffusion base
+for two steps and watch the run to its checkpoint; cancel a long run on the jobs page."""
+
+from __future__ import annotations
+
+import re
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from tests.browser.conftest import Site
+
+pytestmark = pytest.mark.slow
+
+
+def local_base(site: Site, tiny_sd: Path) -> Path:
+    """The tiny base copied inside VITDEX_HOME, where a run may read a local base from."""
+    target = Path(site.env["VITDEX_HOME"]) / "bases" / "tiny-sd15"
+    if not target.exists():
+        shutil.copytree(tiny_sd, target)
+    return target
+
+
+def test_dataset_by_clicking_then_export_and_train(
+    site: Site, page: Any, shot: Callable[[str], Path], tiny_sd: Path
+) -> None:
+    base = local_base(site, tiny_sd)
+    page.goto(f"{site.url}/datasets")
+    page.get_by_text("No datasets yet").wait_for()
+    assert page.locator("#create-dataset").is_disabled()
+    page.evaluate("window.vitdex.selection.set([1, 2])")
+    assert page.locator("#seeds .tile").count() == 2
+    page.fill("#ds-name", "rex")
+    page.fill("#ds-prompt", "a photo of sks dog")
+    page.fill("#ds-class-prompt", "a photo of a dog")
+    page.locator("details.options summary").click()
+    page.fill("#ds-k", "6")
+    page.fill("#ds-class-count", "2")
+    shot("new-dataset")
+    page.get_by_role("button", name="Create dataset").click()
+    page.wait_for_url(re.compile(r"/datasets/\d+$"))
+    page.locator("#instance-items .item").first.wait_for()
+    assert page.locator("#dataset-title").inner_text() == "rex"
+    assert page.locator('#class-items .pill[data-state="included"]').count() == 2
+    items = page.locator("#instance-items .item")
+    assert items.count() >= 3
+    assert "seed" in items.first.locator(".reason").inner_text()
+    shot("dataset")
+
+    # Exclude a neighbour by clicking it: it is marked out, the count follows.
+    target = page.locator('#instance-items .item:has(.pill[data-state="included"])').nth(2)
+    image_id = target.get_attribute("data-image-id")
+    photo = page.locator(f'#instance-items .item-photo[data-image-id="{image_id}"]')
+    photo.click()
+    page.wait_for_function(
+        f"""document.querySelector('#instance-items .item-photo[data-image-id="{image_id}"]')
+            ?.getAttribute('aria-pressed') === 'false'"""
+    )
+    item = page.locator(f'#instance-items .item[data-image-id="{image_id}"]')
+    assert "excluded by hand" in item.locator(".reason").inner_text()
+    assert item.locator('.pill[data-state="excluded"]').count() == 1
+
+    # Caption the first photo; it is stored (a reload shows it).
+    first = page.locator("#instance-items .item").first
+    first_id = first.get_attribute("data-image-id")
+    first.locator("input.caption").fill("a photo of sks dog on a sofa")
+    first.locator("input.caption").press("Enter")
+    page.locator("#instance-items input.caption.saved").wait_for()
+    page.reload()
+    caption = page.locator(f'#instance-items .item[data-image-id="{first_id}"] input.caption')
+    caption.wait_for()
+    assert caption.input_value() == "a photo of sks dog on a sofa"
+
+    # Export: a job whose bar reaches the end; then each photo shows its crop.
+    page.fill("#ex-resolution", "64")
+    page.get_by_role("button", name="Export").click()
+    page.locator("#export-status .ok").wait_for(timeout=60_000)
+    assert page.locator("#export-status .progress").get_attribute("aria-valuenow") == "100"
+    assert "exported" in page.locator("#export-status").inner_text()
+    page.locator("#instance-items .crop-box").first.wait_for()
+    crops = page.locator("#instance-items .crop-box").count()
+    included = page.locator('#instance-items .pill[data-state="included"]').count()
+    assert crops == included
+    shot("exported")
+
+    # Train two steps on the tiny base; the run page follows it to its checkpoint.
+    page.fill("#tr-base", str(base))
+    page.fill("#tr-steps", "2")
+    page.fill("#tr-te-steps", "0")
+    page.fill("#tr-resolution", "64")
+    page.locator("#train-form details.options summary").click()
+    page.fill("#tr-device", "cpu")
+    page.select_option("#tr-precision", "no")
+    page.check("#tr-force")
+    assert "needs network" in page.locator("#train-form").inner_text()
+    shot("train-form")
+    page.get_by_role("button", name="Start training").click()
+    page.wait_for_url(re.compile(r"/runs/\d+$"))
+    page.locator('#run-state[data-state="succeeded"]').wait_for(timeout=300_000)
+    page.locator("#checkpoints .checkpoint").wait_for()
+    assert page.locator("#run-step").inner_text().startswith("step 2/2")
+    assert page.locator("#run-bar .progress").get_attribute("aria-valuenow") == "100"
+    assert page.locator("#loss-chart svg polyline").count() == 1
+    sha = page.locator("#checkpoints .sha").inner_text()
+    assert re.fullmatch(r"[0-9a-f]{64}", sha)
+    download = page.locator("#checkpoints a.download").get_attribute("href")
+    got = httpx.get(f"{site.url}{download}", timeout=60)
+    assert got.status_code == 200 and len(got.content) > 1000
+    # The sample grid, when the checkpoint has one, is a loaded image.
+    samples = page.locator("#checkpoints img.sample")
+    if samples.count():
+        page.wait_for_function("document.querySelector('#checkpoints img.sample').complete")
+        assert samples.first.evaluate("img => img.naturalWidth") > 0
+    config = page.locator("#run-config").inner_text()
+    assert "instance_prompt" in config and "a photo of sks dog" in config
+    assert page.locator("#cancel-run").is_hidden()
+    shot("run")
+
+
+def test_cancel_a_running_job_on_the_jobs_page(
+    site: Site, page: Any, shot: Callable[[str], Path], tiny_sd: Path
+) -> None:
+    base = local_base(site, tiny_sd)
+    made = httpx.post(
+        f"{site.url}/api/v1/datasets",
+        json={"name": "long", "prompt": "a photo of sks dog", "seeds": [1], "k": 3},
+    )
+    assert made.status_code == 201, made.text
+    started = httpx.post(
+        f"{site.url}/api/v1/training-runs",
+        json={
+            "dataset": "long",
+            "base_model": str(base),
+            "resolution": 64,
+            "steps": 20000,
+            "text_encoder_steps": 0,
+            "force": True,
+            "options": {"mixed_precision": "no", "device": "cpu"},
+        },
+    )
+    assert started.status_code == 202, started.text
+    job_id = started.json()["job_id"]
+
+    page.goto(f"{site.url}/jobs")
+    row = page.locator(f'#jobs tr[data-id="{job_id}"]')
+    row.locator('.pill[data-state="running"]').wait_for(timeout=120_000)
+    assert "train (run" in row.inner_text()
+    # Cancel once training steps run (not while the dataset is still being exported).
+    page.wait_for_function(
+        f"""document.querySelector('#jobs tr[data-id="{job_id}"]')
+            ?.innerText.includes('phase training')""",
+        timeout=120_000,
+    )
+    shot("running")
+    row.get_by_role("button", name=f"Cancel job {job_id}").click()
+    row.locator('.pill[data-state="cancelled"]').wait_for(timeout=120_000)
+    shot("cancelled")
+
+    # Cancelling it again: the server's 409 message is shown, nothing breaks.
+    page.watch.allow(rf"/api/v1/jobs/{job_id}$", 409)
+    row.get_by_role("button", name=f"Cancel job {job_id}").click()
+    toast = page.locator("#toasts .toast.bad")
+    toast.wait_for()
+    assert "cancelled" in toast.inner_text()
+    # The run page reads the same: cancelled, resumable.
+    page.goto(f"{site.url}/runs/{started.json()['id']}")
+    page.locator('#run-state[data-state="cancelled"]').wait_for()
+    assert page.locator("#resume-run").is_visible()
+    step = int(page.locator("#run-step").inner_text().split()[1].split("/")[0])
+    assert 0 < step < 20000
+    # The steps it ran are on the curve (one dot per reported step).
+    page.locator("#loss-chart svg.loss circle").first.wait_for()
+    shot("run-cancelled")

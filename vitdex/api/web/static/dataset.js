@@ -1,0 +1,180 @@
+// Dataset page: every candidate (in or out, and why), include/exclude by click, captions,
+// the crop each photo gets, export (a job with live progress) and "train" (a run).
+"use strict";
+(function () {
+  const { api, attempt, el, toast, thumbUrl, fileUrl, followJob, progressBar, fmt } = window.vitdex;
+  const root = document.getElementById("dataset-page");
+  const datasetId = Number(root.dataset.datasetId);
+  let view = null;
+
+  const REASONS = {
+    seed: "seed", neighbour: "neighbour", below_min_score: "below min score",
+    near_duplicate: "near-duplicate", over_max: "over the maximum",
+    excluded_by_hand: "excluded by hand", included_by_hand: "included by hand", class: "class image",
+  };
+  const reasonText = (item) => (REASONS[item.reason] || item.reason.replaceAll("_", " ")) +
+    (item.duplicate_of ? ` of #${item.duplicate_of}` : "");
+
+  function showMeta(d) {
+    document.getElementById("dataset-title").textContent = d.name;
+    document.title = `${d.name} · vitdex`;
+    const p = d.params || {};
+    const rows = [
+      ["Prompt", d.prompt], ["Class prompt", d.class_prompt || "none"], ["Space", d.space || "default"],
+      ["Seeds", (p.seeds || []).map((s) => (s && typeof s === "object" ? (s.image_id != null ? `#${s.image_id}` : fmt.name(s.file)) : String(s))).join(", ")],
+      ["Curation", ["k", "min_score", "dedup", "max", "mmr"].filter((k) => p[k] != null).map((k) => `${k} ${p[k]}`).join(" · ")],
+      ["Exported to", d.export_path || "not yet"],
+    ];
+    document.getElementById("dataset-meta").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v ?? ""))]));
+  }
+
+  /** The photo with the square its export crops drawn over it (scaled to the image). */
+  function frame(item) {
+    const c = item.crop;
+    const w = (c && c.width) || item.width || 1;
+    const h = (c && c.height) || item.height || 1;
+    const box = el("div", { class: "frame", style: `aspect-ratio: ${w} / ${h}` },
+      el("img", { src: thumbUrl(item.image_id), alt: fmt.name(item.path), loading: "lazy" }));
+    if (c && Array.isArray(c.box) && c.width && c.height) {
+      const [l, t, r, b] = c.box;
+      const pct = (x, of) => `${(100 * x / of).toFixed(3)}%`;
+      box.append(el("div", {
+        class: "crop-box", title: `crop (${c.method || "centre"}): ${r - l}×${b - t} px`,
+        style: `left:${pct(l, w)};top:${pct(t, h)};width:${pct(r - l, w)};height:${pct(b - t, h)}`,
+      }));
+    }
+    return box;
+  }
+
+  function itemCard(item) {
+    const state = item.included ? "included" : "excluded";
+    const toggle = el("button", {
+      type: "button", class: `item-photo ${state}`, "aria-pressed": String(item.included),
+      "aria-label": `${fmt.name(item.path)}: ${state} (${reasonText(item)}). Press to ${item.included ? "exclude" : "include"}.`,
+      dataset: { imageId: item.image_id },
+      onclick: () => attempt(() => setIncluded(item, !item.included)),
+      onkeydown: moveFocus,
+    }, frame(item));
+    const caption = el("input", {
+      class: "caption", value: item.caption || "", "aria-label": `Caption of ${fmt.name(item.path)}`,
+      placeholder: (item.role === "class" ? view.dataset.class_prompt : view.dataset.prompt) || "",
+      onchange: (event) => attempt(() => saveCaption(item, event.target)),
+    });
+    return el("div", { class: `item ${state}`, role: "listitem", dataset: { imageId: item.image_id, role: item.role } },
+      toggle,
+      el("div", { class: "item-meta" },
+        el("span", { class: `pill ${item.included ? "ok" : "error"}`, "data-state": state }, item.included ? "in" : "out"),
+        " ", el("span", { class: "reason" }, reasonText(item)),
+        item.score != null ? el("span", { class: "score" }, fmt.score(item.score)) : null),
+      el("a", { class: "muted small", href: fileUrl(item.image_id), target: "_blank", rel: "noopener" }, `#${item.image_id} ${fmt.name(item.path)}`),
+      caption);
+  }
+
+  /** Arrow keys move between the photos of a grid; Home/End to its ends. */
+  function moveFocus(event) {
+    const keys = { ArrowRight: 1, ArrowDown: 1, ArrowLeft: -1, ArrowUp: -1 };
+    const all = [...event.currentTarget.closest(".grid").querySelectorAll(".item-photo")];
+    const at = all.indexOf(event.currentTarget);
+    let next = null;
+    if (event.key in keys) {
+      // Up and down jump a row: as many tiles as fit across.
+      const across = Math.max(1, Math.round(event.currentTarget.closest(".grid").clientWidth / event.currentTarget.closest(".item").offsetWidth));
+      const step = event.key.startsWith("ArrowU") || event.key.startsWith("ArrowD") ? across : 1;
+      next = all[at + keys[event.key] * step];
+    } else if (event.key === "Home") next = all[0];
+    else if (event.key === "End") next = all[all.length - 1];
+    if (next) { event.preventDefault(); next.focus(); }
+  }
+
+  async function setIncluded(item, include) {
+    const path = `/api/v1/datasets/${datasetId}/${include ? "include" : "exclude"}`;
+    const changed = await api(path, { method: "POST", json: { image_ids: [item.image_id], role: item.role } });
+    toast(`${fmt.name(item.path)} ${include ? "included" : "excluded"}`);
+    show(changed, item.image_id);
+  }
+
+  async function saveCaption(item, input) {
+    const value = input.value.trim();
+    const saved = await api(`/api/v1/datasets/${datasetId}/items/${item.image_id}`, {
+      method: "PATCH", json: { caption: value || null, role: item.role },
+    });
+    item.caption = saved.caption;
+    input.value = saved.caption || "";
+    input.classList.add("saved");
+    toast(`caption of ${fmt.name(item.path)} saved`);
+  }
+
+  function show(data, focusId) {
+    view = data;
+    showMeta(data.dataset);
+    const counts = data.dataset.counts;
+    for (const role of ["instance", "class"]) {
+      const items = data.items.filter((i) => i.role === role);
+      document.getElementById(`${role}-items`).replaceChildren(...items.map(itemCard));
+      document.getElementById(`${role}-count`).textContent =
+        `${counts[role] || 0} in · ${items.filter((i) => !i.included).length} out`;
+    }
+    document.getElementById("class-section").hidden = !data.items.some((i) => i.role === "class");
+    if (focusId != null) root.querySelector(`.item-photo[data-image-id="${focusId}"]`)?.focus();
+  }
+
+  const load = async () => show(await api(`/api/v1/datasets/${datasetId}`));
+
+  // Export: a job; its bar follows it to the end, then the crops appear on the photos.
+  const exportStatus = document.getElementById("export-status");
+  document.getElementById("export-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    attempt(async () => {
+      const path = document.getElementById("ex-path").value.trim();
+      const json = {
+        resolution: Number(document.getElementById("ex-resolution").value),
+        detect_faces: document.getElementById("ex-faces").checked,
+      };
+      if (path) json.path = path;
+      const button = document.getElementById("export-button");
+      button.disabled = true;
+      try {
+        const { job } = await api(`/api/v1/datasets/${datasetId}/export`, { method: "POST", json });
+        const [bar, set] = progressBar();
+        const text = el("span", { class: "muted" });
+        exportStatus.replaceChildren(bar, text);
+        const end = await followJob(job.id, (j) => {
+          set(j.progress);
+          text.textContent = `${j.state} ${j.done}${j.total != null ? "/" + j.total : ""}`;
+        });
+        if (end.state === "succeeded") {
+          set(1);
+          const c = end.counts || {};
+          text.textContent = `exported ${c.instance ?? end.done} images${c.class_images ? ` + ${c.class_images} class` : ""} to ${c.path || ""}`;
+          text.className = "ok";
+          await load();
+        } else {
+          text.textContent = `${end.state}${end.error ? ": " + end.error : ""}`;
+          text.className = "error";
+        }
+      } finally { button.disabled = false; }
+    });
+  });
+
+  // Train: a run on this dataset; its page follows it.
+  document.getElementById("train-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const num = (id) => { const v = document.getElementById(id).value.trim(); return v === "" ? undefined : Number(v); };
+    const str = (id) => document.getElementById(id).value.trim() || undefined;
+    attempt(async () => {
+      const lora = num("tr-lora");
+      const options = { device: str("tr-device"), mixed_precision: str("tr-precision"), lora_rank: lora ? lora : undefined };
+      const json = {
+        dataset: String(datasetId), base_model: str("tr-base"),
+        steps: num("tr-steps"), text_encoder_steps: num("tr-te-steps"), resolution: num("tr-resolution"),
+        learning_rate: num("tr-lr"), save_every: num("tr-save-every"), seed: num("tr-seed"),
+        force: document.getElementById("tr-force").checked || undefined,
+        options: Object.fromEntries(Object.entries(options).filter(([, v]) => v !== undefined)),
+      };
+      const run = await api("/api/v1/training-runs", { method: "POST", json });
+      location.href = `/runs/${run.id}`;
+    });
+  });
+
+  attempt(load);
+})();
