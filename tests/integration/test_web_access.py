@@ -59,3 +59,21 @@ def test_sign_out_needs_the_token(client: Client) -> None:
     assert out.headers["location"] == "/login"
     client.cookies.clear()  # what the browser does with max-age=0
     assert client.get("/api/v1/libraries").status_code == 401
+
+
+NAV_PAGES = ["/", "/search", "/map", "/clusters", "/datasets", "/jobs", "/libraries"]
+
+
+def test_every_page_asks_for_the_key_and_static_files_are_open(client: Client) -> None:
+    """No page renders for a stranger; the scripts and styles (no data in them) load for
+    the sign-in page itself."""
+    for path in [*NAV_PAGES, "/photos/1", "/datasets/1", "/runs/1", "/clusters/1"]:
+        answer = client.get(path, follow_redirects=False)
+        assert answer.status_code == 303, path
+        assert answer.headers["location"].startswith("/login?next="), path
+    for asset in ("/static/app.js", "/static/app.css", "/static/tiles.js"):
+        assert client.get(asset).status_code == 200, asset
+    assert client.get("/static/../../etc/passwd").status_code == 404
+    client.post("/login", data={"key": "k1"})
+    for path in NAV_PAGES:
+        assert client.get(path).status_code == 200, path
