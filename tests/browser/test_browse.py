@@ -41,6 +41,10 @@ def test_browse_filter_and_select(site: Site, page: Any, shot: Shot) -> None:
     page.locator('#facets [data-facet="camera_make"]').wait_for()
     assert _facet(page, "camera_make") == {"Canon": 6, "Apple": 6, "Sony": 6}
     assert sum(_facet(page, "year").values()) == 18
+    # Every thumbnail arrives and decodes (made on first request, then cached).
+    page.wait_for_function(
+        "[...document.querySelectorAll('#grid img')].every((i) => i.complete && i.naturalWidth)"
+    )
     shot("library")
 
     # A camera facet narrows the grid and the other facets; the URL says so.

@@ -59,9 +59,10 @@
     cells.eta.textContent = LIVE.includes(job.state) ? eta(job.eta_seconds) : "";
     cells.started.textContent = fmt.date(job.started_at || job.created_at);
     cells.error.textContent = job.error || "";
-    // A finished job can still be sent a cancel: the server answers 409 with its state.
+    // Only a queued or running job can be stopped; a finished one shows no button.
     button.setAttribute("aria-label", `Cancel job ${job.id}`);
-    button.title = LIVE.includes(job.state) ? "Ask the job to stop" : `already ${job.state}`;
+    button.title = "Ask the job to stop";
+    button.hidden = !LIVE.includes(job.state) || job.cancel_requested;
     return entry.row;
   }
 

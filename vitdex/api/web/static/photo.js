@@ -23,6 +23,22 @@
   window.addEventListener("vitdex:selection", showSelected);
   showSelected();
 
+  // "Add to dataset": include this photo by hand in a dataset (as an instance image).
+  async function loadDatasets() {
+    const { datasets } = await api("/api/v1/datasets?limit=200");
+    if (!datasets.length) return;
+    const choice = document.getElementById("dataset-choice");
+    choice.replaceChildren(...datasets.map((d) => el("option", { value: d.id }, d.name)));
+    document.getElementById("add-to-dataset").hidden = false;
+    document.getElementById("add-dataset-button").addEventListener("click", () => attempt(async () => {
+      const datasetId = Number(choice.value);
+      await api(`/api/v1/datasets/${datasetId}/include`, { method: "POST", json: { image_ids: [id], role: "instance" } });
+      const name = choice.selectedOptions[0]?.textContent || datasetId;
+      window.vitdex.toast(`photo ${id} added to ${name}`);
+    }));
+  }
+  attempt(loadDatasets);
+
   function fact(term, ...value) { return [el("dt", {}, term), el("dd", {}, ...value)]; }
 
   async function loadImage() {
