@@ -17,7 +17,8 @@ from vitdex.api import create_app
 from vitdex.config import load_settings
 from vitdex.db.jobs import catalog_sessions
 from vitdex.db.repo import get_space
-from vitdex.search.projection import display_xy, map_path, pca_2d
+from vitdex.search.map_cache import map_path
+from vitdex.search.projection import display_xy, pca_2d
 from vitdex.vectors.factory import open_store
 
 Client = TestClient[Litestar]

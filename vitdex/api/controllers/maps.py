@@ -27,7 +27,7 @@ from vitdex.api.schemas.maps import MapIn, MapInfo, MapPoints, MapsOut
 from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
-from vitdex.search import projection
+from vitdex.search import map_cache, projection
 
 
 class MapsController(Controller):
@@ -52,8 +52,8 @@ class MapsController(Controller):
     ) -> MapsOut:
         """Every space's map per method, and the methods this server computes."""
         return MapsOut(
-            methods=projection.available_methods(),
-            maps=[MapInfo.of(m) for m in projection.list_maps(settings, sessions)],
+            methods=map_cache.available_methods(),
+            maps=[MapInfo.of(m) for m in map_cache.list_maps(settings, sessions)],
         )
 
     @post(
