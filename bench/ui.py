@@ -162,21 +162,29 @@ _DECODED = """([from, n]) => {
 }"""
 
 
+def _wait(page: Any, script: str, arg: Any = None, timeout_s: float = 120) -> None:
+    """Poll ``script`` until truthy (the pages' CSP forbids the eval that Playwright's
+    ``wait_for_function`` uses; ``evaluate`` is not affected)."""
+    deadline = time.monotonic() + timeout_s
+    while not page.evaluate(script, arg):
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"timed out waiting for: {script}")
+        page.wait_for_timeout(10)
+
+
 def _grid(browser: Any, url: str) -> tuple[float, float]:
     """(first screen, next page) seconds for one fresh page."""
     context = browser.new_context(viewport={"width": 1400, "height": 900})
     page = context.new_page()
     t = time.perf_counter()
     page.goto(f"{url}/", wait_until="commit")
-    page.wait_for_function(_DECODED, arg=[0, FIRST_SCREEN], timeout=120_000)
+    _wait(page, _DECODED, [0, FIRST_SCREEN])
     first = time.perf_counter() - t
     t = time.perf_counter()
     page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
-    page.wait_for_function(
-        f"document.querySelectorAll('#grid img').length >= {2 * PAGE}", timeout=120_000
-    )
+    _wait(page, f"document.querySelectorAll('#grid img').length >= {2 * PAGE}")
     page.locator("#grid img").nth(PAGE).scroll_into_view_if_needed()
-    page.wait_for_function(_DECODED, arg=[PAGE, 12], timeout=120_000)
+    _wait(page, _DECODED, [PAGE, 12])
     following = time.perf_counter() - t
     context.close()
     return first, following
@@ -188,10 +196,7 @@ def _map_page(browser: Any, url: str, n: int) -> float:
     page = context.new_page()
     t = time.perf_counter()
     page.goto(f"{url}/map", wait_until="commit")
-    page.wait_for_function(
-        f"document.getElementById('map-count')?.textContent.replace(/\\D/g, '') === '{n}'",
-        timeout=120_000,
-    )
+    _wait(page, f"document.getElementById('map-count')?.textContent.replace(/\\D/g, '') === '{n}'")
     took = time.perf_counter() - t
     context.close()
     return took

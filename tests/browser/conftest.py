@@ -225,6 +225,23 @@ def page(browser: Any, request: pytest.FixtureRequest) -> Iterator[Any]:
     assert not watch.problems, "\n".join(watch.problems)
 
 
+def wait_until(page: Any, script: str, arg: Any = None, timeout: float = 20_000) -> Any:
+    """Poll ``script`` (an expression or a function of ``arg``) until it is truthy; its value.
+
+    Playwright's ``wait_for_function`` evaluates its predicate with ``eval`` inside the
+    page, which the pages' Content-Security-Policy forbids (no ``unsafe-eval``): this polls
+    ``page.evaluate`` instead, so every flow runs under the policy users get.
+    """
+    deadline = time.monotonic() + timeout / 1000
+    while True:
+        value = page.evaluate(script, arg)
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout / 1000:.0f} s waiting for: {script}")
+        page.wait_for_timeout(100)
+
+
 @pytest.fixture
 def shot(page: Any, request: pytest.FixtureRequest) -> Callable[[str], Path]:
     """Save a full-page screenshot: ``shot("grid")`` → test-output/browser/<test>/grid.png."""

@@ -7,7 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tests.browser.conftest import Site
+from tests.browser.conftest import Site, wait_until
 
 Shot = Callable[[str], Path]
 
@@ -36,24 +36,25 @@ def _facet(page: Any, name: str) -> dict[str, int]:
 def test_browse_filter_and_select(site: Site, page: Any, shot: Shot) -> None:
     page.goto(site.url + "/")
     grid = page.locator("#grid .tile")
-    page.wait_for_function("document.querySelectorAll('#grid .tile').length === 18")
+    wait_until(page, "document.querySelectorAll('#grid .tile').length === 18")
     assert page.locator("#total").inner_text() == "18 photos"
     page.locator('#facets [data-facet="camera_make"]').wait_for()
     assert _facet(page, "camera_make") == {"Canon": 6, "Apple": 6, "Sony": 6}
     assert sum(_facet(page, "year").values()) == 18
     # Every thumbnail arrives and decodes (made on first request, then cached).
-    page.wait_for_function(
-        "[...document.querySelectorAll('#grid img')].every((i) => i.complete && i.naturalWidth)"
+    wait_until(
+        page,
+        "[...document.querySelectorAll('#grid img')].every((i) => i.complete && i.naturalWidth)",
     )
     shot("library")
 
     # A camera facet narrows the grid and the other facets; the URL says so.
     page.locator('#facets [data-facet="camera_make"] button', has_text="Canon").click()
     page.wait_for_url(re.compile(r"/\?camera_make=Canon$"))
-    page.wait_for_function("document.querySelectorAll('#grid .tile').length === 6")
+    wait_until(page, "document.querySelectorAll('#grid .tile').length === 6")
     assert page.locator("#total").inner_text() == "6 photos"
     models = "document.querySelector('#facets [data-facet=camera_model]')"
-    page.wait_for_function(f"{models}.innerText.includes('EOS R5')")
+    wait_until(page, f"{models}.innerText.includes('EOS R5')")
     assert _facet(page, "camera_model") == {"EOS R5": 6}
     # Its own facet still counts every make (it leaves its own filter out).
     assert _facet(page, "camera_make") == {"Canon": 6, "Apple": 6, "Sony": 6}
@@ -66,12 +67,12 @@ def test_browse_filter_and_select(site: Site, page: Any, shot: Shot) -> None:
     year_count = int(year.locator(".count").inner_text())
     year.click()
     page.wait_for_url(re.compile(r"taken_after=\d{4}-01-01"))
-    page.wait_for_function(f"document.querySelectorAll('#grid .tile').length === {year_count}")
+    wait_until(page, f"document.querySelectorAll('#grid .tile').length === {year_count}")
     page.go_back()
     page.wait_for_url(re.compile(r"/\?camera_make=Canon$"))
-    page.wait_for_function("document.querySelectorAll('#grid .tile').length === 6")
+    wait_until(page, "document.querySelectorAll('#grid .tile').length === 6")
     page.go_back()
-    page.wait_for_function("document.querySelectorAll('#grid .tile').length === 18")
+    wait_until(page, "document.querySelectorAll('#grid .tile').length === 18")
 
     # Selection: click toggles, shift-click takes the range, "all matching", clear.
     ids = _tile_ids(page)
@@ -89,8 +90,8 @@ def test_browse_filter_and_select(site: Site, page: Any, shot: Shot) -> None:
     assert ids[4] not in page.evaluate("[...window.vitdex.selection.ids()]")
     shot("selected-range")
     page.get_by_role("button", name="Select all matching").click()
-    page.wait_for_function("window.vitdex.selection.ids().size === 18")
-    page.wait_for_function("document.querySelectorAll('#grid .tile.selected').length === 18")
+    wait_until(page, "window.vitdex.selection.ids().size === 18")
+    wait_until(page, "document.querySelectorAll('#grid .tile.selected').length === 18")
     shot("all-selected")
     page.get_by_role("button", name="Clear selection").click()
     assert _selected(page) == 0 and page.locator("#selection-count").is_hidden()
@@ -120,7 +121,7 @@ def test_failed_files_show_their_reason(site: Site, page: Any, shot: Shot) -> No
 
 def test_photo_neighbours_and_prev_next(site: Site, page: Any, shot: Shot) -> None:
     page.goto(site.url + "/?camera_make=Sony")
-    page.wait_for_function("document.querySelectorAll('#grid .tile').length === 6")
+    wait_until(page, "document.querySelectorAll('#grid .tile').length === 6")
     order = _tile_ids(page)
     page.locator("#grid .tile").first.focus()
     page.keyboard.press("Enter")
@@ -129,17 +130,17 @@ def test_photo_neighbours_and_prev_next(site: Site, page: Any, shot: Shot) -> No
     meta = page.locator("#meta").inner_text()
     assert "Sony A7 IV" in meta and "160 × 120" in meta and str(site.photos) in meta
     assert page.locator("#labels tbody tr").count() > 0
-    page.wait_for_function("document.querySelectorAll('#neighbours .tile').length === 12")
+    wait_until(page, "document.querySelectorAll('#neighbours .tile').length === 12")
     scores = [float(s) for s in page.locator("#neighbours .badge").all_inner_texts()]
     assert scores == sorted(scores, reverse=True)
     assert page.locator("#position").inner_text() == "1 of 6"
     assert page.locator("#prev").is_hidden() and page.locator("#next").is_visible()
-    page.wait_for_function("document.getElementById('large').naturalWidth > 0")
+    wait_until(page, "document.getElementById('large').naturalWidth > 0")
     shot("photo")
 
     page.keyboard.press("ArrowRight")
     page.wait_for_url(re.compile(rf"/photos/{order[1]}\?camera_make=Sony$"))
-    page.wait_for_function("document.getElementById('position').textContent === '2 of 6'")
+    wait_until(page, "document.getElementById('position').textContent === '2 of 6'")
     page.keyboard.press("ArrowLeft")
     page.wait_for_url(re.compile(rf"/photos/{order[0]}\?camera_make=Sony$"))
 
@@ -147,14 +148,14 @@ def test_photo_neighbours_and_prev_next(site: Site, page: Any, shot: Shot) -> No
     page.locator("#neighbours .tile").first.wait_for()
     page.locator("#k").fill("5")
     page.locator("#space").select_option("cls@2")
-    page.wait_for_function("document.querySelectorAll('#neighbours .tile').length === 5")
+    wait_until(page, "document.querySelectorAll('#neighbours .tile').length === 5")
     page.get_by_role("button", name="Add to selection").click()
     assert page.evaluate("[...window.vitdex.selection.ids()]") == [order[0]]
     shot("photo-space-2")
 
     page.get_by_role("link", name="Use as query").click()
     page.wait_for_url(re.compile(rf"/search\?image_id={order[0]}"))
-    page.wait_for_function("document.querySelectorAll('#results .tile').length > 0")
+    wait_until(page, "document.querySelectorAll('#results .tile').length > 0")
     shot("use-as-query")
 
     page.watch.allow(r"/photos/999999$", 404)
@@ -171,7 +172,7 @@ def test_search_by_upload_pages_and_min_score(site: Site, page: Any, shot: Shot)
     photo = sorted(site.photos.rglob("*.jpg"))[3]
     page.set_input_files("#file", str(photo))
     results = page.locator("#results .tile")
-    page.wait_for_function("document.querySelectorAll('#results .tile').length === 5")
+    wait_until(page, "document.querySelectorAll('#results .tile').length === 5")
     assert page.locator("#query-preview").is_visible()
     assert page.locator("#query-name").inner_text() == photo.name
     # The query's own file is in the catalog: it comes first, with the top score.
@@ -180,7 +181,7 @@ def test_search_by_upload_pages_and_min_score(site: Site, page: Any, shot: Shot)
     shot("search")
 
     page.get_by_role("button", name="More results").click()
-    page.wait_for_function("document.querySelectorAll('#results .tile').length === 10")
+    wait_until(page, "document.querySelectorAll('#results .tile').length === 10")
     scores = [float(s) for s in results.evaluate_all("ts => ts.map(t => t.dataset.score)")]
     assert scores == sorted(scores, reverse=True) and len(set(_tile_ids(page, "#results"))) == 10
 
@@ -191,7 +192,7 @@ def test_search_by_upload_pages_and_min_score(site: Site, page: Any, shot: Shot)
     assert visible.count() == sum(1 for s in scores if s >= cut)
     assert page.locator("#results .tile-cell[hidden]").count() == sum(1 for s in scores if s < cut)
     page.get_by_role("button", name="More results").click()
-    page.wait_for_function("document.querySelectorAll('#results .tile').length === 15")
+    wait_until(page, "document.querySelectorAll('#results .tile').length === 15")
     assert page.get_by_role("button", name="More results").is_hidden()
     assert "below the minimum" in page.locator("#end").inner_text()
     shot("min-score")

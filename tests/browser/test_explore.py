@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from tests.browser.conftest import Site
+from tests.browser.conftest import Site, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -48,7 +48,7 @@ def test_map_computes_draws_and_selects(site: Site, page: Any, shot: Callable[[s
     card = page.locator("#map-hover")
     card.wait_for()
     assert card.locator("span").inner_text().startswith(f"#{first[0]}")
-    page.wait_for_function("() => document.querySelector('#map-hover img').naturalWidth > 0")
+    wait_until(page, "document.querySelector('#map-hover img').naturalWidth > 0")
     shot("drawn")
 
     # A box over the whole map selects every point into the shared selection.
@@ -76,7 +76,7 @@ def test_map_computes_draws_and_selects(site: Site, page: Any, shot: Callable[[s
     assert 0 < picked < 18
     assert count.inner_text() == f"{picked} selected"
 
-    ids = page.evaluate("() => JSON.parse(sessionStorage.getItem('vitdex.selection'))")
+    ids = page.evaluate("JSON.parse(sessionStorage.getItem('vitdex.selection'))")
     assert len(ids) == picked
     page.get_by_role("button", name="Reset view").click()
     page.get_by_role("button", name="Select all in view").click()
@@ -128,8 +128,8 @@ def test_clusters_run_open_and_select(site: Site, page: Any, shot: Callable[[str
     assert page.locator("#selection-count").inner_text() == "1 selected"
     assert tiles.first.get_attribute("aria-selected") == "true"
     page.get_by_role("button", name="Select the whole cluster").click()
-    page.wait_for_function(
-        f"() => document.getElementById('selection-count').textContent === '{sizes[0]} selected'"
+    wait_until(
+        page, f"document.getElementById('selection-count').textContent === '{sizes[0]} selected'"
     )
     shot("cluster-open")
 
@@ -137,9 +137,7 @@ def test_clusters_run_open_and_select(site: Site, page: Any, shot: Callable[[str
     cards.first.focus()
     page.keyboard.press("ArrowRight")
     page.keyboard.press("Enter")
-    page.wait_for_function(
-        f"() => document.querySelectorAll('#members-grid .tile').length === {sizes[1]}"
-    )
+    wait_until(page, f"document.querySelectorAll('#members-grid .tile').length === {sizes[1]}")
     assert cards.nth(1).get_attribute("aria-expanded") == "true"
 
     # The run colours the map.

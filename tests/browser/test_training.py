@@ -13,7 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.browser.conftest import Site
+from tests.browser.conftest import Site, wait_until
 
 pytestmark = pytest.mark.slow
 
@@ -57,9 +57,10 @@ def test_dataset_by_clicking_then_export_and_train(
     image_id = target.get_attribute("data-image-id")
     photo = page.locator(f'#instance-items .item-photo[data-image-id="{image_id}"]')
     photo.click()
-    page.wait_for_function(
+    wait_until(
+        page,
         f"""document.querySelector('#instance-items .item-photo[data-image-id="{image_id}"]')
-            ?.getAttribute('aria-pressed') === 'false'"""
+            ?.getAttribute('aria-pressed') === 'false'""",
     )
     item = page.locator(f'#instance-items .item[data-image-id="{image_id}"]')
     assert "excluded by hand" in item.locator(".reason").inner_text()
@@ -131,7 +132,7 @@ def test_dataset_by_clicking_then_export_and_train(
     # The sample grid, when the checkpoint has one, is a loaded image.
     samples = page.locator("#checkpoints img.sample")
     if samples.count():
-        page.wait_for_function("document.querySelector('#checkpoints img.sample').complete")
+        wait_until(page, "document.querySelector('#checkpoints img.sample').complete")
         assert samples.first.evaluate("img => img.naturalWidth") > 0
     config = page.locator("#run-config").inner_text()
     assert "instance_prompt" in config and "a photo of sks dog" in config
@@ -168,7 +169,8 @@ def test_cancel_a_running_job_on_the_jobs_page(
     row.locator('.pill[data-state="running"]').wait_for(timeout=120_000)
     assert "train (run" in row.inner_text()
     # Cancel once training steps run (not while the dataset is still being exported).
-    page.wait_for_function(
+    wait_until(
+        page,
         f"""document.querySelector('#jobs tr[data-id="{job_id}"]')
             ?.innerText.includes('phase training')""",
         timeout=120_000,

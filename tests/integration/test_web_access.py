@@ -76,4 +76,9 @@ def test_every_page_asks_for_the_key_and_static_files_are_open(client: Client) -
     assert client.get("/static/../../etc/passwd").status_code == 404
     client.post("/login", data={"key": "k1"})
     for path in NAV_PAGES:
-        assert client.get(path).status_code == 200, path
+        answer = client.get(path)
+        assert answer.status_code == 200, path
+        # No script but the site's own runs on a page, and no other site frames it.
+        policy = answer.headers["content-security-policy"]
+        assert "script-src 'self'" in policy and "frame-ancestors 'none'" in policy, path
+        assert answer.headers["x-content-type-options"] == "nosniff"

@@ -14,7 +14,7 @@ from vitdex import __version__
 from vitdex.api.auth import web_session
 from vitdex.api.deps import services_of
 from vitdex.api.web import session
-from vitdex.api.web.pages.common import local_path
+from vitdex.api.web.pages.common import SECURITY_HEADERS, local_path
 
 #: A wrong key costs this long, so guessing keys over HTTP is slow.
 _WRONG_KEY_DELAY_S = 0.5
@@ -25,6 +25,7 @@ def _login_page(next_path: str, error: str | None, status: int) -> Template:
         template_name="login.html",
         context={"next": next_path, "error": error, "version": __version__, "nav": []},
         status_code=status,
+        headers=SECURITY_HEADERS,
     )
 
 
