@@ -29,13 +29,11 @@ import json
 import os
 import platform
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import httpx
 import numpy as np
@@ -43,22 +41,14 @@ from PIL import Image as PILImage
 from sqlalchemy import select, update
 
 from bench._catalog import SPACE, build_catalog
+from bench.http import Server
 from vitdex.devices import cpu_flags
+from vitdex.testing.browser import CHROMIUM_ARGS, chromium_path
 
 #: Tiles the grid asks for per page (the library page's PAGE).
 PAGE = 120
 #: Thumbnails that fill the first screen (1400 × 900 viewport) and must be decoded.
 FIRST_SCREEN = 24
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 FLAGS_SHOWN = ("avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile")
 
 
@@ -96,52 +86,6 @@ def _real_files(settings: Any, photos: Path, n: int) -> None:
             PILImage.fromarray(pixels).save(path, quality=85)
             conn.execute(update(Image).where(Image.id == image_id).values(path=str(path)))
     engine.dispose()
-
-
-class Server:
-    """``vitdex serve`` on a free port, its output in a log file."""
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        import socket
-
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            self.port = sock.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self._log: IO[bytes] = log.open("wb")
-        self.log = log
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "vitdex",
-                "serve",
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-            ],
-            env=env,
-            stdout=self._log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 120
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"the server exited:\n{log.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"{self.url}/ready", timeout=2).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("the server was not ready in time")
-            time.sleep(0.2)
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=30)
-        self._log.close()
 
 
 def _timed_get(client: httpx.Client, path: str, repeats: int) -> tuple[float, int]:
@@ -231,12 +175,16 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         _real_files(settings, photos, 3 * PAGE)
         print(f"  rows {built.rows_seconds:.1f} s, vectors {built.vectors_seconds:.1f} s")
         server = Server(env, Path(tmp) / "serve.log")
+        server.wait_ready(timeout=180)
         try:
-            with httpx.Client(base_url=server.url, timeout=600) as client, sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_ARGS)
+            with httpx.Client(base_url=server.base, timeout=600) as client, sync_playwright() as pw:
+                executable = args.chromium or chromium_path()
+                if executable is None:
+                    raise SystemExit("bench.ui needs chromium (apt-get install chromium)")
+                browser = pw.chromium.launch(executable_path=executable, args=CHROMIUM_ARGS)
                 # Grid: cold once (thumbnails made on the way), then warm.
-                cold_first, cold_next = _grid(browser, server.url)
-                warm = [_grid(browser, server.url) for _ in range(args.repeats)]
+                cold_first, cold_next = _grid(browser, server.base)
+                warm = [_grid(browser, server.base) for _ in range(args.repeats)]
                 api_page, api_page_bytes = _timed_get(client, f"/api/v1/images?limit={PAGE}", 20)
                 api_next, _ = _timed_get(client, f"/api/v1/images?limit={PAGE}&offset={PAGE}", 20)
                 api_facets, _ = _timed_get(client, "/api/v1/facets", args.repeats)
@@ -267,7 +215,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 )
                 body = client.get(f"/api/v1/maps/{SPACE}?method=pca").content
                 page_s = statistics.median(
-                    _map_page(browser, server.url, args.images) for _ in range(args.repeats)
+                    _map_page(browser, server.base, args.images) for _ in range(args.repeats)
                 )
                 results["map"] = {
                     "job_server_s": job_s,
@@ -326,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--images", type=int, default=100_000)
     parser.add_argument("--dim", type=int, default=768)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--chromium", default="/usr/bin/chromium")
+    parser.add_argument("--chromium", default=None, help="default: the system chromium")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     results = run(args)

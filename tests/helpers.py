@@ -99,20 +99,23 @@ def served(
     flags: Sequence[str] = (),
     serve_args: Sequence[str] = (),
     start_timeout: float = 60,
+    log: Path | None = None,
 ) -> Iterator[str]:
     """``vitdex FLAGS serve SERVE_ARGS`` in a process of its own with ``env`` on top of
     this one's, on a free port; yields its base URL once ``/health`` answers, and stops
-    it afterwards."""
+    it afterwards. With ``log`` its output goes to that file (a long-running server's
+    access log would fill a pipe nobody reads)."""
     import httpx
 
     port = free_port()
+    out: Any = log.open("wb") if log is not None else subprocess.PIPE
     proc = subprocess.Popen(
         [
             *(sys.executable, "-m", "vitdex", *flags, "serve", *serve_args),
             *("--host", "127.0.0.1", "--port", str(port)),
         ],
         env={**os.environ, **env},
-        stdout=subprocess.PIPE,
+        stdout=out,
         stderr=subprocess.STDOUT,
     )
     base = f"http://127.0.0.1:{port}"
@@ -120,8 +123,10 @@ def served(
         deadline = time.monotonic() + start_timeout
         while True:
             if proc.poll() is not None:
-                out = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
-                raise AssertionError(f"the server exited with {proc.returncode}:\n{out[-3000:]}")
+                said = proc.stdout.read().decode(errors="replace") if proc.stdout else ""
+                if log is not None:
+                    said = log.read_text(errors="replace")
+                raise AssertionError(f"the server exited with {proc.returncode}:\n{said[-3000:]}")
             try:
                 if httpx.get(f"{base}/health", timeout=1).status_code == 200:
                     break
@@ -138,6 +143,8 @@ def served(
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait(timeout=5)
+        if log is not None:
+            out.close()
 
 
 class OwnRedis:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import subprocess
 import sys
 import time
@@ -26,35 +25,13 @@ from typing import Any
 
 import pytest
 
-from tests.helpers import free_port
+from tests.helpers import served
 from tests.photos import make_photo
+from vitdex.testing.browser import CHROMIUM_ARGS, chromium_path
 
 ROOT = Path(__file__).resolve().parents[2]
 OUTPUT = ROOT / "test-output" / "browser"
-#: The flags a headless chromium needs on a machine with a closed network.
-CHROMIUM_ARGS = [
-    "--headless=new",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 CAMERAS = [("Canon", "EOS R5"), ("Apple", "iPhone 15"), ("Sony", "A7 IV")]
-
-
-def chromium_path() -> str | None:
-    """The system chromium (``VITDEX_TEST_CHROMIUM`` overrides)."""
-    given = os.environ.get("VITDEX_TEST_CHROMIUM")
-    if given:
-        return given
-    for name in ("chromium", "chromium-browser", "google-chrome"):
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 @pytest.fixture(scope="session")
@@ -114,34 +91,6 @@ class Site:
         return proc
 
 
-def _serve(env: dict[str, str], log: Path) -> tuple[subprocess.Popen[bytes], str]:
-    import httpx
-
-    port = free_port()
-    out = log.open("wb")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "vitdex", "serve", "--host", "127.0.0.1", "--port", str(port)],
-        env={**os.environ, **env},
-        stdout=out,
-        stderr=subprocess.STDOUT,
-    )
-    url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 90
-    while True:
-        if proc.poll() is not None:
-            raise AssertionError(
-                f"vitdex serve exited {proc.returncode}:\n{log.read_text()[-3000:]}"
-            )
-        try:
-            if httpx.get(f"{url}/health", timeout=1).status_code == 200:
-                return proc, url
-        except httpx.TransportError:
-            pass
-        if time.monotonic() > deadline:
-            raise AssertionError("vitdex serve did not answer /health in time")
-        time.sleep(0.2)
-
-
 def start_site(
     vitdex_env: dict[str, str], tmp_path: Path, *, keys: list[str] | None = None, index: bool = True
 ) -> Iterator[Site]:
@@ -158,16 +107,9 @@ def start_site(
     site = Site("", env, photos, tmp_path / "serve.log", keys or [])
     if index:
         site.cli("index", str(photos))
-    proc, site.url = _serve(env, site.log)
-    try:
+    with served(env, log=site.log, start_timeout=90) as url:
+        site.url = url
         yield site
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=5)
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ to a single file and registered.
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -174,3 +175,68 @@ def test_the_checkpoint_hashes_the_images_it_was_trained_on(client: Client, allo
         assert row["dataset_hash"] != checkpoint_sql.dataset_image_hash(
             session, shown["dataset_id"]
         )
+
+
+def test_losses_and_checkpoint_file(client: Client, allowed: Path) -> None:
+    """``/losses`` has one point per step (recorded each step, whatever the progress
+    throttle), and a run's checkpoint downloads from inside its own folder only."""
+    body = {
+        "dataset": "rex",
+        "base_model": str(allowed / "sd15"),
+        "resolution": 32,
+        "steps": 3,
+        "text_encoder_steps": 0,
+        "force": True,
+        "options": {"mixed_precision": "no", "device": "cpu"},
+    }
+    started = client.post("/api/v1/training-runs", json=body)
+    assert started.status_code == 202, started.text
+    run = started.json()
+    # Before any step: no points, not an error.
+    early = client.get(f"/api/v1/training-runs/{run['id']}/losses")
+    assert early.status_code == 200 and early.json()["run_id"] == run["id"]
+    assert wait_for_job(client, run["job_id"])["state"] == "succeeded"
+    done = client.get(f"/api/v1/training-runs/{run['id']}").json()
+
+    points = client.get(f"/api/v1/training-runs/{run['id']}/losses").json()["points"]
+    steps = [p["step"] for p in points]
+    assert steps == sorted(set(steps)) and steps[-1] == done["total_steps"] == 3
+    assert set(steps) >= {1, 2, 3}
+    assert all(p["loss"] > 0 for p in points)
+    assert points[-1]["loss"] == pytest.approx(done["loss"])
+
+    ckpt = done["checkpoint"]
+    url = f"/api/v1/training-runs/{run['id']}/checkpoints/{ckpt['id']}/file"
+    got = client.get(url)
+    assert got.status_code == 200, got.text
+    assert "attachment" in got.headers["content-disposition"]
+    assert ".safetensors" in got.headers["content-disposition"]
+    assert hashlib.sha256(got.content).hexdigest() == ckpt["sha256"]
+
+    # Another run's checkpoint, an unknown one, an unknown run: 404, never a file.
+    assert client.get(f"/api/v1/training-runs/{run['id']}/checkpoints/99/file").status_code == 404
+    assert client.get(f"/api/v1/training-runs/99/checkpoints/{ckpt['id']}/file").status_code == 404
+    assert client.get("/api/v1/training-runs/99/losses").status_code == 404
+    assert client.get("/api/v1/training-runs/0/losses").status_code == 400
+    bad = client.get(f"/api/v1/training-runs/{run['id']}/checkpoints/0/file")
+    assert bad.status_code == 400
+
+    # A file moved out of the run's folder is not served, whatever the row says.
+    from vitdex.config import load_settings
+    from vitdex.db.jobs import catalog_sessions
+    from vitdex.db.models import Checkpoint
+
+    moved = allowed / "moved.safetensors"
+    shutil.copy(ckpt["path"], moved)
+    sessions = catalog_sessions(load_settings().storage.resolved_database_url)
+    with sessions() as session:
+        session.get_one(Checkpoint, ckpt["id"]).path = str(moved)
+        session.commit()
+    refused = client.get(url)
+    assert refused.status_code == 403 and "outside its run" in refused.json()["detail"]
+    Path(ckpt["path"]).unlink()
+    with sessions() as session:
+        session.get_one(Checkpoint, ckpt["id"]).path = ckpt["path"]
+        session.commit()
+    gone = client.get(url)
+    assert gone.status_code == 404 and "gone" in gone.json()["detail"]
