@@ -187,7 +187,7 @@ def test_cancel_a_running_job_on_the_jobs_page(
     # The run page reads the same: cancelled, resumable.
     page.goto(f"{site.url}/runs/{started.json()['id']}")
     page.locator('#run-state[data-state="cancelled"]').wait_for()
-    assert page.locator("#resume-run").is_visible()
+    page.locator("#resume-run").wait_for()  # visible
     step = int(page.locator("#run-step").inner_text().split()[1].split("/")[0])
     assert 0 < step < 20000
     # The steps it ran are on the curve (one dot per reported step).

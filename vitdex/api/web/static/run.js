@@ -92,6 +92,9 @@
     pill.textContent = run.state;
     pill.dataset.state = run.state;
     pill.className = `pill state-${run.state}`;
+    // The buttons follow the state at once, with the pill (the job lookup below waits).
+    cancelButton.hidden = !live;
+    resumeButton.hidden = live || run.state === "succeeded";
     setBar(run.total_steps ? run.step / run.total_steps : null);
     document.getElementById("run-step").textContent = `step ${run.step}/${run.total_steps}` +
       (run.loss != null ? ` · loss ${run.loss.toFixed(4)}` : "");
@@ -109,8 +112,6 @@
     const error = document.getElementById("run-error");
     error.hidden = !run.error;
     error.textContent = run.error || "";
-    cancelButton.hidden = !live;
-    resumeButton.hidden = live || run.state === "succeeded";
     if (!configShown) { showConfig(run.config); configShown = true; }
     drawLoss((await api(`/api/v1/training-runs/${runId}/losses`)).points);
     await showCheckpoints();
