@@ -16,7 +16,7 @@ __all__ = ["Adjacent", "FacetCounts", "SpaceCount", "adjacent", "counts", "ids",
 
 @dataclass
 class SpaceCount:
-    """A vector space and how many images have a vector in it."""
+    """A vector space and how many images have a vector in it (served as it is)."""
 
     name: str
     dim: int

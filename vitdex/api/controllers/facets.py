@@ -19,7 +19,6 @@ from vitdex.api.schemas.facets import (
     AdjacentOut,
     FacetsOut,
     ImageIdsOut,
-    SpaceOut,
     SpacesOut,
 )
 from vitdex.config import Settings
@@ -121,6 +120,6 @@ class FacetsController(Controller):
         settings: NamedDependency[Settings],
     ) -> SpacesOut:
         """Every vector space with its vector count, and the one searches use by default."""
-        found = [SpaceOut.of(s) for s in facets.spaces(sessions)]
+        found = facets.spaces(sessions)
         configured = settings.model.spaces
         return SpacesOut(spaces=found, default=configured[0] if configured else None)

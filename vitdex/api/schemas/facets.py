@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 from vitdex.search.facets import Adjacent, FacetCounts, SpaceCount
 
-__all__ = ["AdjacentOut", "FacetValue", "FacetsOut", "ImageIdsOut", "SpaceOut", "SpacesOut"]
+__all__ = ["AdjacentOut", "FacetValue", "FacetsOut", "ImageIdsOut", "SpaceCount", "SpacesOut"]
 
 
 @dataclass
@@ -81,27 +81,9 @@ class AdjacentOut:
 
 
 @dataclass
-class SpaceOut:
-    """A vector space of the catalog."""
-
-    name: str
-    dim: int
-    metric: str
-    model_id: str
-    layer: str
-    #: Images with a vector in it.
-    count: int
-
-    @classmethod
-    def of(cls, space: SpaceCount) -> SpaceOut:
-        """From the search layer's record."""
-        return cls(space.name, space.dim, space.metric, space.model_id, space.layer, space.count)
-
-
-@dataclass
 class SpacesOut:
     """Every vector space, oldest first."""
 
-    spaces: list[SpaceOut]
+    spaces: list[SpaceCount]
     #: The space a search uses when none is named.
     default: str | None
