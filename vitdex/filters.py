@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["FilterMiss", "SearchFilter", "close_values", "image_payload"]
+__all__ = ["FilterMiss", "SearchFilter", "close_values", "image_payload", "tag_key"]
 
 
 @dataclass(frozen=True)
@@ -43,14 +43,32 @@ class SearchFilter:
     camera_make_spellings: tuple[str, ...] | None = None
     #: Likewise for ``camera_model``.
     camera_model_spellings: tuple[str, ...] | None = None
+    #: Tags the image must carry, every one of them (compared by :func:`tag_key`).
+    tags: tuple[str, ...] = ()
+    #: Leave out photos marked as duplicates (a reviewed group kept another member).
+    hide_duplicates: bool = False
 
     def is_empty(self) -> bool:
         """Whether no condition is set."""
         return self == SearchFilter()
 
+    @property
+    def sql_only(self) -> bool:
+        """Whether a condition lives only in the catalog (tags, duplicate marks).
+
+        Those change with every click of a reviewer, so they are never copied into a
+        store's payloads: a payload backend gets the filter resolved in SQL to ids.
+        """
+        return bool(self.tags) or self.hide_duplicates
+
 
 #: How each filter field that names a value is called in messages.
-VALUE_FIELDS = {"camera_make": "camera make", "camera_model": "camera model", "label": "label"}
+VALUE_FIELDS = {
+    "camera_make": "camera make",
+    "camera_model": "camera model",
+    "label": "label",
+    "tags": "tag",
+}
 
 
 @dataclass(frozen=True)
@@ -78,6 +96,12 @@ class FilterMiss:
         if self.common:
             return f"{what}; the catalog has: {', '.join(self.common)}"
         return f"{what}; no photo in the catalog has any {VALUE_FIELDS.get(self.field)}"
+
+
+def tag_key(name: str) -> str:
+    """What makes two tag names the same tag: case-folded, spaces trimmed and collapsed
+    ("My  Dog " and "my dog" are one tag)."""
+    return " ".join(name.split()).casefold()
 
 
 def close_values(value: str, candidates: Iterable[str], n: int = 5) -> tuple[str, ...]:

@@ -27,7 +27,7 @@ def test_migrations_create_every_table(database_url: str) -> None:
     engine = make_engine(database_url)
     assert current_revision(engine) is None
     ensure_schema(engine)
-    assert current_revision(engine) == head_revision() == "0006"
+    assert current_revision(engine) == head_revision() == "0007"
     tables = set(inspect(engine).get_table_names())
     assert {
         "libraries",
@@ -43,6 +43,11 @@ def test_migrations_create_every_table(database_url: str) -> None:
         "dataset_items",
         "training_runs",
         "checkpoints",
+        "tags",
+        "image_tags",
+        "saved_searches",
+        "duplicate_groups",
+        "duplicate_members",
         "catalog",
         "alembic_version",
     } <= tables

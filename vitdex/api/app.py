@@ -16,13 +16,16 @@ from vitdex.api.controllers import (
     CheckpointsController,
     ClustersController,
     DatasetsController,
+    DuplicatesController,
     FacetsController,
     HealthController,
     ImagesController,
     JobsController,
     LibrariesController,
     MapsController,
+    SavedSearchesController,
     SearchController,
+    TagsController,
     TrainingController,
 )
 from vitdex.api.docs import LocalSwaggerRenderPlugin
@@ -80,6 +83,9 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DatasetsController,
             TrainingController,
             CheckpointsController,
+            DuplicatesController,
+            TagsController,
+            SavedSearchesController,
         ],
         # Authentication first: a caller without a key learns nothing about its ids.
         guards=[require_api_key, canonical_path_ints],

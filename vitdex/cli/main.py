@@ -19,9 +19,12 @@ from vitdex.cli.common import Context
 from vitdex.cli.dataset import dataset_group
 from vitdex.cli.db import db_group
 from vitdex.cli.demo import demo
+from vitdex.cli.duplicates import duplicates_group
 from vitdex.cli.model import model_group
+from vitdex.cli.searches import searches_group
 from vitdex.cli.serve import serve_command, worker_command
 from vitdex.cli.store import migrate_store_cmd, reindex
+from vitdex.cli.tags import tag_group
 from vitdex.cli.train import train_group
 
 
@@ -92,6 +95,9 @@ for _command in (
     checkpoints_group,
     convert_command,
     model_group,
+    duplicates_group,
+    tag_group,
+    searches_group,
 ):
     cli.add_command(_command)
 

@@ -1,6 +1,6 @@
 """The SQL catalog: models, engine and migrations, repository functions."""
 
-from vitdex.db import repo
+from vitdex.db import repo, review_models
 from vitdex.db.engine import ensure_schema, make_engine, session_factory, upgrade
 from vitdex.db.models import (
     Base,
@@ -27,6 +27,7 @@ __all__ = [
     "ensure_schema",
     "make_engine",
     "repo",
+    "review_models",
     "session_factory",
     "upgrade",
 ]

@@ -15,7 +15,8 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from vitdex.db.images import where_filter
 from vitdex.db.models import Image, ImageLabel, ImageVector, Space
-from vitdex.filters import FilterMiss, SearchFilter, close_values
+from vitdex.db.review_models import Tag
+from vitdex.filters import FilterMiss, SearchFilter, close_values, tag_key
 
 __all__ = [
     "Adjacent",
@@ -76,8 +77,8 @@ def _counted(session: Session, field: str) -> list[str]:
 
 
 def filter_misses(session: Session, flt: SearchFilter) -> list[FilterMiss]:
-    """Each camera make, camera model or label of ``flt`` that no catalog photo has, with
-    the stored values close to it (or, with none close, the most common ones)."""
+    """Each camera make, camera model, label or tag of ``flt`` that no catalog photo has,
+    with the stored values close to it (or, with none close, the most common ones)."""
     misses = []
     for field in ("camera_make", "camera_model", "label"):
         value = getattr(flt, field)
@@ -87,6 +88,16 @@ def filter_misses(session: Session, flt: SearchFilter) -> list[FilterMiss]:
         close = close_values(value, stored)
         common = () if close else tuple(stored[:COMMON_SHOWN])
         misses.append(FilterMiss(field, value, close, common))
+    if flt.tags:
+        known = {key: name for key, name in session.execute(select(Tag.key, Tag.name))}
+        for tag in dict.fromkeys(flt.tags):
+            if tag_key(tag) in known:
+                continue
+            names = sorted(known.values(), key=str.casefold)
+            close = close_values(tag, names)
+            misses.append(
+                FilterMiss("tags", tag, close, () if close else tuple(names[:COMMON_SHOWN]))
+            )
     return misses
 
 

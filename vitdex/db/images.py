@@ -16,8 +16,9 @@ from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
 from vitdex.db.models import Image, ImageLabel, ImageStatus, ImageVector, Library, utcnow
+from vitdex.db.review_models import DuplicateGroup, DuplicateMember, DuplicateStatus, ImageTag, Tag
 from vitdex.db.rows import chunks, get_row
-from vitdex.filters import SearchFilter, image_payload
+from vitdex.filters import SearchFilter, image_payload, tag_key
 
 __all__ = [
     "KnownImage",
@@ -39,6 +40,7 @@ __all__ = [
     "library_for",
     "list_libraries",
     "mark_missing",
+    "marked_duplicate",
     "move_image",
     "payloads",
     "record_failed",
@@ -313,7 +315,30 @@ def where_filter(stmt: Select[Any], flt: SearchFilter) -> Select[Any]:
             .where(ImageLabel.image_id == Image.id, ImageLabel.label == flt.label)
             .exists()
         )
+    for key in dict.fromkeys(tag_key(t) for t in flt.tags):  # every tag must be there
+        stmt = stmt.where(
+            select(ImageTag.tag_id)
+            .join(Tag, Tag.id == ImageTag.tag_id)
+            .where(ImageTag.image_id == Image.id, Tag.key == key)
+            .exists()
+        )
+    if flt.hide_duplicates:
+        stmt = stmt.where(~marked_duplicate(Image.id))
     return stmt
+
+
+def marked_duplicate(image_id: Any) -> Any:
+    """SQL condition: the image is a member of a group resolved by keeping another one."""
+    return (
+        select(DuplicateMember.image_id)
+        .join(DuplicateGroup, DuplicateGroup.id == DuplicateMember.group_id)
+        .where(
+            DuplicateMember.image_id == image_id,
+            DuplicateGroup.status == DuplicateStatus.KEPT,
+            DuplicateGroup.keeper_id != image_id,
+        )
+        .exists()
+    )
 
 
 def filter_image_ids(session: Session, flt: SearchFilter, space_id: int) -> list[int]:

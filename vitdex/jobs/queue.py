@@ -32,6 +32,7 @@ JOB_FUNCTIONS: dict[str, str] = {
     "train": "vitdex.jobs.training.run_train_job",
     "export": "vitdex.jobs.training.run_export_job",
     "map": "vitdex.jobs.maps.run_map_job",
+    "duplicates": "vitdex.jobs.duplicates.run_duplicates_job",
 }
 
 #: rq retries for transient failures (a database or Redis blip), spaced out.

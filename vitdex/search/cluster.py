@@ -420,6 +420,10 @@ def filter_to_params(flt: SearchFilter) -> dict[str, Any]:
         value = getattr(flt, name)
         if value is not None:
             out[name] = value.isoformat()
+    if flt.tags:
+        out["tags"] = list(flt.tags)
+    if flt.hide_duplicates:
+        out["hide_duplicates"] = True
     return out
 
 
@@ -428,13 +432,17 @@ def filter_from_params(data: Mapping[str, Any] | None) -> SearchFilter | None:
     if not data:
         return None
     known = {"library_ids", "path_prefix", "taken_after", "taken_before"}
-    known |= {"camera_make", "camera_model", "label"}
+    known |= {"camera_make", "camera_model", "label", "tags", "hide_duplicates"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown filter fields: {', '.join(sorted(unknown))}")
     values: dict[str, Any] = {k: v for k, v in data.items() if v is not None}
     if "library_ids" in values:
         values["library_ids"] = tuple(int(i) for i in values["library_ids"])
+    if "tags" in values:
+        values["tags"] = tuple(str(t) for t in values["tags"])
+    if "hide_duplicates" in values:
+        values["hide_duplicates"] = bool(values["hide_duplicates"])
     for name in ("taken_after", "taken_before"):
         if isinstance(values.get(name), str):
             try:

@@ -85,10 +85,11 @@ def search_filtered(
     """The ``k`` nearest of each query among the images ``filter`` allows: Qdrant filters
     on its own payload indexes, server side (camera make and model as the stored
     spellings they match ignoring case); FAISS searches exactly among the ids the filter
-    selects in SQL."""
+    selects in SQL, and so does Qdrant for a filter with tags or duplicate marks, which
+    live only in the catalog."""
     if filter is None or filter.is_empty():
         return store.search(queries, k)
-    if store.uses_payloads:
+    if store.uses_payloads and not filter.sql_only:
         filter = facets.with_spellings(session, filter)
         if filter.camera_make_spellings == () or filter.camera_model_spellings == ():
             return [[] for _ in range(len(queries))]  # no photo has that make or model

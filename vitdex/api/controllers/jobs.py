@@ -62,6 +62,10 @@ class ClusterFilterIn:
     camera_make: str | None = None
     camera_model: str | None = None
     label: str | None = None
+    #: Tags every clustered photo must carry.
+    tag: list[str] = field(default_factory=list)
+    #: Leave out photos marked as duplicates.
+    hide_duplicates: bool = False
 
 
 @dataclass
@@ -99,6 +103,10 @@ def _filter_params(flt: ClusterFilterIn | None) -> dict[str, Any] | None:
     for name in ("camera_make", "camera_model", "label"):
         if getattr(flt, name) is not None:
             out[name] = getattr(flt, name)
+    if flt.tag:
+        out["tags"] = list(flt.tag)
+    if flt.hide_duplicates:
+        out["hide_duplicates"] = True
     return out
 
 

@@ -79,6 +79,13 @@ def provide_filter(
     label: Annotated[
         str | None, Parameter(description="A predicted label (exact, as /labels lists it)")
     ] = None,
+    tag: Annotated[
+        list[str] | None,
+        Parameter(description="A tag the photo carries (repeatable: every one; any case)"),
+    ] = None,
+    hide_duplicates: Annotated[
+        bool, Parameter(description="Leave out photos marked as duplicates in review")
+    ] = False,
 ) -> SearchFilter:
     """Dependency: the metadata filter given as query parameters."""
     ids = tuple(library_id or ())
@@ -86,9 +93,12 @@ def provide_filter(
         raise ConfigError(f"library_id must be between 1 and {INT64_MAX}")
     texts = {"folder": folder, "camera_make": camera_make, "camera_model": camera_model}
     texts["label"] = label
-    for name, value in texts.items():
+    tags = tuple(tag or ())
+    for name, value in [*texts.items(), *(("tag", t) for t in tags)]:
         if value is not None and "\x00" in value:
             raise ConfigError(f"{name} must not contain NUL characters")
+    if any(not t.strip() for t in tags):
+        raise ConfigError("tag must not be empty")
     after = parse_when("taken_after", taken_after)
     before = parse_when("taken_before", taken_before)
     if after and before and after >= before:
@@ -101,6 +111,8 @@ def provide_filter(
         camera_make=camera_make,
         camera_model=camera_model,
         label=label,
+        tags=tags,
+        hide_duplicates=hide_duplicates,
     )
 
 

@@ -10,15 +10,25 @@ from litestar.static_files import create_static_files_router
 from litestar.template.config import TemplateConfig
 
 from vitdex.api.web.pages.browse import BrowsePages
+from vitdex.api.web.pages.duplicates import DuplicatesPage
 from vitdex.api.web.pages.explore import ExplorePages
 from vitdex.api.web.pages.libraries import LibrariesPage
 from vitdex.api.web.pages.login import LoginController
+from vitdex.api.web.pages.tags import TagsPage
 from vitdex.api.web.pages.training import TrainingPages
 
 HERE = Path(__file__).parent
 
 #: Every page controller, in navigation order.
-PAGES: list[Any] = [LoginController, BrowsePages, ExplorePages, TrainingPages, LibrariesPage]
+PAGES: list[Any] = [
+    LoginController,
+    BrowsePages,
+    ExplorePages,
+    DuplicatesPage,
+    TagsPage,
+    TrainingPages,
+    LibrariesPage,
+]
 
 
 def web_handlers() -> list[Any]:

@@ -18,6 +18,8 @@ NAV = [
     ("/search", "Search"),
     ("/map", "Map"),
     ("/clusters", "Clusters"),
+    ("/duplicates", "Duplicates"),
+    ("/tags", "Tags"),
     ("/datasets", "Datasets"),
     ("/jobs", "Jobs"),
     ("/libraries", "Libraries"),
