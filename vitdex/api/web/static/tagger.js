@@ -1,0 +1,2 @@
+// Tagging the current selection from any page (the "Tag…" button in the header).
+"use strict";
