@@ -104,6 +104,11 @@ def test_map_computes_draws_and_selects(site: Site, page: Any, shot: Callable[[s
 def test_clusters_run_open_and_select(site: Site, page: Any, shot: Callable[[str], Path]) -> None:
     page.goto(f"{site.url}/clusters")
     page.get_by_text("No clustering yet").wait_for()
+    # A tag no photo carries: the failed job says so, and no run is made.
+    page.fill("#cluster-tags", "no such tag")
+    page.get_by_role("button", name="Start clustering").click()
+    page.get_by_text("no photo has tag 'no such tag'").wait_for()
+    page.fill("#cluster-tags", "")
     page.fill("#cluster-k", "3")
     page.get_by_role("button", name="Start clustering").click()
     page.get_by_role("link", name="Open run 1").wait_for()

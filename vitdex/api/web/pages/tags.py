@@ -16,6 +16,6 @@ class TagsPage(Controller):
     include_in_schema = False
 
     @get("/tags", sync_to_thread=False)
-    def tags(self, request: Request[Any, Any, Any]) -> Template | Redirect:
+    def tags_page(self, request: Request[Any, Any, Any]) -> Template | Redirect:
         """Every tag with its photo count; rename, delete, open as a filtered library."""
         return page(request, "tags.html", active="/tags")

@@ -33,8 +33,15 @@
         const raw = $("cluster-k").value.trim() || "auto";
         const k = raw === "auto" ? "auto" : Number(raw);
         if (k !== "auto" && !Number.isInteger(k)) throw new Error('k must be a whole number or "auto"');
+        const filter = {};
+        const folder = $("cluster-folder").value.trim();
+        const tags = $("cluster-tags").value.split(",").map((t) => t.trim()).filter(Boolean);
+        if (folder) filter.folder = folder;
+        if (tags.length) filter.tag = tags;
+        if ($("cluster-hide-dups").checked) filter.hide_duplicates = true;
         const { job } = await api("/api/v1/clusters", {
-          method: "POST", json: { space: $("cluster-space").value, method: $("cluster-method").value, k },
+          method: "POST",
+          json: { space: $("cluster-space").value, method: $("cluster-method").value, k, filter },
         });
         const [bar, set] = progressBar();
         const text = el("span", { class: "muted" });
