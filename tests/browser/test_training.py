@@ -140,6 +140,41 @@ def test_dataset_by_clicking_then_export_and_train(
     shot("run")
 
 
+def test_dataset_with_a_sampler_and_tags(
+    site: Site, page: Any, shot: Callable[[str], Path]
+) -> None:
+    page.goto(f"{site.url}/datasets")
+    page.evaluate("window.vitdex.selection.set([1])")
+    page.fill("#ds-name", "spread")
+    page.fill("#ds-prompt", "a photo of sks dog")
+    page.locator("details.options summary").click()
+    page.select_option("#ds-sampler", "representative")
+    page.fill("#ds-k", "10")
+    page.fill("#ds-min-distance", "0.001")
+    # Without a cap the sampler has nothing to spread: refused, with the reason shown.
+    page.watch.allow(r"/api/v1/datasets$", 400)
+    page.get_by_role("button", name="Create dataset").click()
+    page.locator(".toast.bad").filter(has_text="give max").wait_for()
+    page.fill("#ds-tags", "nobody has this")
+    page.fill("#ds-max", "4")
+    page.get_by_role("button", name="Create dataset").click()
+    page.locator(".toast.bad").filter(has_text="no photo has tag").wait_for()
+    page.fill("#ds-tags", "")
+    page.check("#ds-hide-duplicates")
+    shot("sampler-form")
+    page.get_by_role("button", name="Create dataset").click()
+    page.wait_for_url(re.compile(r"/datasets/\d+$"))
+    page.locator("#instance-items .item").first.wait_for()
+    reasons = page.locator("#instance-items .reason").all_inner_texts()
+    assert reasons[0] == "seed"
+    assert sum(r.startswith("representative of cluster") for r in reasons) == 3
+    assert any(r.startswith("not sampled (cluster") for r in reasons)
+    meta = page.locator("#dataset-meta").inner_text()
+    assert "sampler representative" in meta and "min distance 0.001" in meta
+    assert "duplicates hidden" in meta
+    shot("sampler-dataset")
+
+
 def test_cancel_a_running_job_on_the_jobs_page(
     site: Site, page: Any, shot: Callable[[str], Path], tiny_sd: Path
 ) -> None:

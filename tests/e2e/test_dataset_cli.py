@@ -117,3 +117,58 @@ def test_dataset_commands(indexed: Path, tmp_path: Path) -> None:
     assert deleted == {"id": dataset_id, "name": "rex", "export_path": str(folder), "deleted": True}
     assert as_json(vitdex("dataset", "list", "--json"))["datasets"] == []
     assert (folder / "dataset.toml").exists()  # exported files stay
+
+
+def test_samplers_min_distance_and_tags(indexed: Path) -> None:
+    from vitdex.config import load_settings
+    from vitdex.db import make_engine, session_factory
+    from vitdex.db.review_models import ImageTag, Tag
+
+    # Tag five photos directly in the catalog: the candidates must come from them.
+    sessions = session_factory(make_engine(load_settings().storage.resolved_database_url))
+    tagged = [3, 5, 7, 9, 11]
+    with sessions() as session:
+        tag = Tag(name="Rex", key="rex")
+        session.add(tag)
+        session.flush()
+        session.add_all([ImageTag(image_id=i, tag_id=tag.id) for i in tagged])
+        session.commit()
+
+    diverse = as_json(
+        vitdex(
+            "dataset", "create", "spread", "--seed", "1", "--k", "10", "--max", "4",
+            "--sampler", "diverse", "--min-distance", "0.005", "--hide-duplicates",
+            "--prompt", "p", "--json",
+        )
+    )  # fmt: skip
+    params = diverse["dataset"]["params"]
+    assert (params["sampler"], params["min_distance"], params["dedup"]) == ("diverse", 0.005, 0.995)
+    assert params["hide_duplicates"] is True
+    included = [it for it in diverse["items"] if it["included"]]
+    assert [it["reason"] for it in included] == ["seed"] + ["diverse"] * 3
+    assert "not_sampled" in {it["reason"] for it in diverse["items"]}
+
+    table = vitdex(
+        "dataset", "create", "groups", "--seed", "1", "--k", "10", "--max", "4",
+        "--sampler", "representative", "--tag", "rex", "--prompt", "p",
+    ).stdout  # fmt: skip
+    assert "representative of cluster" in table and "not_sampled (cluster" in table
+    assert "curated by: representative sampler; min distance 0.05; tags rex" in table
+    shown = as_json(vitdex("dataset", "show", "groups", "--json"))
+    candidates = [it for it in shown["items"] if it["rank"] > 0]
+    assert sorted(it["image_id"] for it in candidates) == tagged
+    assert len(shown["dataset"]["params"]["clusters"]) == 3
+
+    contradict = vitdex(
+        "dataset", "create", "x", "--seed", "1", "--prompt", "p",
+        "--dedup", "0.95", "--min-distance", "0.2", code=2,
+    )  # fmt: skip
+    assert "contradict" in contradict.stderr
+    no_max = vitdex(
+        "dataset", "create", "x", "--seed", "1", "--prompt", "p", "--sampler", "diverse", code=2
+    )
+    assert "give max" in no_max.stderr and "Traceback" not in no_max.stderr
+    unknown_tag = vitdex(
+        "dataset", "create", "x", "--seed", "1", "--prompt", "p", "--tag", "rx", code=2
+    )
+    assert "--tag: no photo has tag 'rx'; close values: Rex" in unknown_tag.stderr

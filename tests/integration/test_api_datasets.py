@@ -104,6 +104,38 @@ def test_dataset_lifecycle(client: Client, allowed: Path, tmp_path: Path) -> Non
     assert client.delete(f"/api/v1/datasets/{dataset_id}").status_code == 404
 
 
+def test_samplers_through_the_api(client: Client) -> None:
+    for sampler, picked in (("diverse", "diverse"), ("representative", "representative")):
+        made = create(
+            client,
+            name=sampler,
+            k=8,
+            max=4,
+            sampler=sampler,
+            min_distance=0.001,
+            hide_duplicates=True,
+        )
+        assert made.status_code == 201, made.text
+        body = made.json()
+        params = body["dataset"]["params"]
+        assert (params["sampler"], params["min_distance"], params["hide_duplicates"]) == (
+            sampler,
+            0.001,
+            True,
+        )
+        instance = [it for it in body["items"] if it["role"] == "instance"]
+        included = [it for it in instance if it["included"]]
+        assert len(included) == 4 and included[0]["reason"] == "seed"
+        assert {it["reason"] for it in included[1:]} <= {picked, "diverse"}
+        assert picked in {it["reason"] for it in included}
+        out = {it["reason"] for it in instance if not it["included"]}
+        assert out <= {"not_sampled", "near_duplicate"} and "not_sampled" in out
+        if sampler == "representative":
+            assert len(params["clusters"]) == 3
+        shown = client.get(f"/api/v1/datasets/{body['dataset_id']}").json()
+        assert [it["reason"] for it in shown["items"]] == [it["reason"] for it in body["items"]]
+
+
 def test_bad_requests_are_4xx_with_a_message(client: Client, allowed: Path) -> None:
     assert create(client).status_code == 201
     cases: list[tuple[dict[str, Any], int, str]] = [
@@ -121,6 +153,14 @@ def test_bad_requests_are_4xx_with_a_message(client: Client, allowed: Path) -> N
         ({"name": "42"}, 400, "cannot be a number"),
         ({"name": "a", "seeds": "1"}, 400, ""),
         ({"name": "a", "k": "many"}, 400, ""),
+        ({"name": "a", "sampler": "diverse"}, 400, "give max"),
+        ({"name": "a", "sampler": "random", "max": 3}, 400, ""),
+        ({"name": "a", "sampler": "representative", "max": 3, "mmr": 0.5}, 400, "no mmr"),
+        ({"name": "a", "min_distance": 1.0}, 400, "min-distance"),
+        ({"name": "a", "min_distance": 0.1, "dedup": 0.5}, 400, "contradict"),
+        ({"name": "a", "min_distance": 0.1, "dedup": None}, 400, "give one of them"),
+        ({"name": "a", "tags": ["no such tag"]}, 400, "no photo has tag 'no such tag'"),
+        ({"name": "a", "tags": "dog"}, 400, ""),
     ]
     for body, status, message in cases:
         reply = create(client, **body)

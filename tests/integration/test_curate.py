@@ -17,10 +17,12 @@ from sqlalchemy.orm import Session, sessionmaker
 from tests.photos import make_photo
 from vitdex.config import Settings, load_settings
 from vitdex.db import datasets, ensure_schema, make_engine, repo, session_factory
+from vitdex.db.review_models import DuplicateGroup, DuplicateMember, ImageTag, Tag
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 from vitdex.indexer.embedder import Embedder
 from vitdex.indexer.pipeline import Indexer
 from vitdex.training.curate import CurateOptions, create_dataset, exclude_images, include_images
+from vitdex.training.curate.samplers import farthest_point
 from vitdex.training.export import export_dataset
 from vitdex.vectors.factory import open_store
 
@@ -266,6 +268,103 @@ def test_max_mmr_class_images_and_errors(library: Library) -> None:
             create_dataset(lib.settings, lib.sessions, "x", [seed], prompt="p", options=bad)
     with pytest.raises(ConfigError, match="cannot be a number"):
         create_dataset(lib.settings, lib.sessions, "123", [seed], prompt="p")
+
+
+def test_samplers_min_distance_and_candidate_filters(library: Library) -> None:
+    lib = library
+    seed = lib.ids["p00.jpg"]
+    for sampler in ("diverse", "representative"):
+        options = CurateOptions(k=12, max_items=5, min_distance=0.005, sampler=sampler)
+        made = create_dataset(
+            lib.settings, lib.sessions, sampler, [seed], prompt="p", options=options
+        )
+        params, items = made["dataset"]["params"], by_role(made["items"], "instance")
+        assert (params["sampler"], params["min_distance"], params["dedup"]) == (
+            sampler,
+            0.005,
+            0.995,
+        )
+        included = [it["image_id"] for it in items if it["included"]]
+        assert len(included) == 5 and included[0] == seed
+        assert all(cos(lib, a, b) < 0.995 for a in included for b in included if a < b)
+        eligible = [it for it in items if it["reason"] in (sampler, "diverse", "not_sampled")]
+        assert {it["reason"] for it in eligible if not it["included"]} == {"not_sampled"}
+        if sampler == "diverse":
+            assert {it["reason"] for it in eligible if it["included"]} == {"diverse"}
+            # The picks are farthest-point sampling from the seed over the eligible ones.
+            vecs = np.stack([lib.vectors[it["image_id"]] for it in eligible]).astype(np.float32)
+            seed_vec = lib.vectors[seed][None].astype(np.float32)
+            want = farthest_point(range(len(eligible)), vecs, seed_vec, 4)
+            assert set(included[1:]) == {eligible[j]["image_id"] for j in want}
+        else:
+            clusters = params["clusters"]
+            reps = {it["image_id"] for it in eligible if it["reason"] == "representative"}
+            assert len(clusters) == 4 and {c["image_id"] for c in clusters} == reps
+            members = sorted(m for c in clusters for m in c["members"])
+            assert members == sorted(it["image_id"] for it in eligible)
+            assert sum(c["size"] for c in clusters) == len(eligible)
+    with pytest.raises(ConfigError, match="give max"):
+        create_dataset(
+            lib.settings,
+            lib.sessions,
+            "x",
+            [seed],
+            prompt="p",
+            options=CurateOptions(sampler="diverse"),
+        )
+
+    # Tags restrict the instance candidates (not the seed, not the class images).
+    tagged = sorted(lib.ids[f"p{i:02d}.jpg"] for i in range(10, 20))
+    mark_copy = lib.ids["p03-copy.jpg"]
+    with lib.sessions() as session:
+        tag = Tag(name="Rex", key="rex")
+        group = DuplicateGroup(kind="exact", status="kept", keeper_id=lib.ids["p03.jpg"])
+        session.add_all([tag, group])
+        session.flush()
+        session.add_all([ImageTag(image_id=i, tag_id=tag.id) for i in tagged])
+        session.add_all(
+            [
+                DuplicateMember(group_id=group.id, image_id=i)
+                for i in (lib.ids["p03.jpg"], mark_copy)
+            ]
+        )
+        session.commit()
+    made = create_dataset(
+        lib.settings,
+        lib.sessions,
+        "rex",
+        [seed],
+        prompt="p",
+        class_prompt="c",
+        options=CurateOptions(k=6, tags=("REX",), class_count=4, dedup=None),
+    )
+    candidates = [it for it in by_role(made["items"], "instance") if it["rank"] > 0]
+    assert len(candidates) == 6 and {it["image_id"] for it in candidates} <= set(tagged)
+    want = sorted(tagged, key=lambda i: (-cos(lib, i, seed), i))[:6]
+    assert [it["image_id"] for it in candidates] == want
+    classes = by_role(made["items"], "class")
+    assert len(classes) == 4 and not {it["image_id"] for it in classes} & set(want)
+    assert made["dataset"]["params"]["tags"] == ["REX"]
+    # Hidden duplicates are never candidates, instance or class; shown, the copy is one.
+    every = CurateOptions(k=25, class_count=0, dedup=None)
+    shown = create_dataset(lib.settings, lib.sessions, "all", [seed], prompt="p", options=every)
+    hidden = create_dataset(
+        lib.settings,
+        lib.sessions,
+        "hidden",
+        [seed],
+        prompt="p",
+        class_prompt="c",
+        options=CurateOptions(k=20, class_count=5, dedup=None, hide_duplicates=True),
+    )
+    assert mark_copy in {it["image_id"] for it in shown["items"]}
+    assert mark_copy not in {it["image_id"] for it in hidden["items"]}
+    assert len(hidden["items"]) == 1 + 20 + 4  # the seed, 20 candidates, the 4 left
+    assert hidden["dataset"]["params"]["hide_duplicates"] is True
+    with pytest.raises(ConfigError, match="--tag: no photo has tag 'rx'; close values: Rex"):
+        create_dataset(
+            lib.settings, lib.sessions, "x", [seed], prompt="p", options=CurateOptions(tags=("rx",))
+        )
 
 
 def test_edit_and_export(library: Library, tmp_path: Path) -> None:

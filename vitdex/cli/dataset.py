@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import click
+from click.core import ParameterSource
 
 from vitdex.cli.common import (
     IMAGE_ID,
@@ -21,6 +22,8 @@ from vitdex.cli.common import (
 )
 
 _ROLES = click.Choice(["instance", "class"])
+# Spelled out here: the CLI module stays light to import (no numpy, no faiss).
+_SAMPLERS = click.Choice(["nearest", "diverse", "representative"])
 
 
 @click.group("dataset")
@@ -32,12 +35,27 @@ def _score(value: float | None) -> str:
     return "seed" if value is None else f"{value:.4f}"
 
 
-def _print_items(items: list[dict[str, Any]], title: str) -> None:
+def _cluster_notes(dataset: dict[str, Any]) -> dict[int, str]:
+    """What the representative sampler made of each candidate: its cluster (and size)."""
+    notes: dict[int, str] = {}
+    for number, cluster in enumerate(dataset["params"].get("clusters") or []):
+        for member in cluster.get("members", []):
+            notes[member] = f" (cluster {number}, #{cluster['image_id']})"
+        notes[cluster["image_id"]] = f" of cluster {number} ({cluster['size']} photos)"
+    return notes
+
+
+def _print_items(
+    items: list[dict[str, Any]], title: str, notes: dict[int, str] | None = None
+) -> None:
+    notes = notes or {}
     rows = []
     for item in items:
         reason = item["reason"]
         if item["duplicate_of"] is not None:
             reason += f" of {item['duplicate_of']}"
+        elif item["role"] == "instance" and item["reason"] in ("representative", "not_sampled"):
+            reason += notes.get(item["image_id"], "")
         rows.append(
             (
                 item["role"],
@@ -69,6 +87,15 @@ def _print_summary(dataset: dict[str, Any]) -> None:
     click.echo(f"  prompt: {dataset['prompt']}")
     if dataset["class_prompt"]:
         click.echo(f"  class prompt: {dataset['class_prompt']}")
+    params = dataset["params"]
+    picked = [f"{params.get('sampler') or 'nearest'} sampler"]
+    if params.get("min_distance") is not None:
+        picked.append(f"min distance {params['min_distance']:g}")
+    if params.get("tags"):
+        picked.append("tags " + ", ".join(params["tags"]))
+    if params.get("hide_duplicates"):
+        picked.append("duplicates hidden")
+    click.echo(f"  curated by: {'; '.join(picked)}")
     if dataset["export_path"]:
         click.echo(f"  exported to: {dataset['export_path']}")
 
@@ -107,6 +134,34 @@ def _print_summary(dataset: dict[str, Any]) -> None:
 )
 @click.option("--no-dedup", is_flag=True, help="Keep near-duplicates.")
 @click.option(
+    "--min-distance",
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    metavar="D",
+    help="No two photos closer than this cosine distance (1 - cosine): --dedup as a "
+    "distance (--min-distance 0.05 is --dedup 0.95).",
+)
+@click.option(
+    "--sampler",
+    type=_SAMPLERS,
+    default="nearest",
+    show_default=True,
+    help="How --max photos are picked: nearest (best scores, or --mmr), diverse "
+    "(farthest-point: each pick the least like those so far) or representative (one "
+    "photo per k-means cluster). diverse and representative need --max.",
+)
+@click.option(
+    "--tag",
+    "tags",
+    multiple=True,
+    metavar="TAG",
+    help="Only photos with this tag become instance candidates (repeatable: all of them).",
+)
+@click.option(
+    "--hide-duplicates",
+    is_flag=True,
+    help="Leave out photos marked as duplicates in review (instance and class images).",
+)
+@click.option(
     "--max",
     "max_items",
     type=click.IntRange(min=1),
@@ -142,6 +197,10 @@ def create(
     min_score: float | None,
     dedup: float,
     no_dedup: bool,
+    min_distance: float | None,
+    sampler: str,
+    tags: tuple[str, ...],
+    hide_duplicates: bool,
     max_items: int | None,
     mmr: float | None,
     space: str | None,
@@ -160,15 +219,27 @@ def create(
     raw = [*seeds, *more_seeds]
     if not raw:
         raise click.UsageError("give at least one --seed (an image file or a catalog id)")
+    ctx = click.get_current_context()
+    dedup_given = ctx.get_parameter_source("dedup") not in (ParameterSource.DEFAULT, None)
+    if min_distance is not None and dedup_given and abs(dedup - (1.0 - min_distance)) > 1e-9:
+        # The options cannot tell a typed 0.95 from the default; the command line can.
+        raise click.UsageError(
+            f"--dedup {dedup} and --min-distance {min_distance} contradict each other "
+            "(--dedup is 1 - --min-distance): give one of them"
+        )
     options = CurateOptions(
         k=k,
         min_score=min_score,
         dedup=None if no_dedup else dedup,
+        min_distance=min_distance,
         max_items=max_items,
         mmr=mmr,
+        sampler=sampler,
         space=space,
         class_count=class_count,
         class_label=class_label,
+        tags=tags,
+        hide_duplicates=hide_duplicates,
     )
     settings = obj.settings
     result = create_dataset(
@@ -183,8 +254,9 @@ def create(
     if as_json:
         print_json(result)
         return
-    _print_items(result["items"], f"dataset {result['dataset']['name']}")
-    _print_summary(result["dataset"])
+    dataset = result["dataset"]
+    _print_items(result["items"], f"dataset {dataset['name']}", _cluster_notes(dataset))
+    _print_summary(dataset)
 
 
 @dataset_group.command("list")
@@ -234,7 +306,8 @@ def show(obj: Context, dataset: str, role: str | None, as_json: bool) -> None:
     if as_json:
         print_json(result)
         return
-    _print_items(result["items"], f"dataset {result['dataset']['name']}")
+    notes = _cluster_notes(result["dataset"])
+    _print_items(result["items"], f"dataset {result['dataset']['name']}", notes)
     _print_summary(result["dataset"])
 
 

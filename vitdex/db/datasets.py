@@ -56,6 +56,9 @@ class ItemReason(enum.StrEnum):
     EXCLUDED_BY_HAND = "excluded_by_hand"  # out
     INCLUDED_BY_HAND = "included_by_hand"  # in
     CLASS = "class"  # a class (regularisation) image (in)
+    DIVERSE = "diverse"  # a farthest-point pick of the diverse sampler (in)
+    REPRESENTATIVE = "representative"  # nearest a k-means centre (in)
+    NOT_SAMPLED = "not_sampled"  # eligible, but the sampler picked others (out)
 
 
 @dataclass(frozen=True)

@@ -321,8 +321,9 @@ class DatasetItem(Base):
     """One candidate of a dataset: an instance or a class (regularisation) image.
 
     Every candidate is kept, included or not; ``reason`` says why (``seed``,
-    ``neighbour``, ``below_min_score``, ``near_duplicate``, ``over_max``,
-    ``excluded_by_hand``, ``included_by_hand``, ``class``).
+    ``neighbour``, ``diverse``, ``representative``, ``not_sampled``, ``below_min_score``,
+    ``near_duplicate``, ``over_max``, ``excluded_by_hand``, ``included_by_hand``,
+    ``class``).
     """
 
     __tablename__ = "dataset_items"

@@ -46,14 +46,27 @@ class DatasetIn:
     class_prompt: str | None = None
     k: int = 40
     min_score: float | None = None
-    #: Cosine at or above which a candidate is a near-duplicate; null keeps them.
+    #: Cosine at or above which a candidate is a near-duplicate; null keeps them. At its
+    #: default it yields to ``min_distance``; otherwise the two must agree.
     dedup: float | None = 0.95
+    #: No two included photos closer than this cosine distance (1 − cosine), in [0, 1):
+    #: the near-duplicate rule as a distance (0.05 is dedup 0.95).
+    min_distance: float | None = None
+    #: At most this many instance images, seeds included (needed by the diverse and
+    #: representative samplers).
     max: int | None = None
-    #: Maximal marginal relevance lambda in [0, 1]; null ranks by score.
+    #: Maximal marginal relevance lambda in [0, 1]; null ranks by score (nearest only).
     mmr: float | None = None
+    #: How ``max`` photos are picked among the eligible candidates: the best scores,
+    #: farthest-point sampling, or the photo nearest each k-means centre.
+    sampler: Literal["nearest", "diverse", "representative"] = "nearest"
     space: str | None = None
     class_count: int | None = None
     class_label: str | None = None
+    #: Instance candidates must carry every one of these tags.
+    tags: list[str] = field(default_factory=list)
+    #: Leave out photos marked as duplicates in review (instance and class candidates).
+    hide_duplicates: bool = False
 
 
 @dataclass
@@ -124,11 +137,15 @@ class DatasetsController(Controller):
             k=data.k,
             min_score=data.min_score,
             dedup=data.dedup,
+            min_distance=data.min_distance,
             max_items=data.max,
             mmr=data.mmr,
+            sampler=data.sampler,
             space=data.space,
             class_count=data.class_count,
             class_label=data.class_label,
+            tags=tuple(data.tags),
+            hide_duplicates=data.hide_duplicates,
         )
         view = create_dataset(
             settings,

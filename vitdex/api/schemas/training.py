@@ -19,7 +19,8 @@ class DatasetOut(FromDict):
     prompt: str
     class_prompt: str | None
     space: str | None
-    #: How it was curated: seeds, k, min_score, dedup, max, mmr, space...
+    #: How it was curated: seeds, k, min_score, dedup, min_distance, max, mmr, sampler,
+    #: tags, hide_duplicates, space (and the representative sampler's clusters).
     params: dict[str, Any]
     export_path: str | None
     #: ``instance`` and ``class`` (included), ``excluded`` and ``candidates``.
@@ -41,7 +42,8 @@ class DatasetItemOut(FromDict):
     #: Similarity to the seeds; null for the seeds themselves.
     score: float | None
     included: bool
-    #: seed, neighbour, below_min_score, near_duplicate, over_max, excluded_by_hand, ...
+    #: seed, neighbour, diverse, representative, not_sampled, below_min_score,
+    #: near_duplicate, over_max, excluded_by_hand, ...
     reason: str
     duplicate_of: int | None
     caption: str | None

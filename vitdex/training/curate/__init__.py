@@ -3,14 +3,20 @@
 A user names a few seed photos of the subject (catalog ids, or files); vitdex pulls their
 nearest neighbours from one space of the index and decides, for every candidate, whether
 it joins the instance set and why. :mod:`.selection` holds those rules (pure functions
-of vectors); :mod:`.service` retrieves the candidates, stores the dataset and edits it.
+of vectors), :mod:`.samplers` the ways a capped set is picked (nearest, diverse,
+representative); :mod:`.service` retrieves the candidates, stores the dataset and edits
+it.
 """
 
 from __future__ import annotations
 
+from vitdex.training.curate.samplers import SAMPLERS
 from vitdex.training.curate.selection import (
     DEFAULT_CLASS_COUNT,
+    DEFAULT_DEDUP,
     CurateOptions,
+    InstanceSelection,
+    choose_instances,
     select_class,
     select_instances,
 )
@@ -27,7 +33,11 @@ from vitdex.training.curate.service import (
 
 __all__ = [
     "DEFAULT_CLASS_COUNT",
+    "DEFAULT_DEDUP",
+    "SAMPLERS",
     "CurateOptions",
+    "InstanceSelection",
+    "choose_instances",
     "create_dataset",
     "delete_dataset",
     "exclude_images",

@@ -25,8 +25,8 @@ from vitdex.filters import SearchFilter
 from vitdex.training.curate.selection import (
     CurateOptions,
     Floats,
+    choose_instances,
     select_class,
-    select_instances,
     unit_rows,
 )
 from vitdex.vectors.store import VectorStore
@@ -121,13 +121,12 @@ def _search(
     space: Space,
     queries: Floats,
     depth: int,
-    label: str | None,
+    flt: SearchFilter | None,
 ) -> list[int]:
-    """Ids of the union of each query's ``depth`` nearest (optionally with ``label``)."""
+    """Ids of the union of each query's ``depth`` nearest (among those ``flt`` allows)."""
     from vitdex.search.service import search_filtered
 
     depth = max(1, min(depth, store.count()))
-    flt = None if label is None else SearchFilter(label=label)
     raw = search_filtered(session, space, store, queries, depth, flt)
     seen: dict[int, None] = {}
     for hits in raw:
@@ -173,7 +172,9 @@ def create_dataset(
 
     ``seeds`` are catalog image ids and image files (files are embedded with the search
     service's model unless the catalog holds the same content). ``search`` lends a loaded
-    model (the API's); one is made on demand otherwise.
+    model (the API's); one is made on demand otherwise. The options' tags restrict the
+    instance candidates (seeds stay whatever they carry); hidden duplicates are left out
+    of the instance and the class candidates.
     """
     from vitdex.search.service import resolve_space
     from vitdex.vectors.factory import open_store
@@ -195,6 +196,10 @@ def create_dataset(
             # A label no photo has would leave the class set quietly empty.
             for miss in facets.filter_misses(session, SearchFilter(label=options.class_label)):
                 raise ConfigError(f"--class-label: {miss.message}")
+        if options.tags:
+            # A tag no photo has would leave only the seeds, with no word on why.
+            for miss in facets.filter_misses(session, SearchFilter(tags=options.tags)):
+                raise ConfigError(f"--tag: {miss.message}")
         space = resolve_space(session, settings.model.spaces[0], options.space)
         store = open_store(settings, space.name, space.dim, space.metric)
         try:
@@ -204,11 +209,14 @@ def create_dataset(
             queries = np.stack(found.queries)
             n_seeds = len(found.item_ids)
             class_depth = 3 * class_count + 20 if class_count else 0
-            depth = options.k + n_seeds + (class_depth if options.class_label is None else 0)
-            pool = _search(session, store, space, queries, depth, None)
+            wanted, class_flt = options.candidate_filter(), options.class_filter()
+            # One search serves both when the class images may come from the same photos.
+            shared = wanted == class_flt
+            depth = options.k + n_seeds + (class_depth if shared else 0)
+            pool = _search(session, store, space, queries, depth, wanted)
             ids, scores, vectors = _ranked(session, store, pool, queries, set(found.item_ids))
             k = options.k
-            rows = select_instances(
+            chosen = choose_instances(
                 found.item_ids,
                 np.stack(found.item_vectors) if found.item_vectors else [],
                 ids[:k],
@@ -216,21 +224,17 @@ def create_dataset(
                 vectors[:k],
                 options,
             )
+            rows = chosen.rows
             if class_count:
                 instance = {r.image_id for r in rows}
                 included = [r.image_id for r in rows if r.included]
-                if options.class_label is None:
+                if shared:
                     cids, cscores, cvecs = ids[k:], scores[k:], vectors[k:]
                 else:
-                    labelled = _search(
-                        session,
-                        store,
-                        space,
-                        queries,
-                        options.k + n_seeds + class_depth,
-                        options.class_label,
+                    others = _search(
+                        session, store, space, queries, k + n_seeds + class_depth, class_flt
                     )
-                    cids, cscores, cvecs = _ranked(session, store, labelled, queries, instance)
+                    cids, cscores, cvecs = _ranked(session, store, others, queries, instance)
                 by_id = {image_id: vectors[j] for j, image_id in enumerate(ids)}
                 by_id.update(zip(found.item_ids, found.item_vectors, strict=True))
                 rows += select_class(
@@ -240,24 +244,36 @@ def create_dataset(
                     included,
                     np.stack([by_id[i] for i in included]) if included else [],
                     count=class_count,
-                    dedup=options.dedup,
+                    dedup=options.near_duplicate_at,
                     start_rank=k + 1,
                 )
         finally:
             store.close()
 
-        params = {
+        dedup = options.near_duplicate_at
+        params: dict[str, Any] = {
             "seeds": found.described,
             "k": options.k,
             "min_score": options.min_score,
-            "dedup": options.dedup,
+            # Both spellings of the one rule, rounded so 1 − 0.95 reads 0.05.
+            "dedup": None if dedup is None else round(dedup, 9),
+            "min_distance": None if dedup is None else round(1.0 - dedup, 9),
             "max": options.max_items,
             "mmr": options.mmr,
+            "sampler": options.sampler,
             "space": space.name,
             "score": "max",
             "class_count": class_count,
             "class_label": options.class_label,
+            "tags": list(dict.fromkeys(t.strip() for t in options.tags)),
+            "hide_duplicates": options.hide_duplicates,
         }
+        if options.sampler == "representative":
+            # The cluster number is the position: largest first.
+            params["clusters"] = [
+                {"image_id": c.pick, "size": len(c.members), "members": list(c.members)}
+                for c in chosen.clusters
+            ]
         dataset = datasets.create_dataset(
             session,
             name=name,

@@ -11,9 +11,24 @@
     seed: "seed", neighbour: "neighbour", below_min_score: "below min score",
     near_duplicate: "near-duplicate", over_max: "over the maximum",
     excluded_by_hand: "excluded by hand", included_by_hand: "included by hand", class: "class image",
+    diverse: "diverse pick", representative: "representative", not_sampled: "not sampled",
   };
-  const reasonText = (item) => (REASONS[item.reason] || item.reason.replaceAll("_", " ")) +
-    (item.duplicate_of ? ` of #${item.duplicate_of}` : "");
+  // Representative sampler: image id -> its cluster (number, size, pick), from the params.
+  let clusterOf = new Map();
+  function readClusters(params) {
+    clusterOf = new Map();
+    (params.clusters || []).forEach((c, number) => {
+      for (const id of c.members || [c.image_id]) clusterOf.set(id, { number, size: c.size, pick: c.image_id });
+    });
+  }
+  function reasonText(item) {
+    let text = REASONS[item.reason] || String(item.reason).replaceAll("_", " ");
+    if (item.duplicate_of) return `${text} of #${item.duplicate_of}`;
+    const c = item.role === "instance" ? clusterOf.get(item.image_id) : undefined;
+    if (c && item.reason === "representative") text += ` of cluster ${c.number + 1} (${c.size} photo${c.size > 1 ? "s" : ""})`;
+    else if (c && item.reason === "not_sampled") text += ` (cluster ${c.number + 1}: #${c.pick})`;
+    return text;
+  }
 
   function showMeta(d) {
     document.getElementById("dataset-title").textContent = d.name;
@@ -22,7 +37,11 @@
     const rows = [
       ["Prompt", d.prompt], ["Class prompt", d.class_prompt || "none"], ["Space", d.space || "default"],
       ["Seeds", (p.seeds || []).map((s) => (s && typeof s === "object" ? (s.image_id != null ? `#${s.image_id}` : fmt.name(s.file)) : String(s))).join(", ")],
-      ["Curation", ["k", "min_score", "dedup", "max", "mmr"].filter((k) => p[k] != null).map((k) => `${k} ${p[k]}`).join(" · ")],
+      ["Curation", [
+        ...["sampler", "k", "min_score", "min_distance", "max", "mmr"].concat(p.min_distance == null ? ["dedup"] : []).filter((k) => p[k] != null).map((k) => `${k.replace("_", " ")} ${p[k]}`),
+        p.tags && p.tags.length ? `tags ${p.tags.join(", ")}` : null,
+        p.hide_duplicates ? "duplicates hidden" : null,
+      ].filter(Boolean).join(" · ")],
       ["Exported to", d.export_path || "not yet"],
     ];
     document.getElementById("dataset-meta").replaceChildren(...rows.flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v ?? ""))]));
@@ -106,6 +125,7 @@
 
   function show(data, focusId) {
     view = data;
+    readClusters(data.dataset.params || {});
     showMeta(data.dataset);
     const counts = data.dataset.counts;
     for (const role of ["instance", "class"]) {

@@ -60,10 +60,15 @@
       const json = {
         name: text("ds-name"), prompt: text("ds-prompt"), class_prompt: text("ds-class-prompt"), seeds,
         k: num("ds-k"), min_score: num("ds-min-score"), max: num("ds-max"), mmr: num("ds-mmr"),
+        sampler: document.getElementById("ds-sampler").value,
         space: text("ds-space"), class_count: num("ds-class-count"), class_label: text("ds-class-label"),
+        tags: (text("ds-tags") || "").split(",").map((t) => t.trim()).filter(Boolean),
+        hide_duplicates: document.getElementById("ds-hide-duplicates").checked,
       };
-      // An empty near-duplicate field means "keep near-duplicates" (null), not the default.
-      json.dedup = num("ds-dedup") ?? null;
+      // An empty min distance means "keep near-duplicates" (dedup null), not the default.
+      const minDistance = num("ds-min-distance");
+      if (minDistance === undefined) json.dedup = null;
+      else json.min_distance = minDistance;
       createButton.disabled = true;
       try {
         const view = await api("/api/v1/datasets", { method: "POST", json });
@@ -72,6 +77,12 @@
       } finally { createButton.disabled = false; }
     });
   });
+
+  // Offer the known tags; the form works without them (typed names are checked on create).
+  api("/api/v1/tags").then(({ tags }) => {
+    document.getElementById("ds-tag-names").replaceChildren(
+      ...(tags || []).map((t) => el("option", { value: t.name }, `${t.count} photos`)));
+  }).catch(() => {});
 
   window.addEventListener("vitdex:selection", showSeeds);
   window.addEventListener("storage", showSeeds);
