@@ -15,7 +15,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session
 
 from vitdex.db.images import where_filter
 from vitdex.db.models import Image, ImageLabel, ImageVector, Space
-from vitdex.db.review_models import Tag
+from vitdex.db.review_models import ImageTag, Tag
 from vitdex.filters import FilterMiss, SearchFilter, close_values, tag_key
 
 __all__ = [
@@ -31,6 +31,8 @@ __all__ = [
 
 #: How many of the most common values a miss lists when none is close.
 COMMON_SHOWN = 8
+#: How many tags the tag facet lists at most (the most common).
+TAGS_SHOWN = 100
 
 
 def _column(field: str) -> InstrumentedAttribute[Any]:
@@ -122,6 +124,8 @@ class FacetCounts:
     #: The most common labels only (``labels_limit``).
     labels: list[tuple[str, int]]
     years: list[tuple[int, int]]
+    #: Tags by name as first written, the most common ``TAGS_SHOWN`` only.
+    tags: list[tuple[str, int]]
 
 
 def _matching(stmt: Select[Any], flt: SearchFilter, status: str | None) -> Select[Any]:
@@ -156,11 +160,29 @@ def _label_counts(
     return [(label, int(count)) for label, count in session.execute(stmt)]
 
 
+def _tag_counts(
+    session: Session, flt: SearchFilter, status: str | None, limit: int
+) -> list[tuple[str, int]]:
+    n = func.count(ImageTag.image_id)
+    stmt: Any = select(Tag.name, n).join(ImageTag, ImageTag.tag_id == Tag.id)
+    if status is not None or not flt.is_empty():
+        stmt = _matching(stmt.join(Image, Image.id == ImageTag.image_id), flt, status)
+    stmt = stmt.group_by(Tag.id, Tag.name, Tag.key).order_by(n.desc(), Tag.key).limit(limit)
+    return [(name, int(count)) for name, count in session.execute(stmt)]
+
+
 def facet_counts(
-    session: Session, flt: SearchFilter, status: str | None, *, labels_limit: int = 20
+    session: Session,
+    flt: SearchFilter,
+    status: str | None,
+    *,
+    labels_limit: int = 20,
+    tags_limit: int = TAGS_SHOWN,
 ) -> FacetCounts:
-    """Counts per library, status, camera make and model, label (top ``labels_limit``)
-    and capture year, each under every condition but its own: one GROUP BY apiece."""
+    """Counts per library, status, camera make and model, label (top ``labels_limit``),
+    capture year and tag (top ``tags_limit``), each under every condition but its own:
+    one GROUP BY apiece. The tag facet leaves out every tag condition, so its counts say
+    what choosing that one tag instead would give."""
     total = session.scalar(_matching(select(func.count()).select_from(Image), flt, status))
     year = func.extract("year", Image.taken_at)
     return FacetCounts(
@@ -178,6 +200,7 @@ def facet_counts(
                 session, year, replace(flt, taken_after=None, taken_before=None), status
             )
         ],
+        tags=_tag_counts(session, replace(flt, tags=()), status, tags_limit),
     )
 
 

@@ -50,8 +50,9 @@ class FacetsController(Controller):
         summary="Count images per filter value",
         description=(
             "Images per library, status, camera make, camera model, label (the most common "
-            "``labels_limit``) and capture year under the filters, each facet leaving out its "
-            "own filter (so the counts say what choosing another value would give)."
+            "``labels_limit``), capture year and tag (the most common 100) under the filters, "
+            "each facet leaving out its own filter (so the counts say what choosing another "
+            "value would give)."
         ),
     )
     def facets(

@@ -38,6 +38,7 @@ from vitdex.api.schemas import (
 )
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX, ImageStatus
+from vitdex.db.tags import TagStore
 from vitdex.errors import ForbiddenError, NotFoundError
 from vitdex.filters import SearchFilter
 from vitdex.indexer.thumbnails import MAX_SIZE, MIN_SIZE, ensure_thumbnail
@@ -114,7 +115,10 @@ class ImagesController(Controller):
         sync_to_thread=True,
         operation_id="listImages",
         summary="List catalog images",
-        description="Catalog images matching the filters, newest photo first, with the total.",
+        description=(
+            "Catalog images matching the filters, newest photo first, with the total; each "
+            "with its labels and tags."
+        ),
     )
     def list_images(
         self,
@@ -129,11 +133,12 @@ class ImagesController(Controller):
             sessions, flt, status=status.value if status else None, limit=limit, offset=offset
         )
         notes = catalog.filter_misses(sessions, flt) if total == 0 else []
+        tags = TagStore(sessions).of_images([i.image.id for i in images])
         return ImagesPage(
             total=total,
             limit=limit,
             offset=offset,
-            images=[ImageOut.of(i) for i in images],
+            images=[ImageOut.of(i, tags.get(i.image.id)) for i in images],
             filter_notes=[FilterNote.of(m) for m in notes],
         )
 
@@ -142,13 +147,14 @@ class ImagesController(Controller):
         sync_to_thread=True,
         operation_id="getImage",
         summary="Get one image",
-        description="One catalog image with its labels.",
+        description="One catalog image with its labels and tags.",
     )
     def get_image(
         self, sessions: NamedDependency[sessionmaker[Session]], image_id: ImageId
     ) -> ImageOut:
-        """One catalog image with its labels."""
-        return ImageOut.of(catalog.get_image(sessions, image_id))
+        """One catalog image with its labels and tags."""
+        found = catalog.get_image(sessions, image_id)
+        return ImageOut.of(found, TagStore(sessions).of_images([image_id]).get(image_id))
 
     @get(
         "/images/{image_id:int}/thumbnail",

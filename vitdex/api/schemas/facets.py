@@ -33,6 +33,9 @@ class FacetsOut:
     #: The most common labels only (``labels_limit``).
     labels: list[FacetValue]
     years: list[FacetValue]
+    #: Tags (the name to pass as ``tag``), the most common 100 only, counted as if no
+    #: tag were chosen.
+    tags: list[FacetValue]
 
     @classmethod
     def of(cls, counts: FacetCounts, roots: dict[int, str]) -> FacetsOut:
@@ -49,6 +52,7 @@ class FacetsOut:
             camera_models=values(counts.camera_models),
             labels=values(counts.labels),
             years=[FacetValue(str(y), n) for y, n in sorted(counts.years, reverse=True)],
+            tags=values(counts.tags),
         )
 
 

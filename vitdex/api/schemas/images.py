@@ -32,10 +32,12 @@ class ImageOut:
     error: str | None
     indexed_at: datetime | None
     labels: list[LabelScore]
+    #: The tags people put on it, by name (ignoring case).
+    tags: list[str] = field(default_factory=list)
 
     @classmethod
-    def of(cls, found: LabelledImage) -> ImageOut:
-        """From a catalog image and its labels."""
+    def of(cls, found: LabelledImage, tags: list[str] | None = None) -> ImageOut:
+        """From a catalog image, its labels and its tags."""
         img = found.image
         return cls(
             id=img.id,
@@ -49,6 +51,7 @@ class ImageOut:
             error=img.error,
             indexed_at=img.indexed_at,
             labels=found.labels,
+            tags=list(tags or ()),
             **photo_facts(img),
         )
 

@@ -1,17 +1,19 @@
 // Library page: the catalog as a thumbnail grid paged as you scroll, facet filters with
-// counts in the sidebar (state in the URL), and selection (click, shift-click, all matching).
+// counts in the sidebar (tags among them; state in the URL), and selection (click,
+// shift-click, all matching) that the header's "Tag…" button tags.
 "use strict";
 (function () {
   const { api, attempt, toast, el, selection, fmt, tileGrid } = window.vitdex;
   const grid = document.getElementById("grid");
   const PAGE = 120;
-  const FILTERS = ["library_id", "folder", "taken_after", "taken_before", "camera_make", "camera_model", "label", "status"];
+  const FILTERS = ["library_id", "folder", "taken_after", "taken_before", "camera_make", "camera_model", "label", "tag", "hide_duplicates", "status"];
   const facetsBox = document.getElementById("facets");
   const total = document.getElementById("total");
   const empty = document.getElementById("empty");
   const notes = document.getElementById("notes");
   const more = document.getElementById("more");
   const chips = document.getElementById("active-filters");
+  const hideDuplicates = document.getElementById("hide-duplicates");
   let offset = 0, count = null, loading = false, generation = 0;
 
   const params = () => new URLSearchParams(location.search);
@@ -70,6 +72,7 @@
     const q = params();
     facetsBox.replaceChildren(...[
       facet("Library", "library_id", f.libraries, q.get("library_id"), (v) => fmt.name(v.title) || `#${v.value}`),
+      facet("Tags", "tag", f.tags, q.get("tag")),
       facet("Status", "status", f.statuses, q.get("status")),
       facet("Camera make", "camera_make", f.camera_makes, q.get("camera_make")),
       facet("Camera model", "camera_model", f.camera_models, q.get("camera_model")),
@@ -80,10 +83,12 @@
 
   function showChips() {
     const q = params();
+    const chipText = (n) => (n === "hide_duplicates" ? "duplicates hidden" : `${n.replace("_", " ")}: ${q.getAll(n).join(" + ")}`);
     chips.replaceChildren(...FILTERS.filter((n) => q.get(n)).map((n) =>
       el("button", { type: "button", class: "pill", title: `Remove the ${n.replace("_", " ")} filter`,
-        onclick: () => setFilters({ [n]: null }) }, `${n.replace("_", " ")}: ${q.get(n)} ✕`)));
+        onclick: () => setFilters({ [n]: null }) }, `${chipText(n)} ✕`)));
     for (const name of ["folder", "taken_after", "taken_before"]) document.getElementById(name).value = q.get(name) || "";
+    hideDuplicates.checked = q.get("hide_duplicates") === "true";
   }
 
   async function loadPage(gen) {
@@ -141,6 +146,9 @@
       : `selected ${found.ids.length.toLocaleString()} matching photo${found.ids.length === 1 ? "" : "s"}`);
   }));
   document.getElementById("clear-selection").addEventListener("click", () => selection.clear());
+  hideDuplicates.addEventListener("change", () => setFilters({ hide_duplicates: hideDuplicates.checked ? "true" : null }));
+  // Tagging from the header changes the tag counts (and, filtered by a tag, the grid).
+  window.addEventListener("vitdex:tags", () => { if (params().get("tag")) show(); else attempt(() => loadFacets(generation)); });
   window.addEventListener("popstate", show);
   show();
 })();

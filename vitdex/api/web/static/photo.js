@@ -1,12 +1,12 @@
 // Photo page: the photo large, its facts and labels, its nearest neighbours in a chosen
-// space, previous/next in the library order it was opened from (← →), selection.
+// space, previous/next in the library order it was opened from (← →), selection, tags.
 "use strict";
 (function () {
   const { api, attempt, el, fileUrl, thumbUrl, selection, fmt } = window.vitdex;
   const root = document.getElementById("photo");
   const id = Number(root.dataset.id);
   // The library filters this photo was opened under: prev/next and "back" keep them.
-  const FILTERS = ["library_id", "folder", "taken_after", "taken_before", "camera_make", "camera_model", "label", "status"];
+  const FILTERS = ["library_id", "folder", "taken_after", "taken_before", "camera_make", "camera_model", "label", "tag", "hide_duplicates", "status"];
   const filters = new URLSearchParams();
   for (const [k, v] of new URLSearchParams(location.search)) if (FILTERS.includes(k)) filters.append(k, v);
   const qs = filters.toString() ? "?" + filters.toString() : "";
@@ -70,8 +70,46 @@
     document.querySelector("#labels tbody").replaceChildren(...rows);
     document.getElementById("no-labels").hidden = rows.length > 0;
     document.getElementById("labels").hidden = rows.length === 0;
+    showTags(img.tags);
     return img;
   }
+
+  // Tags: removable chips, and a field to add one (existing names offered as you type).
+  const tagList = document.getElementById("tags");
+  function showTags(names) {
+    tagList.replaceChildren(...names.map((name) => el("li", { class: "tag-chip" },
+      el("a", { href: `/?tag=${encodeURIComponent(name)}`, title: `Photos tagged “${name}”` }, name),
+      el("button", { type: "button", class: "tag-remove", title: `Remove the tag “${name}”`, "aria-label": `Remove tag ${name}`,
+        onclick: () => attempt(async () => {
+          await window.vitdex.tags.apply(name, [id], false);
+          window.vitdex.toast(`removed “${name}”`);
+        }) }, "✕"))));
+    document.getElementById("no-tags").hidden = names.length > 0;
+  }
+  async function reloadTags() {
+    const img = await api(`/api/v1/images/${id}`);
+    showTags(img.tags);
+  }
+  async function loadTagNames() {
+    const names = await window.vitdex.tags.tagNames();
+    document.getElementById("tag-names").replaceChildren(...names.map((n) => el("option", { value: n })));
+  }
+  const tagInput = document.getElementById("tag-input");
+  document.getElementById("tag-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    const name = tagInput.value.trim();
+    if (!name) return;
+    attempt(async () => {
+      const { changed, tag } = await window.vitdex.tags.apply(name, [id], true);
+      tagInput.value = "";
+      window.vitdex.toast(changed ? `tagged “${tag.name}”` : `already tagged “${tag.name}”`);
+    });
+  });
+  // Any tagging of this photo (here, or by the header's dialog) shows at once.
+  window.addEventListener("vitdex:tags", (event) => {
+    if (event.detail.ids.includes(id)) attempt(async () => { await reloadTags(); await loadTagNames(); });
+  });
+  attempt(loadTagNames);
 
   async function loadAdjacent() {
     const near = await api(`/api/v1/images/${id}/adjacent${qs}`);
