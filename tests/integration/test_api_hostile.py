@@ -76,6 +76,15 @@ def test_hostile_json_bodies_are_400(server: tuple[str, Path]) -> None:
         body = _json_error(_post_json(client, "/api/v1/libraries", raw), 400)
         assert "$.extra[1].n" in body["detail"], body
 
+        # A misspelt filter field is refused by name, never read as "no filter" (which
+        # would cluster, scan or tag the whole library).
+        jobs_before = client.get("/api/v1/jobs").json()["total"]
+        for url in ("/api/v1/clusters", "/api/v1/tags/rex/images", "/api/v1/duplicates/scan"):
+            body = _json_error(client.post(url, json={"filter": {"tags": ["rex"]}}), 400)
+            assert "unknown field `tags`" in body["detail"], (url, body)
+        assert client.get("/api/v1/jobs").json()["total"] == jobs_before
+        assert client.get("/api/v1/tags").json()["tags"] == []
+
         # The server is still well and the library list untouched.
         assert client.get("/health").status_code == 200
         libraries = client.get("/api/v1/libraries").json()["libraries"]

@@ -41,6 +41,10 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         if isinstance(exc, ValidationException):
             status = 400
             body["status_code"] = status
+            # Say what was wrong in the one field every client shows, not only in extra.
+            said = _validation_messages(exc.extra)
+            if said:
+                body["detail"] = f"{body['detail']}: {said}"
         if exc.extra:
             body["extra"] = exc.extra
         headers = dict(exc.headers) if exc.headers else None
@@ -49,6 +53,19 @@ def error_response(request: Request[Any, Any, Any], exc: Exception) -> Response[
         body = {"status_code": status, "detail": "internal server error"}
         log.exception("unhandled error in %s %s", request.method, request.url.path)
     return Response(content=body, status_code=status, media_type=MediaType.JSON, headers=headers)
+
+
+def _validation_messages(extra: Any) -> str:
+    """The messages of a validation error's ``extra`` list, each with its key: "filter:
+    Object contains unknown field `tags`"."""
+    if not isinstance(extra, list):
+        return ""
+    parts = []
+    for item in extra[:5]:
+        if isinstance(item, dict) and item.get("message"):
+            key = item.get("key")
+            parts.append(f"{key}: {item['message']}" if key else str(item["message"]))
+    return "; ".join(parts)
 
 
 # --- the error answers, as the OpenAPI document states them ----------------------------------

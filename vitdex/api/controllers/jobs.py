@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
-from typing import Annotated, Any, Literal
+from dataclasses import dataclass
+from typing import Annotated, Literal
 
 from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
@@ -27,11 +27,16 @@ from vitdex.api.schemas import (
     LibraryOut,
     LibraryQueued,
 )
+from vitdex.api.schemas.filters import FilterIn, filter_params
 from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
 from vitdex.search import catalog
+
+# Older names of the filter body, still imported by sibling controllers.
+ClusterFilterIn = FilterIn
+_filter_params = filter_params
 
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
 Offset = Annotated[int, QueryParameter(ge=0, le=INT64_MAX)]
@@ -52,23 +57,6 @@ class ScanIn:
 
 
 @dataclass
-class ClusterFilterIn:
-    """The same filters as similar search."""
-
-    library_id: list[int] = field(default_factory=list)
-    folder: str | None = None
-    taken_after: str | None = None
-    taken_before: str | None = None
-    camera_make: str | None = None
-    camera_model: str | None = None
-    label: str | None = None
-    #: Tags every clustered photo must carry.
-    tag: list[str] = field(default_factory=list)
-    #: Leave out photos marked as duplicates.
-    hide_duplicates: bool = False
-
-
-@dataclass
 class ClusterIn:
     """What to cluster: a space, k (a number or "auto"), an optional filter."""
 
@@ -76,38 +64,7 @@ class ClusterIn:
     k: int | Literal["auto"] = "auto"
     method: Literal["kmeans", "hdbscan"] = "kmeans"
     seed: int = 0
-    filter: ClusterFilterIn | None = None
-
-
-def _filter_params(flt: ClusterFilterIn | None) -> dict[str, Any] | None:
-    if flt is None:
-        return None
-    from datetime import datetime
-
-    out: dict[str, Any] = {}
-    for name in ("taken_after", "taken_before"):
-        value = getattr(flt, name)
-        if value is not None:
-            try:
-                out[name] = datetime.fromisoformat(value).isoformat()
-            except ValueError:
-                raise ConfigError(
-                    f"{name} must be an ISO date or datetime, got {value!r}"
-                ) from None
-    if flt.library_id:
-        if any(not 1 <= i <= INT64_MAX for i in flt.library_id):
-            raise ConfigError(f"filter.library_id must be between 1 and {INT64_MAX}")
-        out["library_ids"] = list(flt.library_id)
-    if flt.folder:
-        out["path_prefix"] = flt.folder.rstrip("/") or "/"
-    for name in ("camera_make", "camera_model", "label"):
-        if getattr(flt, name) is not None:
-            out[name] = getattr(flt, name)
-    if flt.tag:
-        out["tags"] = list(flt.tag)
-    if flt.hide_duplicates:
-        out["hide_duplicates"] = True
-    return out
+    filter: FilterIn | None = None
 
 
 class LibrariesController(Controller):
@@ -323,7 +280,7 @@ class ClustersController(Controller):
             "k": data.k,
             "method": data.method,
             "seed": data.seed,
-            "filter": _filter_params(data.filter),
+            "filter": filter_params(data.filter),
         }
         job = catalog.queue_clustering(sessions, data.space or settings.model.spaces[0], params)
         services.queue.submit(job["id"], kind="cluster")
