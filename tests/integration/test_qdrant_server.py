@@ -31,7 +31,9 @@ from tests.unit.test_store_contract import (
     assert_topk,
     brute_force,
     check_basics,
+    check_cutoff_paging,
     check_declared,
+    check_examples,
     check_migration,
     check_payload_kept,
     check_persistence,
@@ -158,6 +160,14 @@ def test_payloads_kept_when_vectors_replaced(backend: Backend) -> None:
 
 def test_persistence(backend: Backend) -> None:
     check_persistence(backend)
+
+
+def test_examples_match_the_rule(backend: Backend) -> None:
+    check_examples(backend)
+
+
+def test_cutoff_pages_match_brute_force(backend: Backend) -> None:
+    check_cutoff_paging(backend)
 
 
 @pytest.fixture(scope="module")

@@ -29,6 +29,7 @@ from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedR
 from qdrant_client.qdrant_remote import QdrantRemote
 
 from vitdex.errors import SpaceMismatchError, StoreError
+from vitdex.search.examples import combine, page_above, rule_scores
 from vitdex.vectors.faiss.store import FaissStore
 from vitdex.vectors.migrate import migrate_store
 from vitdex.vectors.qdrant import QdrantStore, search_filter_to_qdrant
@@ -478,6 +479,101 @@ def check_search(backend: Backend) -> Results:
     return results
 
 
+#: Multi-example queries: (positive rows, negative rows, negative weight) of the dataset.
+EXAMPLE_CASES = [
+    ((0,), (), 0.5),
+    ((0, 1, 2), (), 0.5),
+    ((3, 4), (5,), 0.5),
+    ((6,), (7, 8, 9), 1.0),
+    ((10, 11, 12, 13), (14, 15), 2.0),
+]
+
+
+def example_query(
+    data: Dataset, pos: Sequence[int], neg: Sequence[int], weight: float
+) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float64]]:
+    """The combined query vector of rows ``pos`` and ``neg`` and, from brute force, the
+    rule's score of every stored vector (mean cosines, computed the long way)."""
+    positives = data.vectors[list(pos)]
+    negatives = data.vectors[list(neg)] if neg else None
+    return combine(positives, negatives, weight), rule_scores(
+        data.vectors, positives, negatives, weight
+    )
+
+
+def ranked(
+    ids: npt.NDArray[np.int64], scores: npt.NDArray[np.float64], mask: npt.NDArray[np.bool_] | None
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.float64]]:
+    """``ids`` and ``scores`` (restricted to ``mask``) best first."""
+    if mask is not None:
+        ids, scores = ids[mask], scores[mask]
+    order = np.argsort(-scores, kind="stable")
+    return ids[order], scores[order]
+
+
+def check_examples(backend: Backend) -> None:
+    """Several examples, liked and disliked, searched as ONE inner product with the
+    combined vector score exactly as the rule computed by brute force (mean cosine to the
+    positives minus w times mean cosine to the negatives): plain, with allowed ids and
+    under filters."""
+    data = dataset()
+    store = backend.store()
+    store.upsert(data.ids, data.vectors, data.payloads)
+    rng = np.random.default_rng(5)
+    allowed = np.zeros(N, dtype=bool)
+    allowed[rng.choice(N, size=300, replace=False)] = True
+    cases = {n: f for n, f in filters(data).items() if n in ("library", "folder", "combined")}
+    for pos, neg, weight in EXAMPLE_CASES:
+        what = f"{backend.name} +{pos} -{neg} w={weight}"
+        query, scores = example_query(data, pos, neg, weight)
+        (hits,) = store.search(query, K)
+        assert_topk(hits, *ranked(data.ids, scores, None), K, what)
+        (hits,) = store.search(query, K, allowed_ids=data.ids[allowed])
+        assert_topk(hits, *ranked(data.ids, scores, allowed), K, f"{what} allowed_ids")
+        for name, flt in cases.items():
+            mask = np.array([matches(p, flt) for p in data.payloads])
+            (hits,) = search_filtered(backend, store, data, query[None], K, flt)
+            assert_topk(hits, *ranked(data.ids, scores, mask), K, f"{what} {name}")
+
+
+def check_cutoff_paging(backend: Backend) -> None:
+    """Paging through a query with a score cut-off, page by page as the search service
+    does (each page asking the store twice as deep until it has the page), lists exactly
+    the hits at or above the cut-off by brute force: none missing, none twice."""
+    data = dataset()
+    store = backend.store()
+    store.upsert(data.ids, data.vectors, data.payloads)
+    flt = SearchFilter(library_ids=(1, 3))
+    mask = np.array([matches(p, flt) for p in data.payloads])
+    for pos, neg, weight in EXAMPLE_CASES[1:4]:
+        query, scores = example_query(data, pos, neg, weight)
+        skip = set(data.ids[list(pos) + list(neg)].tolist())
+        for name, keep in (("plain", None), ("filtered", mask)):
+            truth_ids, truth_scores = ranked(data.ids, scores, keep)
+            outside = ~np.isin(truth_ids, list(skip))
+            truth_ids, truth_scores = truth_ids[outside], truth_scores[outside]
+            # Midway between two scores: float32 and float64 differ in the last places.
+            cut = float(truth_scores[59] + truth_scores[60]) / 2
+
+            def search(depth: int, keep: Any = keep, query: Any = query) -> list[SearchHit]:
+                if keep is None:
+                    return store.search(query, depth)[0]
+                return search_filtered(backend, store, data, query[None], depth, flt)[0]
+
+            got: list[SearchHit] = []
+            offset, pages = 0, 0
+            while True:
+                page, more = page_above(search, offset=offset, k=7, min_score=cut, skip=skip)
+                got.extend(page)
+                offset, pages = offset + len(page), pages + 1
+                if not more:
+                    break
+            what = f"{backend.name} cut-off {name} +{pos} -{neg}"
+            assert pages == 9, f"{what}: {pages} pages for 60 hits of 7"
+            assert len({h.id for h in got}) == len(got), f"{what}: a hit listed twice"
+            assert_topk(got, truth_ids, truth_scores, 60, what)
+
+
 def check_payload_kept(backend: Backend) -> None:
     """Replacing vectors without payloads keeps the payloads filters match on."""
     data = dataset()
@@ -613,6 +709,14 @@ def test_backends_agree(search_results: Callable[[str], Results]) -> None:
 
 def test_payloads_kept_when_vectors_replaced(backend: Backend) -> None:
     check_payload_kept(backend)
+
+
+def test_examples_match_the_rule(backend: Backend) -> None:
+    check_examples(backend)
+
+
+def test_cutoff_pages_match_brute_force(backend: Backend) -> None:
+    check_cutoff_paging(backend)
 
 
 def test_persistence(backend: Backend) -> None:

@@ -22,7 +22,9 @@ import pytest
 from tests.unit.test_store_contract import (
     Backend,
     check_basics,
+    check_cutoff_paging,
     check_declared,
+    check_examples,
     check_payload_kept,
     check_persistence,
     check_search,
@@ -101,6 +103,16 @@ def test_search_matches_brute_force(backend: Backend) -> None:
     # The searches really went through the index, beside a non-empty overlay.
     assert info["exact"] == (store.spec == "flat") and info["trained"]
     assert info["overlay_count"] > 0 and info["superseded_count"] == info["overlay_count"]
+
+
+def test_examples_match_the_rule(backend: Backend) -> None:
+    """Combined query vectors are no unit vectors and lie between clusters, unlike
+    the photos the index was trained on: the index still answers them exactly."""
+    check_examples(backend)
+
+
+def test_cutoff_pages_match_brute_force(backend: Backend) -> None:
+    check_cutoff_paging(backend)
 
 
 def test_payloads_kept_when_vectors_replaced(backend: Backend) -> None:

@@ -4,6 +4,7 @@ and its search, thin wrappers over the indexer and the search service."""
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -22,9 +23,9 @@ from vitdex.cli.common import (
 )
 
 if TYPE_CHECKING:
-    from collections.abc import Sequence
-
-    from vitdex.search.results import LabelScore
+    from vitdex.filters import SearchFilter
+    from vitdex.search.results import LabelScore, QueryResult
+    from vitdex.search.service import SearchService
 
 
 @click.command()
@@ -64,45 +65,51 @@ def index(
     print_index_report(report.to_dict(), embedder)
 
 
-@click.command()
-@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--id", "ids", type=int, multiple=True, help="Query by catalog image id.")
-@click.option("-k", "k", type=click.IntRange(min=1), default=10, show_default=True)
-@click.option("--space", help="Space to search (default: the first configured one).")
-@click.option("--include-self", is_flag=True, help="Keep the query image in its own hits.")
-@click.option("--library", "libraries", type=int, multiple=True, help="Only this library id.")
-@click.option("--folder", help="Only photos below this folder.")
-@click.option("--taken-after", type=click.DateTime(), help="Only photos taken at or after.")
-@click.option("--taken-before", type=click.DateTime(), help="Only photos taken before.")
-@click.option("--camera-make", help="Only photos from this camera make (EXIF; any case).")
-@click.option("--camera-model", help="Only photos from this camera model (EXIF; any case).")
-@click.option("--label", help="Only photos with this predicted label in their top 5.")
-@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
-@click.pass_obj
-@handle_errors
-def similar(
-    obj: Context,
-    images: tuple[Path, ...],
-    ids: tuple[int, ...],
-    k: int,
-    space: str | None,
-    include_self: bool,
-    libraries: tuple[int, ...],
-    folder: str | None,
-    taken_after: datetime | None,
-    taken_before: datetime | None,
-    camera_make: str | None,
-    camera_model: str | None,
-    label: str | None,
-    as_json: bool,
-) -> None:
-    """List the indexed photos closest to each IMAGE (a file) or --id."""
-    from vitdex.filters import SearchFilter
-    from vitdex.search.service import SearchService
+def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """The metadata filter options ``similar`` and ``searches save`` share."""
+    options = [
+        click.option(
+            "--library", "libraries", type=int, multiple=True, help="Only this library id."
+        ),
+        click.option("--folder", help="Only photos below this folder."),
+        click.option("--taken-after", type=click.DateTime(), help="Only photos taken at or after."),
+        click.option("--taken-before", type=click.DateTime(), help="Only photos taken before."),
+        click.option("--camera-make", help="Only photos from this camera make (EXIF; any case)."),
+        click.option("--camera-model", help="Only photos from this camera model (EXIF; any case)."),
+        click.option("--label", help="Only photos with this predicted label in their top 5."),
+        click.option(
+            "--tag",
+            "tags",
+            multiple=True,
+            help="Only photos with this tag (repeatable: all of them).",
+        ),
+        click.option(
+            "--hide-duplicates", is_flag=True, help="Leave out photos marked as duplicates."
+        ),
+    ]
+    for option in reversed(options):
+        command = option(command)
+    return command
 
-    if not images and not ids:
-        raise click.UsageError("give at least one IMAGE or --id")
-    flt = SearchFilter(
+
+def build_filter(
+    libraries: tuple[int, ...] = (),
+    folder: str | None = None,
+    taken_after: datetime | None = None,
+    taken_before: datetime | None = None,
+    camera_make: str | None = None,
+    camera_model: str | None = None,
+    label: str | None = None,
+    tags: tuple[str, ...] = (),
+    hide_duplicates: bool = False,
+) -> SearchFilter:
+    """The :class:`SearchFilter` of :func:`filter_options`' values (a folder made absolute,
+    as the catalog records paths)."""
+    from vitdex.filters import SearchFilter
+
+    if any(not t.strip() for t in tags):
+        raise click.BadParameter("a tag cannot be empty", param_hint="--tag")
+    return SearchFilter(
         library_ids=libraries,
         path_prefix=str(Path(folder).expanduser().resolve()) if folder else None,
         taken_after=taken_after,
@@ -110,15 +117,127 @@ def similar(
         camera_make=camera_make,
         camera_model=camera_model,
         label=label,
+        tags=tags,
+        hide_duplicates=hide_duplicates,
     )
+
+
+def split_examples(values: Sequence[str]) -> tuple[list[int], list[Path]]:
+    """``--not`` values as catalog ids (all digits) and file paths (anything else; write
+    ``./12`` for a file named 12)."""
+    ids = [int(v) for v in values if v.isascii() and v.isdigit()]
+    files = [Path(v) for v in values if not (v.isascii() and v.isdigit())]
+    return ids, files
+
+
+@click.command()
+@click.argument("images", nargs=-1, type=click.Path(path_type=Path))
+@click.option("--id", "ids", type=int, multiple=True, help="Query by catalog image id.")
+@click.option(
+    "--not",
+    "negatives",
+    multiple=True,
+    metavar="ID_OR_FILE",
+    help="A negative example (catalog id or file; repeatable): combines every example "
+    "into one query.",
+)
+@click.option(
+    "--together", is_flag=True, help="One query combining every example (no --not needed)."
+)
+@click.option(
+    "--negative-weight",
+    type=click.FloatRange(0, 10),
+    default=0.5,
+    show_default=True,
+    help="How much negatives count: mean cos(positives) - w * mean cos(negatives).",
+)
+@click.option(
+    "-k",
+    "--k",
+    "k",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Hits per query [default: 10; with --min-score, every hit above it].",
+)
+@click.option(
+    "--min-score",
+    type=float,
+    help="Only hits scoring at least this (the score column: cosine for one example).",
+)
+@click.option("--space", help="Space to search (default: the first configured one).")
+@click.option("--include-self", is_flag=True, help="Keep the query image in its own hits.")
+@filter_options
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@click.pass_obj
+@handle_errors
+def similar(
+    obj: Context,
+    /,
+    images: tuple[Path, ...],
+    ids: tuple[int, ...],
+    negatives: tuple[str, ...],
+    together: bool,
+    negative_weight: float,
+    k: int | None,
+    min_score: float | None,
+    space: str | None,
+    include_self: bool,
+    as_json: bool,
+    **filters: Any,
+) -> None:
+    """List the indexed photos closest to each IMAGE (a file) or --id.
+
+    With --not (or --together) every example makes ONE query instead, scored
+    mean cos(x, positives) - w * mean cos(x, negatives); the examples are left out of it.
+    """
+    from vitdex.search.service import SearchService
+
+    if not images and not ids:
+        raise click.UsageError("give at least one IMAGE or --id")
+    flt = build_filter(**filters)
+    negative_ids, negative_files = split_examples(negatives)
     settings = obj.settings
     service = SearchService(settings, open_catalog(settings))
-    results = service.similar(images, ids, k=k, space=space, include_self=include_self, filter=flt)
+    results = service.similar(
+        images,
+        ids,
+        k=k if k is not None or min_score is not None else 10,
+        space=space,
+        include_self=include_self,
+        filter=flt,
+        min_score=min_score,
+        negative_ids=negative_ids,
+        negative_files=negative_files,
+        combine=together,
+        negative_weight=negative_weight,
+    )
+    print_results(service, results, flt, as_json=as_json, min_score=min_score)
+
+
+def print_results(
+    service: SearchService,
+    results: Sequence[QueryResult],
+    flt: SearchFilter,
+    *,
+    as_json: bool,
+    min_score: float | None,
+) -> None:
+    """Each query's hits as a table (or JSON), with notes on stderr: a filter value no
+    photo has, and hits above the cut-off that a page size left out."""
     if any(not r.hits for r in results):
         # An empty answer from a typo looks like "nothing similar": say which value missed.
         for miss in service.filter_misses(flt):
             click.secho("note: ", fg="yellow", bold=True, err=True, nl=False)
             click.echo(miss.message, err=True)
+    if min_score is not None:
+        for result in results:
+            if result.next_offset is not None:
+                click.secho("note: ", fg="yellow", bold=True, err=True, nl=False)
+                click.echo(
+                    f"{result.query}: more hits score at least {min_score:g} than the "
+                    f"{len(result.hits)} shown (raise --k, or leave it out for all)",
+                    err=True,
+                )
     if as_json:
         print_json([r.to_dict() for r in results])
         return

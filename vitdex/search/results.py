@@ -83,12 +83,16 @@ class Hit:
 
 @dataclass
 class QueryResult:
-    """Neighbours of one query (a file, an upload or a catalog id)."""
+    """Neighbours of one query (a file, an upload, a catalog id, or several examples
+    combined), one page of them."""
 
     query: str
     image_id: int | None
     space: str
     hits: list[Hit]
+    #: Where the next page starts (an ``offset``), or None when no hit follows this page
+    #: (none at all, or none at or above the query's ``min_score``).
+    next_offset: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
+import math
 import os
 import threading
 from collections.abc import Callable, Sequence
@@ -25,6 +27,14 @@ from vitdex.indexer.models import local_layer_count, normalize_model_id
 from vitdex.indexer.repair import compare_space
 from vitdex.indexer.spaces import resolve_spaces
 from vitdex.search.batching import MicroBatcher, OneResult
+from vitdex.search.examples import (
+    DEFAULT_NEGATIVE_WEIGHT,
+    Example,
+    Query,
+    check_negative_weight,
+    combined_query,
+    page_above,
+)
 from vitdex.search.results import (
     SCORE_PLACES,
     Classification,
@@ -213,11 +223,17 @@ class SearchService:
         ids: Sequence[int] = (),
         *,
         uploads: Sequence[tuple[str, bytes]] = (),
-        k: int = 10,
+        k: int | None = 10,
         offset: int = 0,
         space: str | None = None,
         include_self: bool = False,
         filter: SearchFilter | None = None,
+        min_score: float | None = None,
+        negative_ids: Sequence[int] = (),
+        negative_files: Sequence[Path] = (),
+        negative_uploads: Sequence[tuple[str, bytes]] = (),
+        combine: bool = False,
+        negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
     ) -> list[QueryResult]:
         """Nearest indexed images of each catalog id, each query file and each upload (a
         ``(name, content)`` pair, searched by its bytes), in that order, best first.
@@ -229,46 +245,104 @@ class SearchService:
         ``filter`` keeps only images matching its metadata conditions (resolved in SQL,
         then searched exactly among those ids). ``offset`` skips that many of the best
         hits (paging): the ``k`` returned are those ranked ``offset + 1`` onwards.
+        ``min_score`` keeps only hits scoring at least that, however deep they rank (with
+        ``k`` None: all of them); each result's ``next_offset`` says where the next page
+        starts, None when no hit is left.
+
+        With ``combine``, or any negative example, the examples make ONE query scored by
+        the rule of :mod:`vitdex.search.examples` (mean cosine to the positives minus
+        ``negative_weight`` times mean cosine to the negatives), and every example with a
+        catalog id is left out of the hits.
         """
-        if k < 1:
+        if k is not None and k < 1:
             raise ConfigError("k must be at least 1")
         if offset < 0:
             raise ConfigError("offset must not be negative")
-        results: list[QueryResult] = []
+        finite(min_score)
+        if k is None and min_score is None:
+            raise ConfigError("give k (how many hits), a min_score, or both")
+        check_negative_weight(negative_weight)
+        together = combine or bool(negative_ids or negative_files or negative_uploads)
         with self.sessions() as session:
             sp = self._space(session, space)
             store = self._store(session, sp)
-            queries: list[tuple[str, int | None, np.ndarray]] = []
-            for image_id in ids:
-                img = repo.get_image(session, image_id)
-                if img.status != ImageStatus.INDEXED:
-                    raise NotFoundError(
-                        f"image {image_id} has no vectors (status {img.status}"
-                        f"{': ' + img.error if img.error else ''})"
-                    )
-                queries.append((img.path, image_id, store.get(np.asarray([image_id]))[0]))
-            for file in files:
-                at = _image_at(session, file)
-                _, vector = self.file_query(session, sp, store, _read(file), at=at)
-                queries.append((str(file), at.id if at is not None else None, vector))
-            for name, data in uploads:
-                _, vector = self.file_query(session, sp, store, data)
-                queries.append((name, None, vector))
-            if not queries:
+            positives = self._examples(session, sp, store, ids, files, uploads)
+            if not positives:
+                if together:
+                    raise ConfigError("a query needs at least one positive example")
                 return []
-            matrix = np.stack([vec for _, _, vec in queries]).astype(np.float32)
-            raw = search_filtered(session, sp, store, matrix, offset + k + 1, filter)
-            wanted = sorted({h.id for hits in raw for h in hits})
+            if together:
+                negatives = self._examples(
+                    session, sp, store, negative_ids, negative_files, negative_uploads
+                )
+                queries = [
+                    combined_query(sp.name, sp.metric, positives, negatives, negative_weight)
+                ]
+            else:
+                queries = [Query(e.name, e.image_id, e.vector, (e.image_id,)) for e in positives]
+            pages = []
+            for query in queries:
+                skip = () if include_self else {i for i in query.skip if i is not None}
+                pages.append(
+                    page_above(
+                        functools.partial(self._search, session, sp, store, query.vector, filter),
+                        offset=offset,
+                        k=k,
+                        min_score=min_score,
+                        skip=skip,
+                    )
+                )
+            wanted = sorted({h.id for hits, _ in pages for h in hits})
             images = repo.get_images(session, wanted)
             labels = repo.labels_of(session, wanted)
-            for (name, qid, _), hits in zip(queries, raw, strict=True):
-                out = [
-                    _hit(h, images[h.id], labels.get(h.id, []))
-                    for h in hits
-                    if h.id in images and (include_self or qid is None or h.id != qid)
-                ]
-                results.append(QueryResult(name, qid, sp.name, out[offset : offset + k]))
+            results = []
+            for query, (hits, more) in zip(queries, pages, strict=True):
+                out = [_hit(h, images[h.id], labels.get(h.id, [])) for h in hits if h.id in images]
+                after = offset + len(hits) if more else None
+                results.append(QueryResult(query.name, query.image_id, sp.name, out, after))
         return results
+
+    @staticmethod
+    def _search(
+        session: Session,
+        space: Space,
+        store: VectorStore,
+        vector: np.ndarray,
+        filter: SearchFilter | None,
+        depth: int,
+    ) -> list[SearchHit]:
+        """The ``depth`` best hits of one query vector under ``filter``."""
+        query = np.asarray(vector, np.float32).reshape(1, -1)
+        return search_filtered(session, space, store, query, depth, filter)[0]
+
+    def _examples(
+        self,
+        session: Session,
+        space: Space,
+        store: VectorStore,
+        ids: Sequence[int],
+        files: Sequence[Path],
+        uploads: Sequence[tuple[str, bytes]],
+    ) -> list[Example]:
+        """The vectors of example photos given by catalog id, file and upload, in that
+        order, each with the catalog id it stands for (a file at a catalog path), if any."""
+        out: list[Example] = []
+        for image_id in ids:
+            img = repo.get_image(session, image_id)
+            if img.status != ImageStatus.INDEXED:
+                raise NotFoundError(
+                    f"image {image_id} has no vectors (status {img.status}"
+                    f"{': ' + img.error if img.error else ''})"
+                )
+            out.append(Example(img.path, image_id, store.get(np.asarray([image_id]))[0]))
+        for file in files:
+            at = _image_at(session, file)
+            _, vector = self.file_query(session, space, store, _read(file), at=at)
+            out.append(Example(str(file), at.id if at is not None else None, vector))
+        for name, data in uploads:
+            _, vector = self.file_query(session, space, store, data)
+            out.append(Example(name, None, vector))
+        return out
 
     def filter_misses(self, filter: SearchFilter | None) -> list[FilterMiss]:
         """The camera make, camera model or label of ``filter`` that no photo has, with
@@ -335,6 +409,13 @@ class ClassifyFailure:
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict: a :class:`Classification`'s keys, no labels, plus ``error``."""
         return {"query": self.query, "labels": [], "error": self.error.message}
+
+
+def finite(value: float | None) -> float | None:
+    """``value`` unless it is NaN or infinite (a :class:`ConfigError`): a cut-off."""
+    if value is not None and not math.isfinite(value):
+        raise ConfigError("min_score must be a finite number")
+    return value
 
 
 def _hit(found: SearchHit, img: Image, labels: Sequence[tuple[str, float]]) -> Hit:

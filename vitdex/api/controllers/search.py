@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
+from dataclasses import field as dataclass_field
 from datetime import datetime
 from typing import Annotated, Any
 
@@ -30,7 +31,9 @@ from vitdex.api.schemas import Classification, FilterNote, SimilarOut
 from vitdex.api.validation import reads_as_json
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
-from vitdex.filters import SearchFilter
+from vitdex.filters import FilterMiss, SearchFilter
+from vitdex.search.examples import DEFAULT_NEGATIVE_WEIGHT, MAX_NEGATIVE_WEIGHT
+from vitdex.search.results import QueryResult
 
 #: Largest k + offset one query may ask for.
 MAX_DEPTH = 10_000
@@ -40,6 +43,21 @@ Offset = Annotated[
     int, Parameter(ge=0, le=MAX_DEPTH - 1000, description="Neighbours to skip (paging)")
 ]
 Space = Annotated[str | None, Parameter(description="Vector space (default: the first configured)")]
+MinScore = Annotated[
+    float | None,
+    Parameter(description="Only hits scoring at least this; pages past k until scores drop"),
+]
+NegativeWeight = Annotated[
+    float,
+    Parameter(
+        ge=0,
+        le=MAX_NEGATIVE_WEIGHT,
+        description="w in mean cos(x, positives) - w * mean cos(x, negatives)",
+    ),
+]
+#: Most catalog ids one query may give as examples (each kind), and most uploads.
+MAX_EXAMPLES = 100
+MAX_UPLOADS = 20
 _WHEN = "an ISO date (YYYY-MM-DD, meaning midnight) or date-time (YYYY-MM-DDTHH:MM[:SS])"
 _WHEN_EXAMPLES = [
     Example(summary="a date (midnight)", value="2024-01-01"),
@@ -126,23 +144,27 @@ class Upload:
     file: UploadFile
 
 
-def run_similar(
-    services: Services,
-    *,
-    image_id: int | None = None,
-    upload: tuple[str, bytes] | None = None,
-    k: int,
-    offset: int,
-    space: str | None,
-    flt: SearchFilter,
+@dataclass
+class Examples:
+    """The example photos of a similar request: catalog ids and uploads, liked or not."""
+
+    ids: list[int] = dataclass_field(default_factory=list)
+    uploads: list[tuple[str, bytes]] = dataclass_field(default_factory=list)
+    negative_ids: list[int] = dataclass_field(default_factory=list)
+    negative_uploads: list[tuple[str, bytes]] = dataclass_field(default_factory=list)
+
+    @property
+    def count(self) -> int:
+        """How many examples there are in all."""
+        return (
+            len(self.ids) + len(self.uploads) + len(self.negative_ids) + len(self.negative_uploads)
+        )
+
+
+def similar_out(
+    result: QueryResult, *, k: int, offset: int, min_score: float | None, notes: list[FilterMiss]
 ) -> SimilarOut:
-    """Neighbours of an id or an uploaded image, one page of them (blocking: run in a thread)."""
-    ids = [image_id] if image_id is not None else []
-    uploads = [upload] if upload is not None else []
-    (result,) = services.search.similar(
-        ids=ids, uploads=uploads, k=k, offset=offset, space=space, filter=flt
-    )
-    notes = services.search.filter_misses(flt) if not result.hits else []
+    """The answer for one page of one query's hits."""
     return SimilarOut(
         query=result.query,
         image_id=result.image_id,
@@ -151,7 +173,50 @@ def run_similar(
         offset=offset,
         hits=result.hits,
         filter_notes=[FilterNote.of(m) for m in notes],
+        min_score=min_score,
+        next_offset=result.next_offset,
     )
+
+
+def run_similar(
+    services: Services,
+    *,
+    image_id: int | None = None,
+    upload: tuple[str, bytes] | None = None,
+    examples: Examples | None = None,
+    k: int,
+    offset: int,
+    space: str | None,
+    flt: SearchFilter,
+    min_score: float | None = None,
+    negative_weight: float = DEFAULT_NEGATIVE_WEIGHT,
+    combine: bool = True,
+) -> SimilarOut:
+    """One page of the neighbours of an id, an upload, or several examples made into one
+    query (blocking: run in a thread)."""
+    given = examples or Examples()
+    ids = [*([image_id] if image_id is not None else []), *given.ids]
+    uploads = [*([upload] if upload is not None else []), *given.uploads]
+    if not combine and Examples(ids, uploads, given.negative_ids, given.negative_uploads).count > 1:
+        raise ConfigError(
+            "combine=false searches with one example: send one request per example, or "
+            "leave combine on to make the examples one query"
+        )
+    (result,) = services.search.similar(
+        ids=ids,
+        uploads=uploads,
+        negative_ids=given.negative_ids,
+        negative_uploads=given.negative_uploads,
+        combine=len(ids) + len(uploads) > 1,
+        negative_weight=negative_weight,
+        k=k,
+        offset=offset,
+        space=space,
+        filter=flt,
+        min_score=min_score,
+    )
+    notes = services.search.filter_misses(flt) if not result.hits else []
+    return similar_out(result, k=k, offset=offset, min_score=min_score, notes=notes)
 
 
 def run_classify(services: Services, upload: tuple[str, bytes], k: int) -> Classification:
@@ -168,31 +233,68 @@ async def _read_upload(upload: Any) -> tuple[str, bytes]:
     return upload.filename or "upload", data
 
 
-async def _similar_body(
-    request: Request[Any, Any, Any],
-) -> tuple[int | None, tuple[str, bytes] | None]:
-    """An uploaded file or ``{"image_id": N}``, by the request's content type (none, or
-    curl's default, reads as JSON as on every JSON route)."""
+def _ids(value: Any, what: str) -> list[int]:
+    """``value`` as a list of image ids (one id alone allowed), or a 400 naming ``what``."""
+    items = value if isinstance(value, list) else [value]
+    if len(items) > MAX_EXAMPLES or not all(
+        isinstance(i, int) and not isinstance(i, bool) and 1 <= i <= INT64_MAX for i in items
+    ):
+        raise ValidationException(
+            f"{what} must be image ids (integers between 1 and {INT64_MAX}), "
+            f"at most {MAX_EXAMPLES} of them"
+        )
+    return list(items)
+
+
+def _form_ids(values: list[Any], what: str) -> list[int]:
+    """Ids sent as multipart text fields."""
+    ids = []
+    for value in values:
+        text = value.strip() if isinstance(value, str) else ""
+        if not (text.isascii() and text.isdigit()):
+            raise ValidationException(f"{what} must be image ids, got {value!r}")
+        ids.append(int(text))
+    return _ids(ids, what)
+
+
+async def _similar_body(request: Request[Any, Any, Any]) -> Examples:
+    """The examples of a similar request, by its content type (none, or curl's default,
+    reads as JSON as on every JSON route).
+
+    JSON: ``{"image_id": N}``, or ``{"image_ids": [...], "negative_ids": [...]}``.
+    Multipart: uploads in ``file`` and ``negative_file`` (each repeatable), with catalog
+    ids in ``image_id`` and ``negative_id`` fields beside them.
+    """
     content_type, _ = request.content_type
     if content_type == RequestEncodingType.MULTI_PART:
         form = await request.form()
-        return None, await _read_upload(form.get("file"))
+        files = form.getall("file", [])
+        negative_files = form.getall("negative_file", [])
+        if len(files) + len(negative_files) > MAX_UPLOADS:
+            raise ValidationException(f"send at most {MAX_UPLOADS} files in one query")
+        found = Examples(
+            ids=_form_ids(form.getall("image_id", []), "image_id"),
+            uploads=[await _read_upload(f) for f in files],
+            negative_ids=_form_ids(form.getall("negative_id", []), "negative_id"),
+            negative_uploads=[await _read_upload(f) for f in negative_files],
+        )
+        if not found.uploads and not found.ids:
+            raise ValidationException("send the image as a multipart file in the field 'file'")
+        return found
     if reads_as_json(content_type):
         # The app's request class decodes it: too deep, NUL or past int64 is a 400 there.
         try:
             body = await request.json()
         except SerializationException:
             raise ValidationException("the JSON body is not valid JSON") from None
-        image_id = body.get("image_id") if isinstance(body, dict) else None
-        if (
-            not isinstance(image_id, int)
-            or isinstance(image_id, bool)
-            or not 1 <= image_id <= INT64_MAX
-        ):
+        if not isinstance(body, dict) or not ({"image_id", "image_ids"} & body.keys()):
             raise ValidationException(
-                f'send {{"image_id": N}} with N an integer between 1 and {INT64_MAX}'
+                f'send {{"image_id": N}} with N an integer between 1 and {INT64_MAX}, or '
+                '{"image_ids": [...], "negative_ids": [...]}'
             )
-        return image_id, None
+        ids = _ids(body["image_id"], "image_id") if "image_id" in body else []
+        ids += _ids(body.get("image_ids", []), "image_ids")
+        return Examples(ids=ids, negative_ids=_ids(body.get("negative_ids", []), "negative_ids"))
     raise ClientException(
         "send the image as multipart/form-data (field 'file') or JSON {\"image_id\": N}",
         status_code=415,
@@ -220,7 +322,13 @@ class SearchController(Controller):
         operation_id="searchSimilar",
         summary="Find similar images to an upload or an id",
         description=(
-            'Neighbours of an uploaded image (multipart ``file``) or of ``{"image_id": N}``.'
+            'Neighbours of an uploaded image (multipart ``file``) or of ``{"image_id": N}``. '
+            'Several examples make ONE query: ``{"image_ids": [...], "negative_ids": [...]}``, '
+            "or multipart ``file``/``negative_file`` uploads (repeatable) with ``image_id``/"
+            "``negative_id`` fields. Each photo x scores mean cos(x, positives) - "
+            "negative_weight * mean cos(x, negatives); the examples are left out. With "
+            "``min_score`` only hits scoring at least that are listed, ``k`` a page at a "
+            "time: ``next_offset`` is where the next page starts (null: no more)."
         ),
     )
     async def similar(
@@ -231,18 +339,27 @@ class SearchController(Controller):
         k: K = 10,
         offset: Offset = 0,
         space: Space = None,
+        min_score: MinScore = None,
+        negative_weight: NegativeWeight = DEFAULT_NEGATIVE_WEIGHT,
+        combine: Annotated[
+            bool,
+            Parameter(description="Make several examples one query (false: one example only)"),
+        ] = True,
     ) -> SimilarOut:
-        """Neighbours of an uploaded image (multipart ``file``) or of ``{"image_id": N}``."""
-        image_id, upload = await _similar_body(request)
+        """Neighbours of an uploaded image (multipart ``file``) or of ``{"image_id": N}``;
+        several examples, liked and disliked, make one query."""
+        examples = await _similar_body(request)
         call = functools.partial(
             run_similar,
             services,
-            image_id=image_id,
-            upload=upload,
+            examples=examples,
             k=k,
             offset=offset,
             space=space,
             flt=flt,
+            min_score=min_score,
+            negative_weight=negative_weight,
+            combine=combine,
         )
         return await anyio.to_thread.run_sync(call)
 

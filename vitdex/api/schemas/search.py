@@ -45,3 +45,8 @@ class SimilarOut:
     hits: list[Hit]
     #: Set when there are no hits because a filter value matches no photo.
     filter_notes: list[FilterNote] = field(default_factory=list)
+    #: The score cut-off asked for (hits score at least this), or null.
+    min_score: float | None = None
+    #: The ``offset`` of the next page, or null when no hit follows this page (none at
+    #: all, or none at or above ``min_score``).
+    next_offset: int | None = None
