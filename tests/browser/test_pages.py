@@ -19,6 +19,8 @@ PAGES = [
     ("/search?image_id=1", "Search"),
     ("/map", "Map"),
     ("/clusters", "Clusters"),
+    ("/duplicates", "Duplicates"),
+    ("/tags", "Tags"),
     ("/datasets", "Datasets"),
     ("/jobs", "Jobs"),
     ("/libraries", "Libraries"),

@@ -238,6 +238,11 @@ def test_api_examples_and_cut_off(client: TestClient, library: Library) -> None:
         seen.extend(page["hits"])
         offset = page["next_offset"]
     _assert_ranked(seen, [p for p in _truth(library, [a], [c]) if p[1] >= cut])
+    # GET /images/{id}/similar takes the same cut-off.
+    above = [p for p in _truth(library, [a], []) if p[1] >= cut]
+    got = client.get(f"/api/v1/images/{a}/similar", params={"k": 100, "min_score": cut}).json()
+    _assert_ranked(got["hits"], above)
+    assert got["min_score"] == cut and got["next_offset"] is None
 
     for params, body, message in [
         ({"combine": "false"}, {"image_ids": [a, b]}, "one request per example"),

@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.search import (
     K,
+    MinScore,
     Offset,
     Space,
     filter_dependency,
@@ -262,10 +263,18 @@ class ImagesController(Controller):
         k: K = 10,
         offset: Offset = 0,
         space: Space = None,
+        min_score: MinScore = None,
     ) -> SimilarOut:
         """Neighbours of a catalog image (same parameters as ``POST /api/v1/similar``)."""
         call = functools.partial(
-            run_similar, services, image_id=image_id, k=k, offset=offset, space=space, flt=flt
+            run_similar,
+            services,
+            image_id=image_id,
+            k=k,
+            offset=offset,
+            space=space,
+            flt=flt,
+            min_score=min_score,
         )
         return await anyio.to_thread.run_sync(call)
 
