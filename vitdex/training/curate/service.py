@@ -176,7 +176,7 @@ def create_dataset(
     instance candidates (seeds stay whatever they carry); hidden duplicates are left out
     of the instance and the class candidates.
     """
-    from vitdex.search.service import resolve_space
+    from vitdex.search.spaces import resolve_space
     from vitdex.vectors.factory import open_store
 
     options = options or CurateOptions()
