@@ -8,9 +8,9 @@ deletes or moves a file: keeping one member only marks the others as duplicates.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Annotated, Literal
 
+import msgspec
 from litestar import Controller, get, post
 from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
@@ -18,11 +18,11 @@ from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from litestar.types import Guard
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.api.controllers.jobs import ClusterFilterIn, _filter_params
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, NotFound, Unavailable
 from vitdex.api.schemas import JobOut, JobQueued
 from vitdex.api.schemas.duplicates import DuplicateCounts, DuplicateGroupOut, DuplicatePage
+from vitdex.api.schemas.filters import FilterIn, filter_params
 from vitdex.api.validation import json_content_type
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
@@ -32,9 +32,11 @@ from vitdex.search.duplicates import DEFAULT_K
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
 
 
-@dataclass
-class DuplicateScanIn:
-    """What to scan: exact copies (the same bytes) and near copies in one space."""
+class DuplicateScanIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    """What to scan: exact copies (the same bytes) and near copies in one space.
+
+    Unknown fields are refused: a misspelt option must not start a different scan.
+    """
 
     space: str | None = None
     #: Cosine at or above which photos are near copies, in (0, 1]; null: the default.
@@ -44,11 +46,10 @@ class DuplicateScanIn:
     #: Neighbours asked per photo on the first pass (2..1024).
     k: int = DEFAULT_K
     #: The same filters as a clustering: only the photos they allow take part.
-    filter: ClusterFilterIn | None = None
+    filter: FilterIn | None = None
 
 
-@dataclass
-class DuplicateResolveIn:
+class DuplicateResolveIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A decision on an open group: keep one member (``keeper_id``), or not duplicates."""
 
     action: Literal["keep", "not_duplicates"]
@@ -141,7 +142,7 @@ class DuplicatesController(Controller):
             "exact": data.exact,
             "near": data.near,
             "k": data.k,
-            "filter": _filter_params(data.filter),
+            "filter": filter_params(data.filter),
         }
         job = duplicate_scan.queue_duplicates_scan(sessions, data.space, params)
         services.queue.submit(job["id"], kind="duplicates")

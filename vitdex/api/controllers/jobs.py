@@ -34,10 +34,6 @@ from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
 from vitdex.search import catalog
 
-# Older names of the filter body, still imported by sibling controllers.
-ClusterFilterIn = FilterIn
-_filter_params = filter_params
-
 Id = Annotated[int, PathParameter(ge=1, le=INT64_MAX)]
 Offset = Annotated[int, QueryParameter(ge=0, le=INT64_MAX)]
 

@@ -17,8 +17,8 @@ from litestar.status_codes import HTTP_200_OK, HTTP_204_NO_CONTENT
 from litestar.types import Guard
 from sqlalchemy.orm import Session, sessionmaker
 
-from vitdex.api.controllers.jobs import _filter_params
 from vitdex.api.errors import NotFound
+from vitdex.api.schemas.filters import filter_params
 from vitdex.api.schemas.search import FilterNote
 from vitdex.api.schemas.tags import (
     TagAdded,
@@ -57,7 +57,7 @@ def _selection(data: TagPhotosIn) -> tuple[list[int] | None, SearchFilter | None
         if len(data.image_ids) > MAX_IDS:
             raise ConfigError(f"at most {MAX_IDS} image_ids per request (use filter for more)")
         return data.image_ids, None
-    flt = filter_from_params(_filter_params(data.filter))
+    flt = filter_from_params(filter_params(data.filter))
     if flt is None:
         # Unknown fields are dropped when the body is read, so a misspelt condition
         # ({"tags": [...]}) would otherwise reach every photo of the catalog.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Self
 
-from vitdex.api.controllers.jobs import ClusterFilterIn
+from vitdex.api.schemas.filters import FilterIn
 from vitdex.api.schemas.search import FilterNote
 from vitdex.db.tags import TagCount
 
@@ -48,7 +48,7 @@ class TagPhotosIn:
     as similar search and clustering, at least one condition). Exactly one of them."""
 
     image_ids: list[int] | None = None
-    filter: ClusterFilterIn | None = None
+    filter: FilterIn | None = None
 
 
 @dataclass
