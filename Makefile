@@ -63,6 +63,7 @@ bench: setup
 	$(PY) -m bench.http
 	$(PY) -m bench.train_step
 	$(PY) -m bench.ui
+	$(PY) -m bench.duplicates
 
 clean:
 	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
