@@ -59,8 +59,8 @@ def _selection(data: TagPhotosIn) -> tuple[list[int] | None, SearchFilter | None
         return data.image_ids, None
     flt = filter_from_params(filter_params(data.filter))
     if flt is None:
-        # Unknown fields are dropped when the body is read, so a misspelt condition
-        # ({"tags": [...]}) would otherwise reach every photo of the catalog.
+        # An empty filter would reach every photo of the catalog (a misspelt field is
+        # already refused when the body is read).
         raise ConfigError(
             "filter sets no condition (known fields: library_id, folder, taken_after, "
             "taken_before, camera_make, camera_model, label, tag, hide_duplicates); to "
