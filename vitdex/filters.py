@@ -12,7 +12,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-__all__ = ["FilterMiss", "SearchFilter", "close_values", "image_payload", "tag_key"]
+__all__ = [
+    "FilterMiss",
+    "SearchFilter",
+    "close_values",
+    "image_payload",
+    "split_head_label",
+    "tag_key",
+]
 
 
 @dataclass(frozen=True)
@@ -47,6 +54,9 @@ class SearchFilter:
     tags: tuple[str, ...] = ()
     #: Leave out photos marked as duplicates (a reviewed group kept another member).
     hide_duplicates: bool = False
+    #: Labels a head put on the image, each ``HEAD:LABEL`` (every one must hold; the
+    #: label compares ignoring case, see :func:`split_head_label`).
+    head_labels: tuple[str, ...] = ()
 
     def is_empty(self) -> bool:
         """Whether no condition is set."""
@@ -54,12 +64,13 @@ class SearchFilter:
 
     @property
     def sql_only(self) -> bool:
-        """Whether a condition lives only in the catalog (tags, duplicate marks).
+        """Whether a condition lives only in the catalog (tags, duplicate marks, head
+        labels).
 
         Those change with every click of a reviewer, so they are never copied into a
         store's payloads: a payload backend gets the filter resolved in SQL to ids.
         """
-        return bool(self.tags) or self.hide_duplicates
+        return bool(self.tags) or self.hide_duplicates or bool(self.head_labels)
 
 
 #: How each filter field that names a value is called in messages.
@@ -68,6 +79,7 @@ VALUE_FIELDS = {
     "camera_model": "camera model",
     "label": "label",
     "tags": "tag",
+    "head_labels": "head label",
 }
 
 
@@ -102,6 +114,16 @@ def tag_key(name: str) -> str:
     """What makes two tag names the same tag: case-folded, spaces trimmed and collapsed
     ("My  Dog " and "my dog" are one tag)."""
     return " ".join(name.split()).casefold()
+
+
+def split_head_label(value: str) -> tuple[str, str]:
+    """``HEAD:LABEL`` as (head name, label); raises ValueError naming the form when the
+    colon or either side is missing. Head names have no colon, labels may."""
+    head, sep, label = value.partition(":")
+    head, label = head.strip(), label.strip()
+    if not sep or not head or not label:
+        raise ValueError(f"head label {value!r} is not HEAD:LABEL (e.g. kind:receipt)")
+    return head, label
 
 
 def close_values(value: str, candidates: Iterable[str], n: int = 5) -> tuple[str, ...]:

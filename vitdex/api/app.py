@@ -18,6 +18,7 @@ from vitdex.api.controllers import (
     DatasetsController,
     DuplicatesController,
     FacetsController,
+    HeadsController,
     HealthController,
     ImagesController,
     JobsController,
@@ -86,6 +87,7 @@ def create_app(settings: Settings | None = None) -> Litestar:
             DuplicatesController,
             TagsController,
             SavedSearchesController,
+            HeadsController,
         ],
         # Authentication first: a caller without a key learns nothing about its ids.
         guards=[require_api_key, canonical_path_ints],

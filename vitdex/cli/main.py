@@ -20,6 +20,7 @@ from vitdex.cli.dataset import dataset_group
 from vitdex.cli.db import db_group
 from vitdex.cli.demo import demo
 from vitdex.cli.duplicates import duplicates_group
+from vitdex.cli.heads import heads_group
 from vitdex.cli.model import model_group
 from vitdex.cli.searches import searches_group
 from vitdex.cli.serve import serve_command, worker_command
@@ -98,6 +99,7 @@ for _command in (
     duplicates_group,
     tag_group,
     searches_group,
+    heads_group,
 ):
     cli.add_command(_command)
 

@@ -1,6 +1,6 @@
 """The SQL catalog: models, engine and migrations, repository functions."""
 
-from vitdex.db import repo, review_models
+from vitdex.db import head_models, repo, review_models
 from vitdex.db.engine import ensure_schema, make_engine, session_factory, upgrade
 from vitdex.db.models import (
     Base,
@@ -25,6 +25,7 @@ __all__ = [
     "Library",
     "Space",
     "ensure_schema",
+    "head_models",
     "make_engine",
     "repo",
     "review_models",

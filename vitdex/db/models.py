@@ -167,6 +167,13 @@ class Space(Base):
     preprocessing: Mapped[dict[str, Any]]
     dim: Mapped[int]
     metric: Mapped[str] = mapped_column(String(16))
+    #: The least cosine to torch fp32's vectors that a runtime must reach on the probe
+    #: photos to write into this space (None: the default, 0.999). A space first filled
+    #: by int8 takes int8's bound; an fp32 / bf16 space refuses int8 vectors.
+    min_agreement: Mapped[float | None] = mapped_column(Float, default=None)
+    #: The runtime and precision that first filled the space ("torch-fp32",
+    #: "onnxruntime-int8"), for people reading the catalog.
+    runtime: Mapped[str | None] = mapped_column(String(64), default=None)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

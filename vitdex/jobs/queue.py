@@ -33,6 +33,8 @@ JOB_FUNCTIONS: dict[str, str] = {
     "export": "vitdex.jobs.training.run_export_job",
     "map": "vitdex.jobs.maps.run_map_job",
     "duplicates": "vitdex.jobs.duplicates.run_duplicates_job",
+    "head-train": "vitdex.jobs.heads.run_head_train_job",
+    "head-apply": "vitdex.jobs.heads.run_head_apply_job",
 }
 
 #: rq retries for transient failures (a database or Redis blip), spaced out.

@@ -4,6 +4,7 @@ from vitdex.api.controllers.checkpoints import CheckpointsController
 from vitdex.api.controllers.datasets import DatasetsController
 from vitdex.api.controllers.duplicates import DuplicatesController
 from vitdex.api.controllers.facets import FacetsController
+from vitdex.api.controllers.heads import HeadsController
 from vitdex.api.controllers.health import HealthController
 from vitdex.api.controllers.images import ImagesController
 from vitdex.api.controllers.jobs import ClustersController, JobsController, LibrariesController
@@ -19,6 +20,7 @@ __all__ = [
     "DatasetsController",
     "DuplicatesController",
     "FacetsController",
+    "HeadsController",
     "HealthController",
     "ImagesController",
     "JobsController",

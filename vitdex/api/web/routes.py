@@ -12,6 +12,7 @@ from litestar.template.config import TemplateConfig
 from vitdex.api.web.pages.browse import BrowsePages
 from vitdex.api.web.pages.duplicates import DuplicatesPage
 from vitdex.api.web.pages.explore import ExplorePages
+from vitdex.api.web.pages.heads import HeadsPages
 from vitdex.api.web.pages.libraries import LibrariesPage
 from vitdex.api.web.pages.login import LoginController
 from vitdex.api.web.pages.tags import TagsPage
@@ -26,6 +27,7 @@ PAGES: list[Any] = [
     ExplorePages,
     DuplicatesPage,
     TagsPage,
+    HeadsPages,
     TrainingPages,
     LibrariesPage,
 ]

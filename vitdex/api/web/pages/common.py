@@ -20,6 +20,7 @@ NAV = [
     ("/clusters", "Clusters"),
     ("/duplicates", "Duplicates"),
     ("/tags", "Tags"),
+    ("/heads", "Heads"),
     ("/datasets", "Datasets"),
     ("/jobs", "Jobs"),
     ("/libraries", "Libraries"),
