@@ -8,7 +8,6 @@ The model loads lazily, once, under a lock; constructing an :class:`Embedder` is
 from __future__ import annotations
 
 import logging
-import os
 import threading
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
@@ -22,6 +21,7 @@ from PIL import Image
 from vitdex.config import DEFAULT_SPACES, parse_layer_specs
 from vitdex.devices import default_precision, resolve_device
 from vitdex.errors import ConfigError, ModelLoadError, NoClassifierError
+from vitdex.indexer.cores import model_threads
 from vitdex.indexer.models import (
     folder_fingerprint,
     load_error,
@@ -74,25 +74,10 @@ def _resolve_precision(precision: str, device: torch.device) -> str:
     return precision
 
 
-def _cpu_budget() -> int:
-    """CPUs this process may use: affinity mask, narrowed by a cgroup CPU quota."""
-    try:
-        count = len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        count = os.cpu_count() or 1
-    try:
-        quota, _, period = Path("/sys/fs/cgroup/cpu.max").read_text().partition(" ")
-        if quota != "max":
-            count = min(count, max(1, int(int(quota) // int(period))))
-    except (OSError, ValueError):
-        pass
-    return max(1, count)
-
-
 def _configure_threads() -> None:
     # torch sizes its pool from the host's cores; in a container with a CPU quota that
     # oversubscribes and every matmul waits on descheduled threads.
-    budget = _cpu_budget()
+    budget = model_threads()
     if torch.get_num_threads() > budget:
         torch.set_num_threads(budget)
 

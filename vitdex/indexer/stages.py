@@ -8,7 +8,6 @@ so the forward pass never waits for a whole batch to be decoded.
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from collections import defaultdict
 from collections.abc import Generator
@@ -18,6 +17,7 @@ from pathlib import Path
 
 from vitdex.config import Settings
 from vitdex.errors import ImageError
+from vitdex.indexer.cores import decode_workers
 from vitdex.indexer.images import DecodedImage, decode_image, read_photo
 
 __all__ = ["Batch", "Prepared", "Reader", "Task"]
@@ -121,12 +121,7 @@ class Reader:
         return out
 
     def _workers(self) -> int:
-        configured = self.settings.index.decode_workers
-        if configured:
-            return configured
-        # One decoder per core the model leaves over, at least one: decoding a
-        # draft-mode JPEG costs a fraction of the forward pass.
-        return max(1, (os.cpu_count() or 2) - 1)
+        return decode_workers(self.settings.index.decode_workers)
 
     def stream(
         self, tasks: list[Task], reusable: dict[str, int]
