@@ -64,6 +64,7 @@ bench: setup
 	$(PY) -m bench.train_step
 	$(PY) -m bench.ui
 	$(PY) -m bench.duplicates
+	$(PY) -m bench.heads
 
 clean:
 	rm -rf demo-home .bench .pytest_cache .mypy_cache .ruff_cache .import_linter_cache
