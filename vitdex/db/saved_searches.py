@@ -22,7 +22,7 @@ from vitdex.db.models import INT64_MAX, is_id, iso
 from vitdex.db.review_models import SavedSearch
 from vitdex.db.rows import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
-from vitdex.filters import SearchFilter
+from vitdex.filters import SearchFilter, split_head_label
 
 __all__ = [
     "SavedQuery",
@@ -56,6 +56,7 @@ def filter_to_json(flt: SearchFilter) -> dict[str, Any]:
         "label": flt.label,
         "tag": list(flt.tags),
         "hide_duplicates": flt.hide_duplicates,
+        "head_label": list(flt.head_labels),
     }
 
 
@@ -91,6 +92,14 @@ def filter_from_json(data: Mapping[str, Any] | None) -> SearchFilter:
     tags = data.get("tag") or []
     if not isinstance(tags, list) or not all(isinstance(t, str) and t.strip() for t in tags):
         raise ConfigError(f"filter tag must be a list of tag names, got {tags!r}")
+    head_labels = data.get("head_label") or []
+    if not isinstance(head_labels, list) or not all(isinstance(h, str) for h in head_labels):
+        raise ConfigError(f"filter head_label must be a list of HEAD:LABEL, got {head_labels!r}")
+    for value in head_labels:
+        try:
+            split_head_label(value)
+        except ValueError as exc:
+            raise ConfigError(f"filter {exc}") from None
     hide = data.get("hide_duplicates", False)
     if not isinstance(hide, bool):
         raise ConfigError(f"filter hide_duplicates must be true or false, got {hide!r}")
@@ -104,6 +113,7 @@ def filter_from_json(data: Mapping[str, Any] | None) -> SearchFilter:
         label=_text(data, "label"),
         tags=tuple(tags),
         hide_duplicates=hide,
+        head_labels=tuple(head_labels),
     )
 
 

@@ -57,6 +57,7 @@ def _save(services: Services, data: SavedSearchIn) -> SavedSearchOut:
         label=f.label,
         tag=f.tag,
         hide_duplicates=f.hide_duplicates,
+        head_label=f.head_label,
     )
     saved, _ = _saved(services).save(
         data.name,

@@ -63,8 +63,8 @@ def _selection(data: TagPhotosIn) -> tuple[list[int] | None, SearchFilter | None
         # already refused when the body is read).
         raise ConfigError(
             "filter sets no condition (known fields: library_id, folder, taken_after, "
-            "taken_before, camera_make, camera_model, label, tag, hide_duplicates); to "
-            "reach every photo, list their ids (GET /api/v1/image-ids)"
+            "taken_before, camera_make, camera_model, label, tag, hide_duplicates, "
+            "head_label); to reach every photo, list their ids (GET /api/v1/image-ids)"
         )
     return None, flt
 

@@ -34,6 +34,8 @@ class SavedFilter(FromDict):
     #: Tags a photo must carry, every one.
     tag: list[str] = field(default_factory=list)
     hide_duplicates: bool = False
+    #: Labels a head put on the photo, each HEAD:LABEL, every one.
+    head_label: list[str] = field(default_factory=list)
 
 
 @dataclass
