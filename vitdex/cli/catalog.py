@@ -92,6 +92,27 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     return command
 
 
+def _check_head_labels(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    from vitdex.filters import split_head_label
+
+    try:
+        return tuple(":".join(split_head_label(v)) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+#: ``--head-label HEAD:LABEL``: photos a head labelled so (repeatable: all of them).
+head_label_option = click.option(
+    "--head-label",
+    "head_labels",
+    multiple=True,
+    callback=_check_head_labels,
+    help="Only photos head HEAD labelled LABEL, as HEAD:LABEL (any case; repeatable).",
+)
+
+
 def build_filter(
     libraries: tuple[int, ...] = (),
     folder: str | None = None,
@@ -102,6 +123,7 @@ def build_filter(
     label: str | None = None,
     tags: tuple[str, ...] = (),
     hide_duplicates: bool = False,
+    head_labels: tuple[str, ...] = (),
 ) -> SearchFilter:
     """The :class:`SearchFilter` of :func:`filter_options`' values (a folder made absolute,
     as the catalog records paths)."""
@@ -119,6 +141,7 @@ def build_filter(
         label=label,
         tags=tags,
         hide_duplicates=hide_duplicates,
+        head_labels=head_labels,
     )
 
 
@@ -167,6 +190,7 @@ def split_examples(values: Sequence[str]) -> tuple[list[int], list[Path]]:
 @click.option("--space", help="Space to search (default: the first configured one).")
 @click.option("--include-self", is_flag=True, help="Keep the query image in its own hits.")
 @filter_options
+@head_label_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
 @handle_errors

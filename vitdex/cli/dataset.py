@@ -8,6 +8,7 @@ from typing import Any
 import click
 from click.core import ParameterSource
 
+from vitdex.cli.catalog import head_label_option
 from vitdex.cli.common import (
     IMAGE_ID,
     Context,
@@ -95,6 +96,8 @@ def _print_summary(dataset: dict[str, Any]) -> None:
         picked.append("tags " + ", ".join(params["tags"]))
     if params.get("hide_duplicates"):
         picked.append("duplicates hidden")
+    if params.get("head_labels"):
+        picked.append("head labels " + ", ".join(params["head_labels"]))
     click.echo(f"  curated by: {'; '.join(picked)}")
     if dataset["export_path"]:
         click.echo(f"  exported to: {dataset['export_path']}")
@@ -161,6 +164,7 @@ def _print_summary(dataset: dict[str, Any]) -> None:
     is_flag=True,
     help="Leave out photos marked as duplicates in review (instance and class images).",
 )
+@head_label_option
 @click.option(
     "--max",
     "max_items",
@@ -201,6 +205,7 @@ def create(
     sampler: str,
     tags: tuple[str, ...],
     hide_duplicates: bool,
+    head_labels: tuple[str, ...],
     max_items: int | None,
     mmr: float | None,
     space: str | None,
@@ -240,6 +245,7 @@ def create(
         class_label=class_label,
         tags=tags,
         hide_duplicates=hide_duplicates,
+        head_labels=head_labels,
     )
     settings = obj.settings
     result = create_dataset(

@@ -13,10 +13,11 @@ from typing import Any
 from sqlalchemy import ColumnElement, Select, and_, func, or_, select
 from sqlalchemy.orm import InstrumentedAttribute, Session
 
+from vitdex.db.head_models import Head
 from vitdex.db.images import where_filter
 from vitdex.db.models import Image, ImageLabel, ImageVector, Space
 from vitdex.db.review_models import ImageTag, Tag
-from vitdex.filters import FilterMiss, SearchFilter, close_values, tag_key
+from vitdex.filters import FilterMiss, SearchFilter, close_values, split_head_label, tag_key
 
 __all__ = [
     "Adjacent",
@@ -100,6 +101,28 @@ def filter_misses(session: Session, flt: SearchFilter) -> list[FilterMiss]:
             misses.append(
                 FilterMiss("tags", tag, close, () if close else tuple(names[:COMMON_SHOWN]))
             )
+    if flt.head_labels:
+        misses.extend(_head_label_misses(session, flt.head_labels))
+    return misses
+
+
+def _head_label_misses(session: Session, values: tuple[str, ...]) -> list[FilterMiss]:
+    """An unknown head is named with the heads there are; a label the head lacks with the
+    head's classes that look like it (or all of them)."""
+    classes = {name: list(c) for name, c in session.execute(select(Head.name, Head.classes))}
+    misses = []
+    for value in dict.fromkeys(values):
+        head, label = split_head_label(value)
+        if head not in classes:
+            close = close_values(head, classes)
+            known = tuple(f"head {h}" for h in (close or sorted(classes)[:COMMON_SHOWN]))
+            misses.append(
+                FilterMiss("head_labels", value, known if close else (), () if close else known)
+            )
+        elif label.lower() not in {c.lower() for c in classes[head]}:
+            close = tuple(f"{head}:{c}" for c in close_values(label, classes[head]))
+            every = tuple(f"{head}:{c}" for c in classes[head])
+            misses.append(FilterMiss("head_labels", value, close, () if close else every))
     return misses
 
 

@@ -15,10 +15,11 @@ from typing import Any
 from sqlalchemy import Select, delete, func, insert, select, update
 from sqlalchemy.orm import Session
 
+from vitdex.db.head_models import Head, HeadLabel
 from vitdex.db.models import Image, ImageLabel, ImageStatus, ImageVector, Library, utcnow
 from vitdex.db.review_models import DuplicateGroup, DuplicateMember, DuplicateStatus, ImageTag, Tag
 from vitdex.db.rows import chunks, get_row
-from vitdex.filters import SearchFilter, image_payload, tag_key
+from vitdex.filters import SearchFilter, image_payload, split_head_label, tag_key
 
 __all__ = [
     "KnownImage",
@@ -324,6 +325,18 @@ def where_filter(stmt: Select[Any], flt: SearchFilter) -> Select[Any]:
         )
     if flt.hide_duplicates:
         stmt = stmt.where(~marked_duplicate(Image.id))
+    for value in dict.fromkeys(flt.head_labels):  # every HEAD:LABEL must hold
+        head, label = split_head_label(value)
+        stmt = stmt.where(
+            select(HeadLabel.image_id)
+            .join(Head, Head.id == HeadLabel.head_id)
+            .where(
+                HeadLabel.image_id == Image.id,
+                Head.name == head,
+                func.lower(HeadLabel.label) == label.lower(),
+            )
+            .exists()
+        )
     return stmt
 
 

@@ -19,6 +19,7 @@ from vitdex.db import jobs as job_sql
 from vitdex.db import repo
 from vitdex.db.models import Space
 from vitdex.indexer.embedder import Embedder
+from vitdex.indexer.heads import label_new_vectors
 from vitdex.indexer.report import IndexReport, job_counts, job_done
 from vitdex.indexer.stages import Batch, Prepared
 from vitdex.vectors.store import VectorStore
@@ -81,6 +82,7 @@ class BatchWriter:
         ids, vectors, labels = self._vectors(batch)
         self._record(batch, report, ids, labels, reusable)
         self._store(batch, ids, vectors)
+        self._label(ids, vectors)
         self._count(batch, report)
 
     def _vectors(
@@ -175,6 +177,16 @@ class BatchWriter:
             if len(failed_ids):
                 store.delete(failed_ids)
         self.timings["store"] += time.perf_counter() - t0
+
+    def _label(self, ids: list[int], vectors: dict[str, list[np.ndarray]]) -> None:
+        # Heads label new photos in the batch's own transaction (committed by _count), so
+        # a photo is never indexed without the labels of the heads of its space.
+        if not ids:
+            return
+        t0 = time.perf_counter()
+        for space in self.spaces:
+            label_new_vectors(self.session, space, ids, np.concatenate(vectors[space.name]))
+        self.timings["heads"] += time.perf_counter() - t0
 
     def _count(self, batch: Batch, report: IndexReport) -> None:
         t0 = time.perf_counter()

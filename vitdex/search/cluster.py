@@ -21,6 +21,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from vitdex.db import facets, repo
 from vitdex.db.models import Cluster, ClusterMember, ClusterRun, Image, Space, iso
 from vitdex.errors import ConfigError, NotFoundError
+from vitdex.filters import split_head_label
 from vitdex.vectors.store import SearchFilter
 
 if TYPE_CHECKING:
@@ -424,6 +425,8 @@ def filter_to_params(flt: SearchFilter) -> dict[str, Any]:
         out["tags"] = list(flt.tags)
     if flt.hide_duplicates:
         out["hide_duplicates"] = True
+    if flt.head_labels:
+        out["head_labels"] = list(flt.head_labels)
     return out
 
 
@@ -432,7 +435,7 @@ def filter_from_params(data: Mapping[str, Any] | None) -> SearchFilter | None:
     if not data:
         return None
     known = {"library_ids", "path_prefix", "taken_after", "taken_before"}
-    known |= {"camera_make", "camera_model", "label", "tags", "hide_duplicates"}
+    known |= {"camera_make", "camera_model", "label", "tags", "hide_duplicates", "head_labels"}
     unknown = set(data) - known
     if unknown:
         raise ConfigError(f"unknown filter fields: {', '.join(sorted(unknown))}")
@@ -443,6 +446,14 @@ def filter_from_params(data: Mapping[str, Any] | None) -> SearchFilter | None:
         values["tags"] = tuple(str(t) for t in values["tags"])
     if "hide_duplicates" in values:
         values["hide_duplicates"] = bool(values["hide_duplicates"])
+    if "head_labels" in values:
+        raw = values["head_labels"]
+        if isinstance(raw, str) or not isinstance(raw, list | tuple):
+            raise ConfigError(f"head_labels must be a list of HEAD:LABEL, got {raw!r}")
+        try:
+            values["head_labels"] = tuple(":".join(split_head_label(str(v))) for v in raw)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     for name in ("taken_after", "taken_before"):
         if isinstance(values.get(name), str):
             try:

@@ -25,6 +25,7 @@ from vitdex.api.schemas import (
     JobOut,
     JobQueued,
 )
+from vitdex.api.schemas.filters import check_head_labels
 from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
@@ -67,6 +68,8 @@ class DatasetIn:
     tags: list[str] = field(default_factory=list)
     #: Leave out photos marked as duplicates in review (instance and class candidates).
     hide_duplicates: bool = False
+    #: Instance candidates must carry every one of these head labels (``HEAD:LABEL``).
+    head_labels: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -146,6 +149,7 @@ class DatasetsController(Controller):
             class_label=data.class_label,
             tags=tuple(data.tags),
             hide_duplicates=data.hide_duplicates,
+            head_labels=tuple(check_head_labels(data.head_labels, "head_labels")),
         )
         view = create_dataset(
             settings,

@@ -28,6 +28,7 @@ from vitdex.api.errors import (
     UnsupportedMediaType,
 )
 from vitdex.api.schemas import Classification, FilterNote, SimilarOut
+from vitdex.api.schemas.filters import check_head_labels
 from vitdex.api.validation import reads_as_json
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
@@ -104,6 +105,15 @@ def provide_filter(
     hide_duplicates: Annotated[
         bool, Parameter(description="Leave out photos marked as duplicates in review")
     ] = False,
+    head_label: Annotated[
+        list[str] | None,
+        Parameter(
+            description=(
+                "A label a head put on the photo, as HEAD:LABEL, e.g. kind:receipt "
+                "(repeatable: every one; the label in any case)"
+            )
+        ),
+    ] = None,
 ) -> SearchFilter:
     """Dependency: the metadata filter given as query parameters."""
     ids = tuple(library_id or ())
@@ -121,6 +131,7 @@ def provide_filter(
     before = parse_when("taken_before", taken_before)
     if after and before and after >= before:
         raise ConfigError("taken_after must be earlier than taken_before")
+    head_labels = tuple(check_head_labels(list(head_label or ()), "head_label"))
     return SearchFilter(
         library_ids=ids,
         path_prefix=folder or None,
@@ -131,6 +142,7 @@ def provide_filter(
         label=label,
         tags=tags,
         hide_duplicates=hide_duplicates,
+        head_labels=head_labels,
     )
 
 

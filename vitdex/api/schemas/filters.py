@@ -14,8 +14,9 @@ import msgspec
 
 from vitdex.db.models import INT64_MAX
 from vitdex.errors import ConfigError
+from vitdex.filters import split_head_label
 
-__all__ = ["FilterIn", "filter_params"]
+__all__ = ["FilterIn", "check_head_labels", "filter_params"]
 
 
 class FilterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
@@ -39,6 +40,8 @@ class FilterIn(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     tag: list[str] = msgspec.field(default_factory=list)
     #: Leave out photos marked as duplicates.
     hide_duplicates: bool = False
+    #: Labels a head put on the photo, each ``HEAD:LABEL`` (every one must hold).
+    head_label: list[str] = msgspec.field(default_factory=list)
 
 
 def filter_params(flt: FilterIn | None) -> dict[str, Any] | None:
@@ -75,4 +78,19 @@ def filter_params(flt: FilterIn | None) -> dict[str, Any] | None:
         out["tags"] = list(flt.tag)
     if flt.hide_duplicates:
         out["hide_duplicates"] = True
+    if flt.head_label:
+        out["head_labels"] = check_head_labels(flt.head_label, "filter.head_label")
     return out
+
+
+def check_head_labels(values: list[str], field: str) -> list[str]:
+    """``values`` checked as ``HEAD:LABEL`` each (a :class:`ConfigError` naming ``field``
+    otherwise): a value without the colon would match nothing, silently."""
+    for value in values:
+        if "\x00" in value:
+            raise ConfigError(f"{field} must not contain NUL characters")
+        try:
+            split_head_label(value)
+        except ValueError as exc:
+            raise ConfigError(f"{field}: {exc}") from None
+    return list(values)

@@ -51,7 +51,7 @@ import numpy.typing as npt
 
 from vitdex.db.datasets import ItemReason, ItemRow
 from vitdex.errors import ConfigError
-from vitdex.filters import SearchFilter, tag_key
+from vitdex.filters import SearchFilter, split_head_label, tag_key
 from vitdex.training.curate.samplers import (
     SAMPLERS,
     Cluster,
@@ -114,6 +114,8 @@ class CurateOptions:
     tags: tuple[str, ...] = ()
     #: Leave photos marked as duplicates (in review) out of every candidate search.
     hide_duplicates: bool = False
+    #: Instance candidates must carry every one of these head labels (``HEAD:LABEL``).
+    head_labels: tuple[str, ...] = ()
 
     def check(self, *, has_class_prompt: bool) -> None:
         """Raise :class:`ConfigError` for values out of range or contradicting each other."""
@@ -145,6 +147,11 @@ class CurateOptions:
         if any(not ch.isprintable() for t in self.tags for ch in t):
             # No tag holds one, and PostgreSQL refuses NUL in a query.
             raise ConfigError("a tag filter cannot hold control characters")
+        for value in self.head_labels:
+            try:
+                split_head_label(value)
+            except ValueError as exc:
+                raise ConfigError(str(exc)) from None
         if self.class_count is not None and not 0 <= self.class_count <= _MAX_K:
             raise ConfigError(f"class-count must lie between 0 and {_MAX_K}")
         if not has_class_prompt and (self.class_count or self.class_label):
@@ -181,13 +188,16 @@ class CurateOptions:
         flt = SearchFilter(
             tags=tuple(dict.fromkeys(t.strip() for t in self.tags)),
             hide_duplicates=self.hide_duplicates,
+            head_labels=tuple(
+                dict.fromkeys(":".join(split_head_label(v)) for v in self.head_labels)
+            ),
         )
         return None if flt.is_empty() else flt
 
     def class_filter(self) -> SearchFilter | None:
         """What class candidates are restricted to: the class label, and no photo marked
-        as a duplicate when those are hidden. The tags are not applied: they pick out
-        the subject, and class images are other instances of its class."""
+        as a duplicate when those are hidden. The tags and head labels are not applied:
+        they pick out the subject, and class images are other instances of its class."""
         flt = SearchFilter(label=self.class_label, hide_duplicates=self.hide_duplicates)
         return None if flt.is_empty() else flt
 

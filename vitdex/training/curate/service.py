@@ -200,6 +200,11 @@ def create_dataset(
             # A tag no photo has would leave only the seeds, with no word on why.
             for miss in facets.filter_misses(session, SearchFilter(tags=options.tags)):
                 raise ConfigError(f"--tag: {miss.message}")
+        if options.head_labels:
+            # An unknown head or label would leave only the seeds, as a tag would.
+            flt = SearchFilter(head_labels=options.head_labels)
+            for miss in facets.filter_misses(session, flt):
+                raise ConfigError(f"--head-label: {miss.message}")
         space = resolve_space(session, settings.model.spaces[0], options.space)
         store = open_store(settings, space.name, space.dim, space.metric)
         try:
@@ -267,6 +272,7 @@ def create_dataset(
             "class_label": options.class_label,
             "tags": list(dict.fromkeys(t.strip() for t in options.tags)),
             "hide_duplicates": options.hide_duplicates,
+            "head_labels": list(dict.fromkeys(options.head_labels)),
         }
         if options.sampler == "representative":
             # The cluster number is the position: largest first.

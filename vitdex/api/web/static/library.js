@@ -1,12 +1,12 @@
 // Library page: the catalog as a thumbnail grid paged as you scroll, facet filters with
-// counts in the sidebar (tags among them; state in the URL), and selection (click,
-// shift-click, all matching) that the header's "Tag…" button tags.
+// counts in the sidebar (tags and heads' labels among them; state in the URL), and
+// selection (click, shift-click, all matching) that the header's "Tag…" button tags.
 "use strict";
 (function () {
   const { api, attempt, toast, el, selection, fmt, tileGrid } = window.vitdex;
   const grid = document.getElementById("grid");
   const PAGE = 120;
-  const FILTERS = ["library_id", "folder", "taken_after", "taken_before", "camera_make", "camera_model", "label", "tag", "hide_duplicates", "status"];
+  const FILTERS = ["library_id", "folder", "taken_after", "taken_before", "camera_make", "camera_model", "label", "tag", "hide_duplicates", "status", "head_label"];
   const facetsBox = document.getElementById("facets");
   const total = document.getElementById("total");
   const empty = document.getElementById("empty");
@@ -33,9 +33,41 @@
       q.delete(name);
       if (value !== null && value !== "") q.set(name, value);
     }
+    go(q);
+  }
+  function go(q) {
     const s = q.toString();
     history.pushState(null, "", s ? `/?${s}` : "/");
     show();
+  }
+
+  /** Add or drop one HEAD:LABEL; another label of the same head is replaced (a photo has
+   * one label per head, so both at once would match nothing). */
+  function toggleHeadLabel(value) {
+    const q = params();
+    const head = value.split(":")[0];
+    const all = q.getAll("head_label");
+    const next = all.includes(value) ? all.filter((v) => v !== value) : [...all.filter((v) => v.split(":")[0] !== head), value];
+    q.delete("head_label");
+    for (const v of next) q.append("head_label", v);
+    go(q);
+  }
+
+  /** Each head's labels with their counts in the whole library (not under the filters). */
+  function headFacet(heads) {
+    const chosen = params().getAll("head_label");
+    const groups = heads.filter((h) => h.labelled > 0).map((h) => el("div", { class: "head-group", dataset: { head: h.name } },
+      el("h4", {}, el("a", { href: `/heads/${encodeURIComponent(h.name)}`, title: `Head ${h.name}: its report` }, h.name)),
+      el("ul", {}, h.classes.map((label) => {
+        const value = `${h.name}:${label}`;
+        const on = chosen.includes(value);
+        return el("li", {}, el("button", {
+          type: "button", "aria-pressed": on ? "true" : "false", title: `Photos ${h.name} labelled ${label} (in the whole library)`,
+          onclick: () => toggleHeadLabel(value),
+        }, el("span", { class: "facet-value" }, label), el("span", { class: "count" }, (h.label_counts[label] ?? 0).toLocaleString())));
+      }))));
+    if (!groups.length) return null;
+    return el("div", { class: "facet", dataset: { facet: "head_label" } }, el("h3", {}, "Heads"), groups);
   }
 
   function facet(title, name, values, current, describe = (v) => v.title || v.value) {
@@ -67,12 +99,13 @@
   }
 
   async function loadFacets(gen) {
-    const f = await api(`/api/v1/facets?${query()}`);
+    const [f, { heads }] = await Promise.all([api(`/api/v1/facets?${query()}`), api("/api/v1/heads")]);
     if (gen !== generation) return;
     const q = params();
     facetsBox.replaceChildren(...[
       facet("Library", "library_id", f.libraries, q.get("library_id"), (v) => fmt.name(v.title) || `#${v.value}`),
       facet("Tags", "tag", f.tags, q.get("tag")),
+      headFacet(heads),
       facet("Status", "status", f.statuses, q.get("status")),
       facet("Camera make", "camera_make", f.camera_makes, q.get("camera_make")),
       facet("Camera model", "camera_model", f.camera_models, q.get("camera_model")),
@@ -84,9 +117,13 @@
   function showChips() {
     const q = params();
     const chipText = (n) => (n === "hide_duplicates" ? "duplicates hidden" : `${n.replace("_", " ")}: ${q.getAll(n).join(" + ")}`);
-    chips.replaceChildren(...FILTERS.filter((n) => q.get(n)).map((n) =>
+    // One chip per head label, each removing only its own.
+    const headChips = q.getAll("head_label").filter(Boolean).map((v) =>
+      el("button", { type: "button", class: "pill", title: `Remove the head label filter ${v}`,
+        onclick: () => toggleHeadLabel(v) }, `head label: ${v} ✕`));
+    chips.replaceChildren(...FILTERS.filter((n) => n !== "head_label" && q.get(n)).map((n) =>
       el("button", { type: "button", class: "pill", title: `Remove the ${n.replace("_", " ")} filter`,
-        onclick: () => setFilters({ [n]: null }) }, `${chipText(n)} ✕`)));
+        onclick: () => setFilters({ [n]: null }) }, `${chipText(n)} ✕`)), ...headChips);
     for (const name of ["folder", "taken_after", "taken_before"]) document.getElementById(name).value = q.get(name) || "";
     hideDuplicates.checked = q.get("hide_duplicates") === "true";
   }
