@@ -12,6 +12,11 @@ import pytest
 
 POSTGRES_URL = os.environ.get("VITDEX_TEST_POSTGRES_URL", "")
 
+# The suite runs on torch (the reference runtime); subprocesses inherit it. Tests of the
+# other runtimes set VITDEX_RUNTIME themselves.
+os.environ.setdefault("VITDEX_RUNTIME", "torch")
+_RUNTIME = os.environ["VITDEX_RUNTIME"]
+
 
 @pytest.fixture(autouse=True)
 def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -20,6 +25,7 @@ def _no_hub(monkeypatch: pytest.MonkeyPatch) -> None:
     for name in list(os.environ):
         if name.startswith("VITDEX_") and not name.startswith("VITDEX_TEST_"):
             monkeypatch.delenv(name)
+    monkeypatch.setenv("VITDEX_RUNTIME", _RUNTIME)
 
 
 @pytest.fixture(scope="session")

@@ -31,7 +31,8 @@ _SPEC_HELP = (
 )
 
 Device = Literal["auto", "cpu", "cuda", "mps"]
-Precision = Literal["auto", "fp32", "bf16", "fp16"]
+Precision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+Runtime = Literal["auto", "torch", "onnxruntime", "openvino"]
 
 
 def _config(*, protected: tuple[str, ...] = ("model_validate", "model_dump")) -> SettingsConfigDict:
@@ -111,11 +112,26 @@ class ModelSettings(BaseSettings):
     #: Layer specs, comma-separated in VITDEX_SPACES (see :func:`parse_layer_spec`).
     spaces: Annotated[list[str], NoDecode] = Field(default_factory=lambda: list(DEFAULT_SPACES))
     device: Device = "auto"
+    #: VITDEX_RUNTIME: torch, onnxruntime or openvino (an export under VITDEX_HOME, made
+    #: on first use), or auto: the fastest installed one, measured once per model and CPU
+    #: (torch on a GPU).
+    runtime: Runtime = "auto"
+    #: VITDEX_PRECISION; int8 runs on onnxruntime and openvino only (a ConfigError on torch).
     precision: Precision = "auto"
     batch_size: int = Field(default=16, ge=1, le=4096)
     #: Run the model through ``torch.compile`` (VITDEX_COMPILE): ~10% faster on a CPU
     #: after a 20-40 s compile, so worth it for long runs only.
     compile: bool = False
+
+    @field_validator("precision", mode="after")
+    @classmethod
+    def _int8_runtime(cls, value: str, info: ValidationInfo) -> str:
+        if value == "int8" and info.data.get("runtime") == "torch":
+            raise ValueError(
+                "int8 runs on VITDEX_RUNTIME=onnxruntime or openvino (or auto), not on torch; "
+                "torch runs fp32, bf16 or fp16"
+            )
+        return value
 
     @field_validator("spaces", mode="before")
     @classmethod

@@ -359,14 +359,24 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
         return
     print_line(f"home {data['home']}")
     print_line(f"catalog {data['database']}")
-    print_line(f"model {data['model']}")
+    print_line(f"model {data['model']} (runtime {data['runtime']}, precision {data['precision']})")
     print_line(_configured_line(data["configured"]))
     by = data["by_status"]
     print_line(
         f"images {data['images']}: {by['indexed']} indexed, {by['pending']} pending, "
         f"{data['failed']} failed ({by['missing']} missing files forgotten)"
     )
-    columns = ("name", "vectors", "in store", "index", "RAM B/vec", "mapped B/vec", "dim", "model")
+    columns = (
+        "name",
+        "vectors",
+        "in store",
+        "index",
+        "RAM B/vec",
+        "mapped B/vec",
+        "dim",
+        "model",
+        "filled by",
+    )
 
     def per_vector(value: Any) -> str:
         return f"{value:,.0f}" if isinstance(value, int | float) else "-"
@@ -384,6 +394,9 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
                 per_vector(store.get("mapped_bytes_per_vector")),
                 str(sp["dim"]),
                 f"{sp['model_id']} @ {sp['model_revision'][:12]}",
+                # The runtime that first wrote the space, and the agreement with torch
+                # fp32 every later writer must reach.
+                f"{sp['runtime'] or 'torch'} (≥ {sp['min_agreement'] or 0.999:g})",
             )
         )
     print_table("spaces", columns, rows)

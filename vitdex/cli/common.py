@@ -298,7 +298,8 @@ def print_index_report(data: dict[str, Any], embedder: Any) -> None:
     print_line(", ".join(parts) + f" in {data['elapsed']:.1f} s")
     if data["embedded"]:
         print_line(
-            f"{data['images_per_s']:.1f} images/s on {embedder.device} ({embedder.precision});"
+            f"{data['images_per_s']:.1f} images/s on {embedder.device} "
+            f"({getattr(embedder, 'runtime_label', embedder.precision)});"
             " seconds per stage: " + ", ".join(f"{k} {v:.2f}" for k, v in data["timings"].items())
         )
     for failure in data["failures"][:20]:

@@ -21,7 +21,7 @@ from vitdex.cli.db import db_group
 from vitdex.cli.demo import demo
 from vitdex.cli.duplicates import duplicates_group
 from vitdex.cli.heads import heads_group
-from vitdex.cli.model import model_group
+from vitdex.cli.model import export_model_command, model_group
 from vitdex.cli.searches import searches_group
 from vitdex.cli.serve import serve_command, worker_command
 from vitdex.cli.store import migrate_store_cmd, reindex
@@ -36,9 +36,14 @@ from vitdex.cli.train import train_group
 @click.option("--spaces", help="Layer specs, e.g. cls,cls@2/3 or cls,cls@8 [VITDEX_SPACES].")
 @click.option("--device", type=click.Choice(["auto", "cpu", "cuda", "mps"]), help="[VITDEX_DEVICE]")
 @click.option(
+    "--runtime",
+    type=click.Choice(["auto", "torch", "onnxruntime", "openvino"]),
+    help="What runs the model; auto measures the installed ones once [VITDEX_RUNTIME].",
+)
+@click.option(
     "--precision",
-    type=click.Choice(["auto", "fp32", "bf16", "fp16"]),
-    help="[VITDEX_PRECISION]",
+    type=click.Choice(["auto", "fp32", "bf16", "fp16", "int8"]),
+    help="int8 on onnxruntime and openvino only [VITDEX_PRECISION]",
 )
 @click.option("--batch-size", type=int, help="Images per forward pass [VITDEX_BATCH_SIZE].")
 @click.option(
@@ -55,6 +60,7 @@ def cli(
     model: str | None,
     spaces: str | None,
     device: str | None,
+    runtime: str | None,
     precision: str | None,
     batch_size: int | None,
     redis_url: str | None,
@@ -70,6 +76,7 @@ def cli(
             "model": model,
             "spaces": spaces,
             "device": device,
+            "runtime": runtime,
             "precision": precision,
             "batch_size": batch_size,
             "redis_url": redis_url,
@@ -96,6 +103,7 @@ for _command in (
     checkpoints_group,
     convert_command,
     model_group,
+    export_model_command,
     duplicates_group,
     tag_group,
     searches_group,

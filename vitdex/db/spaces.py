@@ -18,7 +18,9 @@ from vitdex.db.rows import chunks
 from vitdex.errors import NotFoundError, SpaceMismatchError
 
 __all__ = [
+    "DEFAULT_MIN_AGREEMENT",
     "add_vector_rows",
+    "check_agreement",
     "check_space_matches",
     "delete_space",
     "drop_space_vectors",
@@ -31,6 +33,10 @@ __all__ = [
     "vector_image_ids",
 ]
 
+
+#: The least agreement with torch fp32 a space asks of a runtime when its row records
+#: none (spaces made before runtimes existed were all filled by torch).
+DEFAULT_MIN_AGREEMENT = 0.999
 
 # --------------------------------------------------------------------------- spaces
 
@@ -51,6 +57,10 @@ def ensure_space(session: Session, spec: Mapping[str, Any]) -> Space:
             preprocessing=dict(spec["preprocessing"]),
             dim=spec["dim"],
             metric=spec["metric"],
+            # Who fills a new space sets its bar: an int8 runtime's own bound, else the
+            # float bound. Later writers must reach it (check_agreement).
+            min_agreement=spec.get("min_agreement"),
+            runtime=spec.get("runtime"),
         )
         session.add(space)
         session.flush()
@@ -75,6 +85,22 @@ def check_space_matches(space: Space, spec: Mapping[str, Any]) -> None:
             f"current model ({'; '.join(differences)}). Set VITDEX_MODEL back to "
             f"{space.model_id!r}, or re-embed everything with `vitdex index --reembed PATH`."
         )
+
+
+def check_agreement(space: Space, runtime: str, agreement: float) -> None:
+    """Refuse vectors from ``runtime`` when its ``agreement`` (least cosine to torch fp32 on
+    the probe photos) is below what ``space`` asks, so a space never mixes vectors of
+    incompatible precision. Raises :class:`SpaceMismatchError` saying what to do."""
+    needed = space.min_agreement if space.min_agreement is not None else DEFAULT_MIN_AGREEMENT
+    if agreement >= needed:
+        return
+    filled = f" (filled by {space.runtime})" if space.runtime else ""
+    raise SpaceMismatchError(
+        f"space {space.name!r}{filled} takes vectors within cosine {needed} of torch fp32, "
+        f"but runtime {runtime} reaches {agreement:.6f} on the probe photos. Use a higher "
+        "precision (VITDEX_PRECISION=fp32 or bf16) or another VITDEX_RUNTIME, or re-embed "
+        "the space with this runtime (`vitdex index --reembed PATH` replaces its vectors)."
+    )
 
 
 def get_space(session: Session, name: str) -> Space:

@@ -3,6 +3,9 @@
 One forward pass per batch yields every requested [CLS] or mean-pooled vector
 (``output_hidden_states=True``) and, when the checkpoint has one, the classifier's logits.
 The model loads lazily, once, under a lock; constructing an :class:`Embedder` is cheap.
+It runs on torch or, on a CPU, on an export run by ONNX Runtime or OpenVINO
+(:mod:`vitdex.indexer.runtimes`); either way its vectors carry an agreement figure with
+torch fp32, which the spaces it writes into check.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ import torch
 from PIL import Image
 
 from vitdex.config import DEFAULT_SPACES, parse_layer_specs
-from vitdex.devices import default_precision, resolve_device
+from vitdex.devices import resolve_device
 from vitdex.errors import ConfigError, ModelLoadError, NoClassifierError
 from vitdex.indexer.cores import model_threads
 from vitdex.indexer.models import (
@@ -27,9 +30,12 @@ from vitdex.indexer.models import (
     load_error,
     locate_checkpoint,
     normalize_model_id,
-    quiet_progress,
 )
 from vitdex.indexer.preprocessing import Preprocessing, pixel_batch, read_preprocessing
+from vitdex.indexer.runtimes.choice import RUNTIMES, RuntimeChoice
+from vitdex.indexer.runtimes.export import Export, variant_for
+from vitdex.indexer.runtimes.loader import DTYPES, RuntimeLoader, resolve_precision
+from vitdex.indexer.runtimes.modules import load_vit_modules, pooled_outputs
 from vitdex.indexer.spaces import (
     ResolvedSpace,
     SpaceSpec,
@@ -43,12 +49,6 @@ if TYPE_CHECKING:
 __all__ = ["EmbedResult", "Embedder"]
 
 log = logging.getLogger(__name__)
-
-_DTYPES: dict[str, torch.dtype] = {
-    "fp32": torch.float32,
-    "bf16": torch.bfloat16,
-    "fp16": torch.float16,
-}
 
 Forward = Callable[[torch.Tensor], tuple[tuple[torch.Tensor, ...], torch.Tensor | None]]
 
@@ -64,14 +64,10 @@ class EmbedResult:
 # --------------------------------------------------------------------------- hardware
 
 
-def _resolve_precision(precision: str, device: torch.device) -> str:
-    if precision == "auto":
-        return default_precision(device)
-    if precision not in _DTYPES:
-        raise ConfigError(f"invalid precision {precision!r}: use auto, fp32, bf16 or fp16")
-    if device.type == "cpu" and precision != "fp32" and default_precision(device) != precision:
-        log.warning("%s on this CPU is emulated and likely slower than fp32", precision)
-    return precision
+def _vitdex_home() -> Path:
+    from vitdex.config import StorageSettings
+
+    return StorageSettings().home
 
 
 def _configure_threads() -> None:
@@ -83,14 +79,6 @@ def _configure_threads() -> None:
 
 
 # --------------------------------------------------------------------------- embedder
-
-
-def _wants_classifier(config: Any) -> bool:
-    architectures = getattr(config, "architectures", None) or []
-    if architectures:
-        return any(str(a).endswith("ForImageClassification") for a in architectures)
-    labels = getattr(config, "id2label", None) or {}
-    return not (len(labels) == 2 and set(labels.values()) == {"LABEL_0", "LABEL_1"})
 
 
 class Embedder:
@@ -110,13 +98,17 @@ class Embedder:
         precision: str = "auto",
         batch_size: int = 16,
         compile: bool = False,
+        runtime: str = "torch",
+        home: Path | None = None,
     ) -> None:
-        """Check the arguments and pick device and precision; loads nothing.
+        """Check the arguments and pick device, runtime and precision; loads nothing.
 
         ``spaces`` are layer specs (:mod:`vitdex.indexer.spaces`); a relative depth
         (``cls@2/3``) resolves to its layer when the model loads. ``compile`` runs the
-        model through ``torch.compile`` (about 10% faster on CPU after a 20-40 s compile);
-        ``None`` reads VITDEX_COMPILE.
+        model through ``torch.compile`` (about 10% faster on CPU after a 20-40 s compile).
+        ``runtime`` is torch, onnxruntime, openvino or auto (the fastest one measured on
+        this machine; torch on a GPU); exports and measurements live under ``home``
+        (default VITDEX_HOME). A runtime/precision pair it cannot run is a ConfigError.
         """
         if batch_size < 1:
             raise ConfigError(f"batch_size must be at least 1, got {batch_size}")
@@ -125,9 +117,19 @@ class Embedder:
         self.batch_size = batch_size
         self._given = parse_layer_specs(spaces)
         self.device: torch.device = resolve_device(device)
-        self.precision: str = _resolve_precision(precision, self.device)
-        self.dtype: torch.dtype = _DTYPES[self.precision]
+        if runtime == "auto" and self.device.type != "cpu":
+            runtime = "torch"  # the exports run on the CPU; a GPU runs torch
+        if runtime not in ("auto", *RUNTIMES):
+            raise ConfigError(f"invalid runtime {runtime!r}: use auto, {', '.join(RUNTIMES)}")
+        self.runtime: str = runtime
+        self.precision: str = resolve_precision(precision, self.device, runtime)
+        self.dtype: torch.dtype = DTYPES.get(self.precision, torch.float32)
         self.compile = compile
+        #: Where exports and measurements live; None: VITDEX_HOME (set before loading).
+        self.home = home
+        self._loader: RuntimeLoader | None = None
+        self._agreement: dict[str, Any] | None = None
+        self._has_head = False
 
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
@@ -154,13 +156,15 @@ class Embedder:
             precision=settings.precision,
             batch_size=settings.batch_size,
             compile=settings.compile,
+            runtime=settings.runtime,
         )
 
     def __repr__(self) -> str:
         state = "loaded" if self._loaded else "not loaded"
         return (
             f"Embedder({self.model_id!r}, spaces={self._given}, "
-            f"device={self.device}, precision={self.precision}, {state})"
+            f"device={self.device}, runtime={self.runtime}, precision={self.precision}, "
+            f"{state})"
         )
 
     # ------------------------------------------------------------------ loading
@@ -214,14 +218,49 @@ class Embedder:
                 f"the model takes {expected[0]}x{expected[1]}"
             )
 
-        backbone, head = self._load_modules(folder, config)
-        if self.device.type == "cpu":
-            _configure_threads()
-        backbone.to(self.device).eval()
-        if head is not None:
-            head.to(self.device).eval()
-
         revision = checkpoint.revision or folder_fingerprint(folder)
+        loader = RuntimeLoader(
+            home=self.home if self.home is not None else _vitdex_home(),
+            model_id=self.model_id,
+            revision=revision,
+            layers=layers,
+            prep=prep,
+            folder=folder,
+            config=config,
+            device=self.device,
+            error=self._error,
+        )
+        if self.runtime == "auto":
+            picked = loader.pick(self.precision, self.batch_size)
+            self.runtime, self.precision = picked.runtime, picked.precision
+            self.dtype = DTYPES.get(self.precision, torch.float32)
+        self._layers = layers
+        if self.runtime == "torch":
+            backbone, head = load_vit_modules(folder, config, self.dtype, self._error)
+            if self.device.type == "cpu":
+                _configure_threads()
+            backbone.to(self.device).eval()
+            if head is not None:
+                head.to(self.device).eval()
+            self._backbone, self._head = backbone, head
+            self._has_head = head is not None
+            forward: Forward = self._forward_eager
+            if self.compile:
+                # Freezing folds the weights into the graph so inductor can prepack them
+                # for oneDNN; without it compiling ViT on CPU gains nothing.
+                options: dict[str, Any] | None = (
+                    {"freezing": True} if self.device.type == "cpu" else None
+                )
+                forward = torch.compile(self._forward_eager, dynamic=False, options=options)
+        else:
+            if self.compile:
+                log.warning("VITDEX_COMPILE is for the torch runtime; %s ignores it", self.runtime)
+                self.compile = False
+            # No torch weights stay in memory: the export runs on its own.
+            forward, self._has_head = loader.open(self.choice)
+        self._forward = forward
+        self._loader = loader
+
         record = prep.to_record()
         dim = int(config.hidden_size)
         self._specs = [
@@ -235,83 +274,77 @@ class Embedder:
             )
             for space in layers
         ]
-        self._backbone, self._head = backbone, head
-        self._layers = layers
         self._prep = prep
         self._num_layers = num_layers
         self._folder = folder
         self._id2label = (
-            {int(k): str(v) for k, v in (config.id2label or {}).items()} if head is not None else {}
+            {int(k): str(v) for k, v in (config.id2label or {}).items()} if self._has_head else {}
         )
         self.model_revision = revision
-        forward: Forward = self._forward_eager
-        if self.compile:
-            # Freezing folds the weights into the graph so inductor can prepack them for
-            # oneDNN; without it compiling ViT on CPU gains nothing.
-            options: dict[str, Any] | None = (
-                {"freezing": True} if self.device.type == "cpu" else None
-            )
-            forward = torch.compile(self._forward_eager, dynamic=False, options=options)
-        self._forward = forward
+        if self.runtime != "torch":
+            # An export is checked at once (cached after the first time): it is refused
+            # here when its vectors stray from torch fp32 beyond its bound.
+            self._check_bound(self._measure())
         log.info(
-            "loaded %s (revision %s) on %s in %s: %d layers, dim %d, classifier: %s",
+            "loaded %s (revision %s) on %s with %s: %d layers, dim %d, classifier: %s",
             self.model_id,
             revision,
             self.device,
-            self.precision,
+            self.choice.label,
             num_layers,
             dim,
-            head is not None,
+            self._has_head,
         )
 
     def _error(self, what: str) -> ModelLoadError:
         return load_error(self.model_id, what)
 
-    def _load_modules(
-        self, folder: Path, config: Any
-    ) -> tuple[torch.nn.Module, torch.nn.Module | None]:
-        import transformers
+    # ------------------------------------------------------------------ runtime
 
-        # from_pretrained(output_loading_info=True) returns a tuple its stubs do not know.
-        classifier_cls: Any = transformers.ViTForImageClassification
-        backbone_cls: Any = transformers.ViTModel
-        options: dict[str, Any] = {
-            "dtype": self.dtype,
-            "attn_implementation": "sdpa",
-            "output_loading_info": True,
-        }
-        try:
-            with quiet_progress():
-                if _wants_classifier(config):
-                    model, info = classifier_cls.from_pretrained(folder, **options)
-                    missing = list(info.get("missing_keys", []))
-                    if any(str(k).startswith("classifier.") for k in missing):
-                        # A random head would give confident nonsense; use the backbone only.
-                        log.warning("%s has no trained classifier weights; not classifying", folder)
-                        backbone, head = model.vit, None
-                    else:
-                        backbone, head = model.vit, model.classifier
-                    missing = [k for k in missing if not str(k).startswith("classifier.")]
-                else:
-                    backbone, info = backbone_cls.from_pretrained(
-                        folder, add_pooling_layer=False, **options
-                    )
-                    head = None
-                    missing = list(info.get("missing_keys", []))
-        except ModelLoadError:
-            raise
-        except Exception as exc:
-            raise self._error(
-                f"the files in {folder} cannot be read ({type(exc).__name__}: {exc})"
-            ) from exc
-        if missing:
-            shown = ", ".join(sorted(map(str, missing))[:5])
-            more = f" and {len(missing) - 5} more" if len(missing) > 5 else ""
-            raise self._error(
-                f"its weights lack {len(missing)} tensors of the ViT ({shown}{more}); "
-                "the checkpoint is incomplete or not a ViT"
+    @property
+    def choice(self) -> RuntimeChoice:
+        """The runtime and precision that run (``auto`` resolves when the model loads)."""
+        return RuntimeChoice(self.runtime, self.precision)
+
+    @property
+    def runtime_label(self) -> str:
+        """``torch-bf16``, ``onnxruntime-int8``...: how spaces and reports name it."""
+        return self.choice.label
+
+    @property
+    def agreement(self) -> dict[str, Any]:
+        """Least cosine per space to torch fp32 on the probe photos ({"per_space", "min",
+        "bound"}); measured once per model and runtime, then read from VITDEX_HOME."""
+        self.load()
+        return self._measure()
+
+    def _measure(self) -> dict[str, Any]:
+        if self._agreement is None:
+            assert self._loader is not None
+            step = self.batch_size
+
+            def embed(pixels: torch.Tensor) -> dict[str, np.ndarray]:
+                chunks = range(0, pixels.shape[0], step)
+                return self._collect(self._run(pixels[i : i + step]) for i in chunks).vectors
+
+            self._agreement = self._loader.agreement(self.choice, embed)
+        return self._agreement
+
+    def export(self) -> Export | None:
+        """The export this embedder runs, with its metadata (``None`` on torch)."""
+        self.load()
+        if self.runtime == "torch" or self._loader is None:
+            return None
+        return self._loader.exporter.find(*variant_for(self.runtime, self.precision))
+
+    def _check_bound(self, figures: dict[str, Any]) -> None:
+        if figures["min"] < self.choice.bound:
+            raise ModelLoadError(
+                f"runtime {self.runtime_label} strays too far from torch fp32 for "
+                f"{self.model_id}: least cosine {figures['min']:.6f} on the probe photos "
+                f"(per space: {figures['per_space']}) is below its bound "
+                f"{self.choice.bound}. Use a higher precision or another VITDEX_RUNTIME."
             )
-        return backbone, head
 
     # ------------------------------------------------------------------ facts
 
@@ -326,7 +359,7 @@ class Embedder:
     def has_classifier(self) -> bool:
         """Whether the checkpoint has a trained classification head (logits are available)."""
         self.load()
-        return self._head is not None
+        return self._has_head
 
     @property
     def id2label(self) -> dict[int, str]:
@@ -380,18 +413,7 @@ class Embedder:
         self, pixels: torch.Tensor
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         assert self._backbone is not None
-        out = self._backbone(pixel_values=pixels, output_hidden_states=True)
-        last = out.last_hidden_state
-        pooled = []
-        for space in self._layers:
-            states = last if space.layer is None else out.hidden_states[space.layer]
-            if space.pooling == "cls":
-                vector = states[:, 0].float()
-            else:  # mean over the patch tokens; the [CLS] token is not a patch
-                vector = states[:, 1:].float().mean(dim=1)
-            pooled.append(torch.nn.functional.normalize(vector, dim=1))
-        logits = self._head(last[:, 0]).float() if self._head is not None else None
-        return tuple(pooled), logits
+        return pooled_outputs(self._backbone, self._head, self._layers, pixels)
 
     def _run(self, pixels: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray | None]:
         assert self._forward is not None
@@ -444,7 +466,7 @@ class Embedder:
             for name, arrays in parts.items()
         }
         logits_out: np.ndarray | None = None
-        if self._head is not None:
+        if self._has_head:
             logits_out = (
                 np.ascontiguousarray(np.concatenate(logit_parts), dtype=np.float32)
                 if logit_parts
@@ -458,7 +480,7 @@ class Embedder:
         Probabilities are the softmax over all labels, best first.
         """
         self.load()
-        if self._head is None:
+        if not self._has_head:
             raise NoClassifierError(
                 f"model {self.model_id!r} has no classification head, so it has no labels"
             )

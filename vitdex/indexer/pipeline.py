@@ -68,6 +68,9 @@ class Indexer:
         self.settings = settings
         self.sessions = sessions
         self.embedder = embedder
+        if embedder.home is None:
+            # Exports live in this catalog's home (--home does not reach the environment).
+            embedder.home = settings.storage.home
         self.progress: ProgressSink = progress or NullProgress()
         self.should_stop = should_stop or (lambda: False)
         self._stores: dict[str, VectorStore] = {}
@@ -104,19 +107,42 @@ class Indexer:
             found.append(space)
         return found
 
+    def _agreement(self) -> float:
+        """The embedder's least cosine to torch fp32 on the probe photos (1.0 for torch
+        fp32 itself, known without loading the model)."""
+        if self.embedder.runtime == "torch" and self.embedder.precision == "fp32":
+            return 1.0
+        return float(self.embedder.agreement["min"])
+
+    def _check_agreement(self, spaces: list[Space]) -> None:
+        """Refuse, before any photo is read, to write into a space that asks more
+        agreement with torch fp32 than this runtime and precision reach."""
+        if spaces:
+            agreement = self._agreement()
+            for space in spaces:
+                repo.check_agreement(space, self.embedder.runtime_label, agreement)
+
     def _prepare_spaces(self, session: Session, reembed: bool) -> list[Space]:
         """Load the model and create or verify the current spaces."""
         t0 = time.perf_counter()
         specs = self.embedder.space_specs()  # loads the model on first use
         self._timings["load_model"] += time.perf_counter() - t0
+        agreement = self._agreement()
+        bound = self.embedder.choice.bound
         spaces = []
         for spec in specs:
-            spec_dict = asdict(spec)
+            # A new space asks of later writers what its first runtime guarantees.
+            spec_dict = {
+                **asdict(spec),
+                "min_agreement": bound,
+                "runtime": self.embedder.runtime_label,
+            }
             if reembed:
                 existing = next((s for s in repo.list_spaces(session) if s.name == spec.name), None)
                 if existing is not None:
                     try:
                         repo.check_space_matches(existing, spec_dict)
+                        repo.check_agreement(existing, self.embedder.runtime_label, agreement)
                     except Exception:
                         log.warning("re-embedding space %s from scratch", spec.name)
                         repo.delete_space(session, existing.id)
@@ -125,7 +151,9 @@ class Indexer:
                         if stale is not None:
                             stale.close()
                         drop_store(self.settings, spec.name)
-            spaces.append(repo.ensure_space(session, spec_dict))
+            space = repo.ensure_space(session, spec_dict)
+            repo.check_agreement(space, self.embedder.runtime_label, agreement)
+            spaces.append(space)
         session.commit()
         return spaces
 
@@ -207,6 +235,7 @@ class Indexer:
         names = self._current_names()
         spaces = [] if reembed else self._existing_spaces(session, names)
         session.commit()
+        self._check_agreement(spaces)
         self._start_check(session, spaces, report, lease)
 
         tasks: list[Task] = []

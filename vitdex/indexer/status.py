@@ -39,6 +39,10 @@ def collect_status(
                     "layer": space.layer,
                     "dim": space.dim,
                     "metric": space.metric,
+                    # Which runtime and precision first filled it, and the agreement
+                    # with torch fp32 it asks of later writers (None: 0.999).
+                    "runtime": space.runtime,
+                    "min_agreement": space.min_agreement,
                     "memory": _memory(described),
                     "store": described,
                 }
@@ -62,6 +66,8 @@ def collect_status(
         "database": _redact(settings.storage.resolved_database_url),
         "model": settings.model.model,
         "configured": describe_configured(settings.model),
+        "runtime": settings.model.runtime,
+        "precision": settings.model.precision,
         "images": present,
         "indexed": by_status["indexed"],
         "failed": by_status["failed"],

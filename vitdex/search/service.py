@@ -101,6 +101,8 @@ class SearchService:
             device=m.device,
             precision=m.precision,
             batch_size=m.batch_size,
+            runtime=m.runtime,
+            home=self.settings.storage.home,
         )
 
     def embedder(self, layers: Sequence[str]) -> Embedder:
