@@ -1,279 +1,120 @@
 """Indexing throughput: vitdex against transformers' pipeline on the same camera JPEGs.
 
     python -m bench.index_throughput [--images 48] [--repeats 3] [--out results.json]
-    python -m bench.index_throughput --images 16 --repeats 1 --legs vitdex,model
+    python -m bench.index_throughput --images 4 --repeats 1          # smoke run
+    python -m bench.index_throughput --legs decode,model,vitdex --runtimes torch
 
 Writes N camera-sized JPEGs (4000x3000, quality 90; cached under ~/.cache/vitdex/bench),
-saves a randomly initialised ViT-B/16 in a temporary folder, then runs three legs, each
-as a whole subprocess, in turns:
+saves a randomly initialised ViT-B/16 in a temporary folder (or takes ``--model``), then
+runs each leg as a whole subprocess, in turns:
 
 - ``pipeline``: ``transformers.pipeline("image-feature-extraction")`` over the file paths,
   as a user would write it (full-size PIL decode, fp32, one image at a time);
-- ``vitdex``: ``vitdex index FOLDER --json`` with a fresh VITDEX_HOME each run;
-- ``model``: the vitdex Embedder alone on pre-decoded tensors, at the precision and batch
-  size vitdex uses: the ceiling for the vitdex leg.
+- ``decode``: vitdex's Reader path alone (read, sha256, draft decode, resize and normalise
+  to the model's input tensor) on every core, no model;
+- per runtime and precision (torch, onnxruntime, openvino as installed; fp32, bf16 where
+  the CPU has bf16 instructions, int8 where the runtime runs it):
+  ``model``: the Embedder alone on pre-decoded tensors, and
+  ``vitdex``: ``vitdex index FOLDER --json`` with a fresh VITDEX_HOME each run.
 
-For each leg it reports the wall time of the whole process (imports and model load
-included) and the steady-state images/s (start-up excluded), medians over the repeats.
-The pipeline leg is slow, so by default it runs once, in the middle round.
-Absolute numbers drift 2-3x between runs on shared machines; the ratios, measured in the
-same run on the same files, are what the targets apply to.
+Decoding and the model share the cores, so the best an indexer can do is the shared-core
+bound ``1 / (1/decode + 1/model)``. For each runtime/precision the table gives vitdex
+against that bound (target >= 0.85) and against the pipeline (target >= 5x; 8x on a CPU
+with AMX), with PASS/MISS, and the CPU flags and cores the run saw.
+
+Each leg reports the wall time of its whole process (imports, model load, an export the
+first time) and the steady-state images/s (start-up excluded), medians over the repeats.
+The pipeline leg is slow, so by default it runs once, in the middle round. Absolute
+numbers drift 2-3x between runs on shared machines; the ratios, measured in the same run
+on the same files, are what the targets apply to.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import shutil
 import statistics
 import sys
 import tempfile
 import time
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from bench._legs import child_result, emit, fmt, ratio, run
+from bench._legs import fmt, ratio
+from bench._machine import cpu_flags, has_amx, has_hw_bf16, machine
+from bench._photos import default_cache, make_photos
+from bench._throughput_legs import (
+    KINDS,
+    Variant,
+    leg_decode,
+    leg_model,
+    leg_pipeline,
+    run_leg,
+)
 
 #: vitdex must index at least this many times faster than the pipeline baseline...
 TARGET_VS_PIPELINE = 5.0
-#: ...and keep at least this fraction of the model-only throughput end to end.
-TARGET_VS_MODEL = 0.7
+#: ...this many times on a CPU with AMX (the moonshot)...
+TARGET_VS_PIPELINE_AMX = 8.0
+#: ...and reach this fraction of the shared-core bound 1 / (1/decode + 1/model).
+TARGET_VS_BOUND = 0.85
 
-LEGS = ("pipeline", "vitdex", "model")
-# Worker-thread stage times in vitdex's report overlap the main loop; they are not added.
-_WORKER_STAGES = {"decode", "read_hash"}
-
-
-# --------------------------------------------------------------------------- photos
-
-
-def _default_cache() -> Path:
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "vitdex" / "bench"
+# What each runtime runs on a CPU when the runtimes module cannot be imported.
+_FALLBACK_SUPPORTED = {
+    "torch": ("fp32", "bf16"),
+    "onnxruntime": ("fp32", "int8"),
+    "openvino": ("fp32", "bf16", "int8"),
+}
 
 
-def _camera_jpeg(path: Path, size: tuple[int, int], seed: int, quality: int) -> Path:
-    """A camera-sized, photo-like JPEG: a smooth scene plus sensor-like noise."""
+# --------------------------------------------------------------------------- variants
+
+
+def _runtimes_module() -> tuple[tuple[str, ...], dict[str, tuple[str, ...]], Any]:
+    """Runtimes, their CPU precisions and an ``installed(name)`` check."""
     try:
-        from tests.photos import make_camera_jpeg
-    except ImportError:  # running outside the source tree
-        import numpy as np
-        from PIL import Image, ImageFilter
-
-        width, height = size
-        rng = np.random.default_rng(seed)
-        small = rng.integers(0, 256, size=(max(4, height // 400), max(4, width // 400), 3))
-        scene = Image.fromarray(small.astype(np.uint8), "RGB").resize(
-            size, Image.Resampling.BICUBIC
-        )
-        scene = scene.filter(ImageFilter.GaussianBlur(8))
-        pixels = np.asarray(scene).astype(np.int16)
-        pixels += rng.integers(-12, 13, size=(height, width, 1), dtype=np.int16)
-        Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(
-            path, "JPEG", quality=quality
-        )
-        return path
-    return make_camera_jpeg(path, size=size, seed=seed, quality=quality)
+        from vitdex.indexer.runtimes.choice import RUNTIMES, SUPPORTED, installed
+    except ImportError:  # an older vitdex: torch only
+        return ("torch",), {"torch": _FALLBACK_SUPPORTED["torch"]}, lambda name: name == "torch"
+    return tuple(RUNTIMES), dict(SUPPORTED), installed
 
 
-def _one_photo(args: tuple[str, tuple[int, int], int, int]) -> str:
-    path, size, seed, quality = args
-    tmp = Path(path).with_suffix(".part")
-    _camera_jpeg(tmp, size, seed, quality)
-    tmp.replace(path)  # only complete files count as cached
-    return path
+def plan_variants(
+    runtimes: str, precisions: str, flags: list[str]
+) -> tuple[list[Variant], list[str]]:
+    """The runtime/precision pairs to run, and why others were left out.
 
-
-def make_photos(
-    folder: Path, count: int, size: tuple[int, int], quality: int, cache: Path
-) -> list[Path]:
-    """``count`` distinct camera JPEGs in ``folder`` (hard links into a reusable cache)."""
-    store = cache / f"jpeg-{size[0]}x{size[1]}-q{quality}"
-    store.mkdir(parents=True, exist_ok=True)
-    wanted = [store / f"photo-{seed:05d}.jpg" for seed in range(count)]
-    missing = [p for p in wanted if not p.is_file()]
-    if missing:
-        started = time.perf_counter()
-        jobs = [(str(p), size, int(p.stem.split("-")[1]), quality) for p in missing]
-        with ProcessPoolExecutor(max_workers=max(1, os.cpu_count() or 1)) as pool:
-            list(pool.map(_one_photo, jobs))
-        print(
-            f"wrote {len(missing)} JPEGs of {size[0]}x{size[1]} to {store} "
-            f"in {time.perf_counter() - started:.1f} s",
-            file=sys.stderr,
-        )
-    folder.mkdir(parents=True, exist_ok=True)
-    out = []
-    for path in wanted:
-        target = folder / path.name
-        try:
-            os.link(path, target)
-        except OSError:
-            shutil.copyfile(path, target)
-        out.append(target)
-    return out
-
-
-# --------------------------------------------------------------------------- legs (children)
-
-
-def leg_pipeline(model: Path, photos: Path) -> None:
-    """The naive baseline: transformers' feature-extraction pipeline over file paths."""
-    started = time.perf_counter()
-    from transformers import pipeline
-
-    extractor: Any = pipeline("image-feature-extraction", model=str(model), device="cpu")
-    ready = time.perf_counter()
-    files = sorted(str(p) for p in photos.glob("*.jpg"))
-    done: list[float] = []
-    # A generator makes the pipeline stream results; a list would return them all at the end.
-    for _ in extractor(path for path in files):
-        done.append(time.perf_counter())
-    emit(
-        {
-            "images": len(files),
-            "startup_s": ready - started,
-            "first_s": done[0] - ready if done else None,
-            "steady_images_per_s": _steady(done),
-            "dtype": str(extractor.model.dtype).removeprefix("torch."),
-        }
-    )
-
-
-def leg_model(model: Path, count: int, batch_size: int, precision: str) -> None:
-    """Model-only ceiling: the Embedder on pre-decoded, preprocessed tensors."""
-    started = time.perf_counter()
-    import numpy as np
-    from PIL import Image
-
-    from vitdex.indexer.embedder import Embedder
-
-    embedder = Embedder(str(model), precision=precision, batch_size=batch_size)
-    embedder.load()
-    height, width = embedder.input_size
-    rng = np.random.default_rng(0)
-    images = [
-        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8), "RGB")
-        for _ in range(batch_size)
-    ]
-    pixels = embedder.preprocess(images)
-    embedder.embed_pixels(pixels)  # warm-up: oneDNN builds its kernels on the first call
-    ready = time.perf_counter()
-    total = 0
-    while total < count:
-        chunk = pixels[: min(batch_size, count - total)]
-        embedder.embed_pixels(chunk)
-        total += chunk.shape[0]
-    finished = time.perf_counter()
-    emit(
-        {
-            "images": total,
-            "startup_s": ready - started,
-            "steady_images_per_s": total / (finished - ready),
-            "precision": embedder.precision,
-            "device": str(embedder.device),
-            "batch_size": batch_size,
-            "torch_threads": _torch_threads(),
-        }
-    )
-
-
-def _torch_threads() -> int:
-    import torch
-
-    return int(torch.get_num_threads())
-
-
-def _steady(done: Sequence[float], skip: int = 1) -> float | None:
-    """Images/s between the ``skip``-th finished image and the last one."""
-    if len(done) <= skip:
-        return None
-    span = done[-1] - done[skip - 1]
-    return (len(done) - skip) / span if span > 0 else None
-
-
-# --------------------------------------------------------------------------- legs (parent)
-
-
-def _vitdex_command() -> list[str]:
-    script = Path(sys.executable).with_name("vitdex")
-    return [str(script)] if script.is_file() else [sys.executable, "-m", "vitdex"]
-
-
-def run_leg(leg: str, ctx: dict[str, Any], run_no: int) -> dict[str, Any]:
-    """Run one leg once as a subprocess; returns its measurements."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VITDEX_")}
-    env["HF_HUB_OFFLINE"] = "1"
-    env["PYTHONPATH"] = os.pathsep.join(
-        p for p in (str(Path.cwd()), os.environ.get("PYTHONPATH", "")) if p
-    )
-    count = ctx["images"]
-    me = [sys.executable, "-m", "bench.index_throughput"]
-    if leg == "pipeline":
-        cmd = [*me, "--leg", "pipeline", "--model", ctx["model"], "--photos", ctx["photos"]]
-        wall, out = run(cmd, env, ctx["timeout"])
-        data = child_result(out)
-        steady = data["steady_images_per_s"]
-    elif leg == "model":
-        cmd = [
-            *me,
-            *("--leg", "model", "--model", ctx["model"], "--images", str(count)),
-            *("--batch-size", str(ctx["batch_size"]), "--precision", ctx["precision"]),
-        ]
-        wall, out = run(cmd, env, ctx["timeout"])
-        data = child_result(out)
-        steady = data["steady_images_per_s"]
-    elif leg == "vitdex":
-        home = Path(ctx["work"]) / f"vitdex-home-{run_no}"
-        shutil.rmtree(home, ignore_errors=True)
-        env.update(
-            {
-                "VITDEX_HOME": str(home),
-                "VITDEX_MODEL": ctx["model"],
-                "VITDEX_PRECISION": ctx["precision"],
-                "VITDEX_BATCH_SIZE": str(ctx["batch_size"]),
-            }
-        )
-        cmd = [*_vitdex_command(), "index", ctx["photos"], "--json", "--no-progress"]
-        wall, out = run(cmd, env, ctx["timeout"])
-        start = out.find("{")
-        if start < 0:
-            raise RuntimeError(f"vitdex index printed no JSON:\n{out[-2000:]}")
-        report = json.loads(out[start:])
-        timings = {k: float(v) for k, v in report.get("timings", {}).items()}
-        load = timings.get("load_model", timings.get("load"))
-        if load is not None:
-            loop_s, method = float(report["elapsed"]) - load, "elapsed - load"
-        else:
-            loop_s = sum(v for k, v in timings.items() if k not in _WORKER_STAGES)
-            method = "sum of main-loop stages"
-        embedded = int(report.get("embedded", 0))
-        if embedded != count or report.get("failed"):
-            raise RuntimeError(f"vitdex embedded {embedded} of {count}: {report}")
-        steady = embedded / loop_s if loop_s > 0 else None
-        data = {
-            "scanned": report.get("scanned"),
-            "embedded": embedded,
-            "failed": report.get("failed"),
-            "elapsed_s": report.get("elapsed"),
-            "timings": timings,
-            "steady_method": method,
-        }
-        shutil.rmtree(home, ignore_errors=True)
+    ``runtimes`` / ``precisions``: comma-separated names or ``auto`` (every installed
+    runtime; fp32, bf16 where the CPU does bf16 in hardware, int8 where the runtime runs
+    it; fp16 never on a CPU, where it is emulated).
+    """
+    known, supported, installed = _runtimes_module()
+    skipped: list[str] = []
+    if runtimes == "auto":
+        wanted = list(known)
     else:
-        raise ValueError(leg)
-    data.update(
-        {
-            "wall_s": wall,
-            "wall_images_per_s": count / wall,
-            "steady_images_per_s": steady,
-        }
-    )
-    return data
+        wanted = [r.strip() for r in runtimes.split(",") if r.strip()]
+        unknown = [r for r in wanted if r not in known]
+        if unknown:
+            raise SystemExit(f"unknown runtimes {unknown}; choose from {', '.join(known)}")
+    variants = []
+    for runtime in wanted:
+        if not installed(runtime):
+            skipped.append(f"{runtime}: not installed")
+            continue
+        runs = [p for p in supported.get(runtime, ()) if p != "fp16"]
+        if precisions == "auto":
+            if not has_hw_bf16(flags) and "bf16" in runs:
+                skipped.append(f"{runtime}-bf16: no bf16 instructions on this CPU")
+                runs.remove("bf16")
+        else:
+            asked = [p.strip() for p in precisions.split(",") if p.strip()]
+            skipped += [f"{runtime}-{p}: not supported" for p in asked if p not in runs]
+            runs = [p for p in runs if p in asked]
+        variants += [Variant(runtime, p) for p in runs]
+    return variants, skipped
 
 
 # --------------------------------------------------------------------------- report
@@ -291,8 +132,19 @@ def _median(values: Sequence[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
-def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
-    """Medians per leg, the two ratios and their verdicts."""
+def bound(decode: float | None, model: float | None) -> float | None:
+    """The shared-core bound: both stages on all cores in turn, ``1/(1/d + 1/m)``."""
+    if not decode or not model:
+        return None
+    return 1.0 / (1.0 / decode + 1.0 / model)
+
+
+def _verdict(value: float | None, target: float) -> bool | None:
+    return None if value is None else value >= target
+
+
+def summarise(runs: dict[str, list[dict[str, Any]]], amx: bool) -> dict[str, Any]:
+    """Medians per leg and, per runtime/precision, the bound, the ratios and verdicts."""
     legs: dict[str, dict[str, Any]] = {}
     for leg, results in runs.items():
         legs[leg] = {
@@ -302,100 +154,89 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "steady_images_per_s": _median([r["steady_images_per_s"] for r in results]),
         }
 
-    def get(leg: str, key: str) -> float | None:
+    def get(leg: str, key: str = "steady_images_per_s") -> float | None:
         value = legs.get(leg, {}).get(key)
         return float(value) if value is not None else None
 
-    vs_pipeline = ratio(
-        get("vitdex", "steady_images_per_s"), get("pipeline", "steady_images_per_s")
+    target_pipeline = TARGET_VS_PIPELINE_AMX if amx else TARGET_VS_PIPELINE
+    decode, pipeline = get("decode"), get("pipeline")
+    labels = sorted({leg.partition(":")[2] for leg in legs if ":" in leg})
+    variants: dict[str, dict[str, Any]] = {}
+    for label in labels:
+        model, vitdex = get(f"model:{label}"), get(f"vitdex:{label}")
+        shared = bound(decode, model)
+        vs_bound, vs_pipeline = ratio(vitdex, shared), ratio(vitdex, pipeline)
+        variants[label] = {
+            "model": model,
+            "vitdex": vitdex,
+            "bound": shared,
+            "vitdex_vs_bound": vs_bound,
+            "vitdex_vs_model": ratio(vitdex, model),
+            "vitdex_vs_pipeline": vs_pipeline,
+            "vitdex_vs_pipeline_wall": ratio(
+                get(f"vitdex:{label}", "wall_images_per_s"), get("pipeline", "wall_images_per_s")
+            ),
+            "targets": {
+                "vitdex_vs_bound": {
+                    "target": TARGET_VS_BOUND,
+                    "pass": _verdict(vs_bound, TARGET_VS_BOUND),
+                },
+                "vitdex_vs_pipeline": {
+                    "target": target_pipeline,
+                    "pass": _verdict(vs_pipeline, target_pipeline),
+                },
+            },
+        }
+    return {"legs": legs, "variants": variants, "target_vs_pipeline": target_pipeline}
+
+
+def _word(passed: bool | None) -> str:
+    return "n/a" if passed is None else ("PASS" if passed else "MISS")
+
+
+def print_table(summary: dict[str, Any], count: int, info: dict[str, Any]) -> None:
+    """The results as plain-text tables on stdout."""
+    split = info["core_split"]
+    print()
+    print(f"CPU: {info['cpu']}")
+    print(f"CPU flags seen: {' '.join(info['cpu_flags']) or '(none of interest)'}")
+    print(
+        f"cores: {info['cpu_budget']} usable of {info['cores']}; model threads "
+        f"{split['model_threads']}, decode threads {split['decode_idle']} while the model "
+        f"waits, {split['decode_busy']} beside a forward pass"
     )
-    vs_model = ratio(get("vitdex", "steady_images_per_s"), get("model", "steady_images_per_s"))
-    return {
-        "legs": legs,
-        "vitdex_vs_pipeline": vs_pipeline,
-        "vitdex_vs_pipeline_wall": ratio(
-            get("vitdex", "wall_images_per_s"), get("pipeline", "wall_images_per_s")
-        ),
-        "vitdex_vs_model": vs_model,
-        "targets": {
-            "vitdex_vs_pipeline": {
-                "target": TARGET_VS_PIPELINE,
-                "pass": None if vs_pipeline is None else vs_pipeline >= TARGET_VS_PIPELINE,
-            },
-            "vitdex_vs_model": {
-                "target": TARGET_VS_MODEL,
-                "pass": None if vs_model is None else vs_model >= TARGET_VS_MODEL,
-            },
-        },
-    }
-
-
-def print_table(summary: dict[str, Any], count: int) -> None:
-    """The results as a plain-text table on stdout."""
-    names = {
-        "pipeline": "transformers pipeline",
-        "vitdex": "vitdex index",
-        "model": "model only (Embedder)",
-    }
     print()
     print(f"{count} camera JPEGs, medians over the repeats")
-    header = f"{'leg':<24}{'runs':>5}{'wall s':>9}{'img/s (wall)':>14}{'img/s (steady)':>16}"
+    header = f"{'leg':<28}{'runs':>5}{'wall s':>9}{'img/s (wall)':>14}{'img/s (steady)':>16}"
     print(header)
     print("-" * len(header))
     for leg, row in summary["legs"].items():
         print(
-            f"{names.get(leg, leg):<24}{row['runs']:>5}{fmt(row['wall_s'], '.1f'):>9}"
+            f"{leg:<28}{row['runs']:>5}{fmt(row['wall_s'], '.1f'):>9}"
             f"{fmt(row['wall_images_per_s']):>14}{fmt(row['steady_images_per_s']):>16}"
         )
+    if not summary["variants"]:
+        return
+    target = summary["target_vs_pipeline"]
     print()
-
-    def verdict(key: str) -> str:
-        passed = summary["targets"][key]["pass"]
-        return "n/a" if passed is None else ("PASS" if passed else "FAIL")
-
-    print(
-        f"vitdex / pipeline (steady):    {fmt(summary['vitdex_vs_pipeline'])}x   "
-        f"target >= {TARGET_VS_PIPELINE:g}x   {verdict('vitdex_vs_pipeline')}"
+    head = (
+        f"{'runtime-precision':<20}{'model':>8}{'vitdex':>8}{'bound':>8}"
+        f"{'vitdex/bound':>14}{'':>6}{'vitdex/pipeline':>17}{'':>6}"
     )
-    print(f"vitdex / pipeline (wall):      {fmt(summary['vitdex_vs_pipeline_wall'])}x")
     print(
-        f"vitdex / model-only (steady):  {fmt(summary['vitdex_vs_model'])}x   "
-        f"target >= {TARGET_VS_MODEL:g}x   {verdict('vitdex_vs_model')}"
+        f"steady img/s; targets: vitdex/bound >= {TARGET_VS_BOUND:g}, "
+        f"vitdex/pipeline >= {target:g}x"
     )
-
-
-def _machine() -> dict[str, Any]:
-    cpu = platform.processor()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.partition(":")[2].strip()
-                break
-    except OSError:
-        pass
-    from importlib.metadata import PackageNotFoundError, version
-
-    versions: dict[str, str | None] = {}
-    for package in ("torch", "transformers", "pillow"):
-        try:
-            versions[package] = version(package)
-        except PackageNotFoundError:
-            versions[package] = None
-    flags: set[str] = set()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("flags"):
-                flags = set(line.partition(":")[2].split())
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "cpu_bf16": sorted(flags & {"avx512_bf16", "amx_bf16", "amx_tile"}),
-        "python": platform.python_version(),
-        **versions,
-    }
+    print(head)
+    print("-" * len(head))
+    for label, row in summary["variants"].items():
+        t = row["targets"]
+        print(
+            f"{label:<20}{fmt(row['model']):>8}{fmt(row['vitdex']):>8}{fmt(row['bound']):>8}"
+            f"{fmt(row['vitdex_vs_bound']):>14}{_word(t['vitdex_vs_bound']['pass']):>6}"
+            f"{fmt(row['vitdex_vs_pipeline'], '.2f') + 'x':>17}"
+            f"{_word(t['vitdex_vs_pipeline']['pass']):>6}"
+        )
 
 
 # --------------------------------------------------------------------------- main
@@ -408,7 +249,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--images", type=int, default=48, help="photos to index (default 48)")
     parser.add_argument(
-        "--repeats", type=int, default=3, help="runs of the vitdex and model legs (default 3)"
+        "--repeats", type=int, default=3, help="runs of the decode, model and vitdex legs"
     )
     parser.add_argument(
         "--pipeline-repeats",
@@ -418,56 +259,79 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     parser.add_argument(
-        "--legs", default=",".join(LEGS), help="comma-separated subset of pipeline,vitdex,model"
+        "--legs", default=",".join(KINDS), help="comma-separated subset of " + ",".join(KINDS)
+    )
+    parser.add_argument(
+        "--runtimes", default="auto", help="torch,onnxruntime,openvino (default: installed)"
+    )
+    parser.add_argument(
+        "--precisions",
+        default="auto",
+        help="fp32,bf16,int8 (default: all each runtime runs; bf16 only with bf16 hardware)",
     )
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16", "fp16"])
     parser.add_argument("--size", default="4000x3000", help="photo size WxH (default 4000x3000)")
     parser.add_argument("--quality", type=int, default=90)
+    parser.add_argument(
+        "--model", type=Path, help="a ViT checkpoint folder (default: random ViT-B/16)"
+    )
     parser.add_argument("--cache", type=Path, default=None, help="where generated JPEGs are kept")
     parser.add_argument("--timeout", type=float, default=1200, help="seconds per leg run")
     parser.add_argument(
         "--strict", action="store_true", help="exit with status 1 when a target is missed"
     )
     # Internal: a leg running inside its own process.
-    parser.add_argument("--leg", choices=LEGS, help=argparse.SUPPRESS)
-    parser.add_argument("--model", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--leg", choices=KINDS, help=argparse.SUPPRESS)
     parser.add_argument("--photos", type=Path, help=argparse.SUPPRESS)
+    parser.add_argument("--home", type=Path, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
+
+
+def _child(args: argparse.Namespace) -> int:
+    if args.leg == "pipeline":
+        leg_pipeline(args.model, args.photos)
+    elif args.leg == "decode":
+        leg_decode(args.model, args.photos, args.batch_size)
+    else:
+        variant = Variant(args.runtimes, args.precisions)
+        leg_model(args.model, args.images, args.batch_size, variant, args.home)
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the benchmark (or, with the internal --leg flag, one leg of it)."""
     args = _parse(argv)
-    if args.leg == "pipeline":
-        leg_pipeline(args.model, args.photos)
-        return 0
-    if args.leg == "model":
-        leg_model(args.model, args.images, args.batch_size, args.precision)
-        return 0
+    if args.leg:
+        return _child(args)
 
-    legs = [leg.strip() for leg in args.legs.split(",") if leg.strip()]
-    unknown = set(legs) - set(LEGS)
-    if unknown or not legs:
-        raise SystemExit(f"unknown legs {sorted(unknown)}; choose from {', '.join(LEGS)}")
+    kinds = [leg.strip() for leg in args.legs.split(",") if leg.strip()]
+    unknown = set(kinds) - set(KINDS)
+    if unknown or not kinds:
+        raise SystemExit(f"unknown legs {sorted(unknown)}; choose from {', '.join(KINDS)}")
     width, _, height = args.size.partition("x")
     size = (int(width), int(height))
+    flags = cpu_flags()
+    variants, skipped = plan_variants(args.runtimes, args.precisions, flags)
+    for reason in skipped:
+        print(f"skipping {reason}", file=sys.stderr)
 
-    from vitdex.devices import default_device, default_precision
-    from vitdex.testing.vit import build_random_vit
-
-    device = default_device()
-    precision = default_precision(device) if args.precision == "auto" else args.precision
     work = Path(tempfile.mkdtemp(prefix="vitdex-bench-"))
     try:
         started = time.perf_counter()
         photos = make_photos(
-            work / "photos", args.images, size, args.quality, args.cache or _default_cache()
+            work / "photos", args.images, size, args.quality, args.cache or default_cache()
         )
-        model = build_random_vit(work / "vit-b16-random", preset="base", seed=0)
+        if args.model is None:
+            from vitdex.testing.vit import build_random_vit
+
+            model = build_random_vit(work / "vit-b16-random", preset="base", seed=0)
+            model_name = "random ViT-B/16 (build_random_vit preset 'base')"
+        else:
+            model, model_name = args.model.resolve(), str(args.model)
         print(
-            f"{len(photos)} photos and a random ViT-B/16 ready in "
-            f"{time.perf_counter() - started:.1f} s; device {device}, precision {precision}",
+            f"{len(photos)} photos and {model_name} ready in "
+            f"{time.perf_counter() - started:.1f} s; variants "
+            f"{', '.join(v.label for v in variants) or 'none'}",
             file=sys.stderr,
         )
         ctx = {
@@ -476,47 +340,61 @@ def main(argv: Sequence[str] | None = None) -> int:
             "photos": str(work / "photos"),
             "work": str(work),
             "batch_size": args.batch_size,
-            "precision": precision,
             "timeout": args.timeout,
         }
-        runs: dict[str, list[dict[str, Any]]] = {leg: [] for leg in legs}
-        counts = {leg: args.pipeline_repeats if leg == "pipeline" else args.repeats for leg in legs}
-        rounds = max(counts.values())
+        legs: list[tuple[str, str, Variant | None]] = []
+        for kind in kinds:
+            if kind in ("model", "vitdex"):
+                legs += [(f"{kind}:{v.label}", kind, v) for v in variants]
+            else:
+                legs.append((kind, kind, None))
+        counts = {
+            name: args.pipeline_repeats if kind == "pipeline" else args.repeats
+            for name, kind, _ in legs
+        }
+        rounds = max(counts.values(), default=0)
         # Legs take turns, each spread evenly over the rounds, so that a slow spell on a
         # shared machine hits all of them alike.
-        plan = {leg: _spread(n, rounds) for leg, n in counts.items()}
+        plan = {name: _spread(n, rounds) for name, n in counts.items()}
+        runs: dict[str, list[dict[str, Any]]] = {name: [] for name, _, _ in legs}
         for run_no in range(rounds):
-            for leg in legs:
-                if run_no not in plan[leg]:
+            for name, kind, variant in legs:
+                if run_no not in plan[name]:
                     continue
-                result = run_leg(leg, ctx, run_no)
-                runs[leg].append(result)
+                result = run_leg(kind, variant, ctx, run_no)
+                runs[name].append(result)
                 print(
-                    f"round {run_no + 1}/{rounds} {leg:<8} wall {result['wall_s']:6.1f} s  "
+                    f"round {run_no + 1}/{rounds} {name:<26} wall {result['wall_s']:6.1f} s  "
                     f"steady {fmt(result['steady_images_per_s'])} img/s",
                     file=sys.stderr,
                 )
-        summary = summarise(runs)
-        print_table(summary, args.images)
+        runs = {name: results for name, results in runs.items() if results}
+        info = machine()
+        summary = summarise(runs, has_amx(flags))
+        print_table(summary, args.images, info)
         if args.out:
             payload = {
                 "benchmark": "index_throughput",
                 "images": args.images,
                 "photo_size": list(size),
                 "quality": args.quality,
-                "model": "random ViT-B/16 (build_random_vit preset 'base')",
-                "device": str(device),
-                "precision": precision,
+                "model": model_name,
                 "batch_size": args.batch_size,
-                "machine": _machine(),
+                "variants": [v.label for v in variants],
+                "skipped": skipped,
+                "machine": info,
                 **summary,
                 "runs": runs,
             }
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(payload, indent=2) + "\n")
             print(f"results written to {args.out}", file=sys.stderr)
-        failed = [k for k, v in summary["targets"].items() if v["pass"] is False]
-        return 1 if failed and args.strict else 0
+        missed = [
+            label
+            for label, row in summary["variants"].items()
+            if any(t["pass"] is False for t in row["targets"].values())
+        ]
+        return 1 if missed and args.strict else 0
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

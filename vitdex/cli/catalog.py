@@ -65,6 +65,27 @@ def index(
     print_index_report(report.to_dict(), embedder)
 
 
+def _check_head_labels(
+    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
+) -> tuple[str, ...]:
+    from vitdex.filters import split_head_label
+
+    try:
+        return tuple(":".join(split_head_label(v)) for v in values)
+    except ValueError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+
+
+#: ``--head-label HEAD:LABEL``: photos a head labelled so (repeatable: all of them).
+head_label_option = click.option(
+    "--head-label",
+    "head_labels",
+    multiple=True,
+    callback=_check_head_labels,
+    help="Only photos head HEAD labelled LABEL, as HEAD:LABEL (any case; repeatable).",
+)
+
+
 def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
     """The metadata filter options ``similar`` and ``searches save`` share."""
     options = [
@@ -86,31 +107,11 @@ def filter_options(command: Callable[..., Any]) -> Callable[..., Any]:
         click.option(
             "--hide-duplicates", is_flag=True, help="Leave out photos marked as duplicates."
         ),
+        head_label_option,
     ]
     for option in reversed(options):
         command = option(command)
     return command
-
-
-def _check_head_labels(
-    _ctx: click.Context, param: click.Parameter, values: tuple[str, ...]
-) -> tuple[str, ...]:
-    from vitdex.filters import split_head_label
-
-    try:
-        return tuple(":".join(split_head_label(v)) for v in values)
-    except ValueError as exc:
-        raise click.BadParameter(str(exc), param=param) from None
-
-
-#: ``--head-label HEAD:LABEL``: photos a head labelled so (repeatable: all of them).
-head_label_option = click.option(
-    "--head-label",
-    "head_labels",
-    multiple=True,
-    callback=_check_head_labels,
-    help="Only photos head HEAD labelled LABEL, as HEAD:LABEL (any case; repeatable).",
-)
 
 
 def build_filter(
@@ -190,7 +191,6 @@ def split_examples(values: Sequence[str]) -> tuple[list[int], list[Path]]:
 @click.option("--space", help="Space to search (default: the first configured one).")
 @click.option("--include-self", is_flag=True, help="Keep the query image in its own hits.")
 @filter_options
-@head_label_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
 @handle_errors

@@ -1,26 +1,30 @@
 """The first stages of indexing: read and hash each file, then decode it, in threads.
 
 A file's bytes are read once: they are hashed (an unchanged or duplicate file needs no
-decoding) and decoded from memory. The decoders run beside the model in a bounded pool,
-so the forward pass never waits for a whole batch to be decoded.
+decoding) and decoded from memory. The decoders run in a bounded pool a window ahead of
+the model, and take turns with it for the cores (:mod:`vitdex.indexer.cores`): every
+core decodes while the model waits for images, and only ``decode_busy`` threads (none by
+default) start work while the consumer is away running a forward pass.
 """
 
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from collections import defaultdict
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from vitdex.config import Settings
+from vitdex.devices import resolve_device
 from vitdex.errors import ImageError
-from vitdex.indexer.cores import decode_workers
+from vitdex.indexer.cores import CoreSplit, core_split
 from vitdex.indexer.images import DecodedImage, decode_image, read_photo
 
-__all__ = ["Batch", "Prepared", "Reader", "Task"]
+__all__ = ["Batch", "DecodeGate", "GateClosedError", "Prepared", "Reader", "Task"]
 
 
 @dataclass(slots=True)
@@ -72,6 +76,60 @@ class Batch:
         )
 
 
+class GateClosedError(Exception):
+    """A decode task was dropped because its stream was closed."""
+
+
+class DecodeGate:
+    """How many decode tasks may run at once: ``idle`` while the consumer waits for a
+    result, ``busy`` while it is away (running the model on the last batch).
+
+    A task that has started always finishes; the gate only holds back the next ones, so
+    a forward pass shares its cores with at most ``busy`` decodes plus the stragglers.
+    """
+
+    def __init__(self, idle: int, busy: int) -> None:
+        self.idle = max(1, idle)
+        self.busy = max(0, busy)
+        self._limit = self.idle
+        self._running = 0
+        self._closed = False
+        self._cond = threading.Condition()
+
+    @property
+    def limit(self) -> int:
+        """The number of tasks that may run now."""
+        return self._limit
+
+    def consumer_waiting(self, waiting: bool) -> None:
+        """The consumer now waits for results (every core may decode) or went away."""
+        with self._cond:
+            self._limit = self.idle if waiting else self.busy
+            if waiting:
+                self._cond.notify_all()
+
+    def close(self) -> None:
+        """The consumer is gone: held-back tasks give up instead of decoding for no one."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+
+    def run(self, fn: Callable[[], Prepared]) -> Prepared:
+        """``fn()`` once a slot is free; :class:`GateClosedError` once :meth:`close` was called."""
+        with self._cond:
+            while self._running >= self._limit and not self._closed:
+                self._cond.wait()
+            if self._closed:
+                raise GateClosedError
+            self._running += 1
+        try:
+            return fn()
+        finally:
+            with self._cond:
+                self._running -= 1
+                self._cond.notify()
+
+
 class Reader:
     """Reads, hashes and decodes tasks in a thread pool, a bounded window ahead."""
 
@@ -120,31 +178,50 @@ class Reader:
         out.decode_s = time.perf_counter() - t1
         return out
 
-    def _workers(self) -> int:
-        return decode_workers(self.settings.index.decode_workers)
+    def split(self) -> CoreSplit:
+        """The thread counts this reader decodes with (see :mod:`vitdex.indexer.cores`)."""
+        device = resolve_device(self.settings.model.device)
+        return core_split(self.settings.index.decode_workers, accelerator=device.type != "cpu")
 
     def stream(
         self, tasks: list[Task], reusable: dict[str, int]
     ) -> Generator[Prepared, None, None]:
-        """Results of :meth:`prepare` as they finish, with a bounded read-ahead."""
+        """Results of :meth:`prepare` as they finish, with a bounded read-ahead.
+
+        While the caller holds a result (between a ``yield`` and the next request) it is
+        taken to be busy with the model, and the decoders hold back (:class:`DecodeGate`).
+        """
         window = max(4, 3 * self.settings.model.batch_size)
+        split = self.split()
+        gate = DecodeGate(split.decode_idle, split.decode_busy)
         pending: set[Future[Prepared]] = set()
         queue = iter(tasks)
-        with ThreadPoolExecutor(self._workers(), thread_name_prefix="vitdex-decode") as pool:
+        with ThreadPoolExecutor(split.pool_size, thread_name_prefix="vitdex-decode") as pool:
             try:
                 while True:
                     while len(pending) < window:
                         task = next(queue, None)
                         if task is None:
                             break
-                        pending.add(pool.submit(self.prepare, task, reusable))
+                        pending.add(pool.submit(gate.run, _bind(self.prepare, task, reusable)))
                     if not pending:
                         return
                     t0 = time.perf_counter()
+                    gate.consumer_waiting(True)
                     done, pending = wait(pending, return_when=FIRST_COMPLETED)
                     self.timings["wait_decode"] += time.perf_counter() - t0
                     for fut in done:
+                        gate.consumer_waiting(False)
                         yield fut.result()
+                        gate.consumer_waiting(True)
             finally:
                 for fut in pending:
                     fut.cancel()
+                # Held-back workers must give up, or the pool's shutdown waits on them.
+                gate.close()
+
+
+def _bind(
+    fn: Callable[[Task, dict[str, int]], Prepared], task: Task, reusable: dict[str, int]
+) -> Callable[[], Prepared]:
+    return lambda: fn(task, reusable)
