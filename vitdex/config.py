@@ -155,7 +155,9 @@ class IndexSettings(BaseSettings):
     model_config = _config()
 
     max_megapixels: float = Field(default=100.0, gt=0)
-    #: Decode threads running beside the model; 0 picks one per spare core (at least one).
+    #: Decode threads allowed beside a running forward pass; 0 = automatic: none beside a
+    #: CPU forward pass (every core decodes while the model waits), all cores but one
+    #: beside a GPU's (see vitdex.indexer.cores).
     decode_workers: int = Field(default=0, ge=0, le=64)
     follow_symlinks: bool = True
 

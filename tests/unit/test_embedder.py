@@ -655,3 +655,28 @@ def test_build_random_vit_presets(tmp_path: Path) -> None:
     assert (folder / "model.safetensors").read_bytes() == (same / "model.safetensors").read_bytes()
     with pytest.raises(ValueError, match="preset"):
         build_random_vit(tmp_path / "x", preset="huge")
+
+
+def test_warm_up_runs_one_full_batch_once_and_changes_no_vector(tiny_vit: Path) -> None:
+    """The indexer warms the model up before its first batch: one full batch shape, run
+    once per embedder (the second call is free), and the vectors are those of a cold one."""
+    photos = [Image.fromarray(render((96, 80), seed), "RGB") for seed in range(3)]
+    cold = Embedder(str(tiny_vit), device="cpu", precision="fp32", batch_size=4).embed(photos)
+    embedder = Embedder(str(tiny_vit), device="cpu", precision="fp32", batch_size=4)
+    shapes: list[tuple[int, ...]] = []
+    run = embedder._run
+
+    def counting(pixels: torch.Tensor) -> Any:
+        shapes.append(tuple(pixels.shape))
+        return run(pixels)
+
+    embedder._run = counting  # type: ignore[method-assign]
+    embedder.warm_up()
+    assert embedder.loaded
+    assert shapes and all(s[0] == 4 for s in shapes)
+    warmed = len(shapes)
+    embedder.warm_up()
+    assert len(shapes) == warmed
+    warm = embedder.embed(photos)
+    for name, vectors in cold.vectors.items():
+        np.testing.assert_allclose(warm.vectors[name], vectors, atol=1e-6)

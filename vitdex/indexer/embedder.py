@@ -134,6 +134,7 @@ class Embedder:
         self._load_lock = threading.Lock()
         self._run_lock = threading.Lock()
         self._loaded = False
+        self._warm = False
         self._backbone: torch.nn.Module | None = None
         self._head: torch.nn.Module | None = None
         self._forward: Forward | None = None
@@ -414,6 +415,24 @@ class Embedder:
     ) -> tuple[tuple[torch.Tensor, ...], torch.Tensor | None]:
         assert self._backbone is not None
         return pooled_outputs(self._backbone, self._head, self._layers, pixels)
+
+    def warm_up(self) -> None:
+        """Run one full batch of zeros through the model, once per embedder.
+
+        oneDNN, ONNX Runtime and OpenVINO build their kernels for a batch shape on its
+        first call (about 2 s for ViT-B/16 on a CPU, and the next one or two calls are
+        still slow); an indexer warms up before its first batch so that cost is not
+        counted as, or mixed into, the photos' throughput.
+        """
+        self.load()
+        if self._warm:
+            return
+        assert self._prep is not None
+        height, width = self._prep.input_size
+        zeros = torch.zeros((self.batch_size, 3, height, width))
+        for _ in range(2):
+            self._run(zeros)
+        self._warm = True
 
     def _run(self, pixels: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray | None]:
         assert self._forward is not None

@@ -126,6 +126,9 @@ class Indexer:
         """Load the model and create or verify the current spaces."""
         t0 = time.perf_counter()
         specs = self.embedder.space_specs()  # loads the model on first use
+        # The first forward of a batch shape builds its kernels (seconds for ViT-B on a
+        # CPU): pay it here, with the load, rather than inside the first batch.
+        self.embedder.warm_up()
         self._timings["load_model"] += time.perf_counter() - t0
         agreement = self._agreement()
         bound = self.embedder.choice.bound
