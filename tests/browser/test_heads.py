@@ -75,15 +75,16 @@ def test_train_review_correct_and_filter(kinds_site: Site, page: Any, shot: Shot
     assert page.locator("#head-space option").count() == 2
     shot("empty")
 
-    # Nothing chosen: the page says what is missing. A folder that does not exist fails
-    # the job, and its reason is shown.
+    # Nothing chosen: the page says what is missing. A folder that does not exist is
+    # refused before a job is queued, and the reason is shown.
     page.fill("#head-name", "kind")
     page.get_by_role("button", name="Train").click()
     page.locator("#toasts .toast.bad", has_text="Choose the tags to learn").wait_for()
     page.get_by_label("A folder (one class per subfolder)").check()
     page.fill("#head-folder", str(kinds_site.photos / "nowhere"))
+    page.watch.allow(r"/api/v1/heads$", 400)
     page.get_by_role("button", name="Train").click()
-    page.locator("#toasts .toast.bad", has_text="Training failed: no such folder").wait_for()
+    page.locator("#toasts .toast.bad", has_text="no such folder").wait_for()
     assert page.locator("#head-progress").is_hidden()
     assert api.get("/heads").json() == {"heads": []}
 
@@ -154,11 +155,12 @@ def test_train_review_correct_and_filter(kinds_site: Site, page: Any, shot: Shot
     wait_until(page, "document.querySelector('#head-facts').textContent.includes('1 correction')")
     shot("corrected")
 
-    # u takes the correction back: the photo is left for the next apply to predict.
+    # u takes the correction back: the head predicts the photo again at once.
     page.keyboard.press("u")
-    page.locator("#toasts").get_by_text("has no correction").wait_for()
+    page.locator("#toasts").get_by_text(f"is {target['label']} again").wait_for()
     assert api.get("/heads/kind/labels", params={"source": "corrected"}).json()["total"] == 0
-    assert "unlabelled" in (card.get_attribute("class") or "")
+    assert card.locator(".head-label").inner_text() == target["label"]
+    assert "corrected" not in (card.get_attribute("class") or "").split()
     # ...and a second correction sticks.
     page.keyboard.press(key)
     card.locator(".head-corrected").wait_for()

@@ -163,6 +163,7 @@ def train_head(
     ConflictError (name taken and not ``replace``).
     """
     from sklearn.model_selection import train_test_split  # loaded only to train
+
     check_head_name(name)
     _check_sources(from_tags, from_folder, test_fraction)
     report_progress = progress or (lambda _d, _t: None)

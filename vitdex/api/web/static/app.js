@@ -146,5 +146,30 @@
     name: (path) => (path || "").split("/").pop(),
   };
 
-  window.vitdex = { api, ApiError, toast, attempt, el, thumbUrl, fileUrl, selection, followJob, progressBar, fmt, csrf };
+  // A review page's keyboard: the list of keys that "?" (or its button) shows and hides,
+  // remembered per page, and a keydown handler that leaves typing in a field alone.
+  // Returns the show/hide function (``show(true)`` hides).
+  function reviewKeys({ list, toggle, storageKey, onKey }) {
+    const listEl = document.getElementById(list);
+    const button = document.getElementById(toggle);
+    function show(force) {
+      const hide = force === undefined ? !listEl.hidden : force;
+      listEl.hidden = hide;
+      button.setAttribute("aria-expanded", String(!hide));
+      button.firstChild.textContent = hide ? "Show keys" : "Hide keys";
+      try { localStorage.setItem(storageKey, hide ? "1" : ""); } catch { /* private mode */ }
+    }
+    button.addEventListener("click", () => show());
+    document.addEventListener("keydown", (event) => {
+      if (event.altKey || event.ctrlKey || event.metaKey || event.isComposing) return;
+      const target = event.target;
+      if (target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName))) return;
+      if (event.key === "?") { event.preventDefault(); show(); return; }
+      onKey(event);
+    });
+    try { if (localStorage.getItem(storageKey)) show(true); } catch { /* private mode */ }
+    return show;
+  }
+
+  window.vitdex = { api, ApiError, toast, attempt, el, thumbUrl, fileUrl, selection, followJob, progressBar, fmt, csrf, reviewKeys };
 })();

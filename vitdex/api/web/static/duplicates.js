@@ -352,22 +352,8 @@
   }
 
   // ------------------------------------------------------------------ keys
-  function toggleKeys(force) {
-    const list = $("dup-keys-list");
-    const hide = force === undefined ? !list.hidden : force;
-    list.hidden = hide;
-    const button = $("dup-keys-toggle");
-    button.setAttribute("aria-expanded", String(!hide));
-    button.firstChild.textContent = hide ? "Show keys" : "Hide keys";
-    try { localStorage.setItem(KEYS_HIDDEN, hide ? "1" : ""); } catch { /* private mode */ }
-  }
-
-  document.addEventListener("keydown", (event) => {
-    if (event.altKey || event.ctrlKey || event.metaKey || event.isComposing) return;
-    const target = event.target;
-    if (target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName))) return;
+  function onKey(event) {
     const key = event.key;
-    if (key === "?") { event.preventDefault(); toggleKeys(); return; }
     if (event.shiftKey || busy || $("dup-review").hidden) return;
     const actions = {
       j: () => attempt(() => step(1)), ArrowRight: () => attempt(() => step(1)),
@@ -377,7 +363,7 @@
     if (/^[1-9]$/.test(key)) { event.preventDefault(); keepNth(Number(key)); return; }
     const action = actions[key];
     if (action) { event.preventDefault(); action(); }
-  });
+  }
 
   // ------------------------------------------------------------------ scan
   async function loadSpaces() {
@@ -464,7 +450,6 @@
   $("dup-keep-suggested").addEventListener("click", keepSuggested);
   $("dup-not").addEventListener("click", notDuplicates);
   $("dup-undo").addEventListener("click", undoCurrent);
-  $("dup-keys-toggle").addEventListener("click", () => toggleKeys());
   $("dup-scan").addEventListener("submit", (event) => attempt(() => scan(event)));
   // Space and threshold only matter to near copies.
   $("dup-near").addEventListener("change", () => {
@@ -472,7 +457,7 @@
     $("dup-threshold").disabled = off;
     if ($("dup-space").options.length && $("dup-space").value) $("dup-space").disabled = off;
   });
-  try { if (localStorage.getItem(KEYS_HIDDEN)) toggleKeys(true); } catch { /* private mode */ }
+  window.vitdex.reviewKeys({ list: "dup-keys-list", toggle: "dup-keys-toggle", storageKey: KEYS_HIDDEN, onKey });
 
   showView();
   showDefaultThreshold();

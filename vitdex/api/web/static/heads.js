@@ -287,7 +287,7 @@
         const url = `${headPath(NAME)}/labels/${last.image_id}`;
         const { before } = last;
         // A corrected photo gets its earlier correction back; a predicted one loses the
-        // correction (the next apply predicts it again).
+        // correction and the head predicts it again at once.
         const restored = before.source === "corrected"
           ? await api(url, { method: "PUT", json: { label: before.label } })
           : await api(url, { method: "DELETE" });
@@ -323,21 +323,8 @@
     }
 
     // ------------------------------------------------------------ keys
-    function toggleKeys(force) {
-      const list = $("review-keys-list");
-      const hide = force === undefined ? !list.hidden : force;
-      list.hidden = hide;
-      const button = $("review-keys-toggle");
-      button.setAttribute("aria-expanded", String(!hide));
-      button.firstChild.textContent = hide ? "Show keys" : "Hide keys";
-      try { localStorage.setItem(KEYS_HIDDEN, hide ? "1" : ""); } catch { /* private mode */ }
-    }
-    document.addEventListener("keydown", (event) => {
-      if (event.altKey || event.ctrlKey || event.metaKey || event.isComposing) return;
-      const target = event.target;
-      if (target instanceof HTMLElement && (target.isContentEditable || ["INPUT", "SELECT", "TEXTAREA"].includes(target.tagName))) return;
+    function onKey(event) {
       const key = event.key;
-      if (key === "?") { event.preventDefault(); toggleKeys(); return; }
       if (event.shiftKey || busy || !head) return;
       if (/^[1-9]$/.test(key)) {
         event.preventDefault();
@@ -348,16 +335,15 @@
       }
       const actions = { j: () => step(1), k: () => step(-1), u: undoLast };
       if (actions[key]) { event.preventDefault(); attempt(actions[key]); }
-    });
+    }
 
     // ------------------------------------------------------------ wiring
     for (const id of ["review-order", "review-label", "review-source"]) $(id).addEventListener("change", () => attempt(() => loadItems(0)));
     $("review-prev").addEventListener("click", () => attempt(() => loadItems(offset - PAGE)));
     $("review-next").addEventListener("click", () => attempt(() => loadItems(offset + PAGE)));
-    $("review-keys-toggle").addEventListener("click", () => toggleKeys());
     $("head-apply").addEventListener("click", () => attempt(apply));
     $("head-delete").addEventListener("click", () => attempt(remove));
-    try { if (localStorage.getItem(KEYS_HIDDEN)) toggleKeys(true); } catch { /* private mode */ }
+    window.vitdex.reviewKeys({ list: "review-keys-list", toggle: "review-keys-toggle", storageKey: KEYS_HIDDEN, onKey });
     attempt(async () => { await loadHead(); await loadItems(0); });
   }
 
