@@ -359,7 +359,8 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
         return
     print_line(f"home {data['home']}")
     print_line(f"catalog {data['database']}")
-    print_line(f"model {data['model']} (runtime {data['runtime']}, precision {data['precision']})")
+    print_line(f"model {data['model']}")
+    print_line(f"runtime {data['runtime']}, precision {data['precision']}")
     print_line(_configured_line(data["configured"]))
     by = data["by_status"]
     print_line(
@@ -374,8 +375,8 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
         "RAM B/vec",
         "mapped B/vec",
         "dim",
-        "model",
         "filled by",
+        "model",
     )
 
     def per_vector(value: Any) -> str:
@@ -393,10 +394,10 @@ def status(obj: Context, as_json: bool, max_failed: int) -> None:
                 per_vector(store.get("memory_bytes_per_vector")),
                 per_vector(store.get("mapped_bytes_per_vector")),
                 str(sp["dim"]),
-                f"{sp['model_id']} @ {sp['model_revision'][:12]}",
                 # The runtime that first wrote the space, and the agreement with torch
                 # fp32 every later writer must reach.
-                f"{sp['runtime'] or 'torch'} (≥ {sp['min_agreement'] or 0.999:g})",
+                f"{sp['runtime'] or 'torch'} (>= {sp['min_agreement'] or 0.999:g})",
+                f"{sp['model_id']} @ {sp['model_revision'][:12]}",
             )
         )
     print_table("spaces", columns, rows)
