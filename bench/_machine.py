@@ -9,6 +9,8 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any
 
+from vitdex import devices
+
 __all__ = ["CPU_FLAGS", "cpu_flags", "has_amx", "has_hw_bf16", "machine"]
 
 #: The flags that matter for ViT inference on a CPU, best first: AMX tiles (Sapphire
@@ -26,24 +28,22 @@ CPU_FLAGS = (
 _PACKAGES = ("torch", "transformers", "pillow", "onnxruntime", "openvino", "numpy")
 
 
-def _cpuinfo() -> tuple[str, set[str]]:
-    model, flags = platform.processor(), set[str]()
+def _cpu_model() -> str:
+    model = platform.processor()
     try:
         lines = Path("/proc/cpuinfo").read_text().splitlines()
     except OSError:
-        return model, flags
+        return model
     for line in lines:
         key, _, value = line.partition(":")
-        if key.strip() == "model name" and model in ("", platform.processor()):
-            model = value.strip()
-        elif key.strip() == "flags" and not flags:
-            flags = set(value.split())
-    return model, flags
+        if key.strip() == "model name":
+            return value.strip()
+    return model
 
 
 def cpu_flags() -> list[str]:
     """Which of :data:`CPU_FLAGS` this CPU reports (Linux; empty elsewhere)."""
-    flags = _cpuinfo()[1]
+    flags = devices.cpu_flags()
     return [flag for flag in CPU_FLAGS if flag in flags]
 
 
@@ -61,7 +61,7 @@ def machine() -> dict[str, Any]:
     """CPU model, flags, cores (all and this process's budget) and package versions."""
     from vitdex.indexer.cores import core_split
 
-    model, _ = _cpuinfo()
+    model = _cpu_model()
     split = core_split()
     versions: dict[str, str | None] = {}
     for package in _PACKAGES:

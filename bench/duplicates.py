@@ -44,6 +44,7 @@ import faiss
 import numpy as np
 import numpy.typing as npt
 
+from vitdex import devices
 from vitdex.search.duplicates import DEFAULT_K, DEFAULT_THRESHOLD, components, near_edges
 from vitdex.vectors.faiss.store import FaissStore
 
@@ -63,14 +64,7 @@ def cpu_flags() -> list[str]:
     """The SIMD flags of this CPU that FAISS and numpy use (from /proc/cpuinfo)."""
     wanted = {"sse4_2", "avx", "avx2", "fma", "f16c", "avx512f", "avx512bw", "avx512_vnni"}
     wanted |= {"avx512_bf16", "amx_tile", "amx_bf16", "amx_int8", "asimd", "sve"}
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    for line in text.splitlines():
-        if line.startswith(("flags", "Features")):
-            return sorted(wanted & set(line.partition(":")[2].split()))
-    return []
+    return sorted(wanted & devices.cpu_flags())
 
 
 def _rss() -> int:

@@ -17,11 +17,12 @@ __all__ = ["cpu_flags", "default_device", "default_precision", "resolve_device"]
 
 @functools.cache
 def cpu_flags() -> frozenset[str]:
-    """The CPU feature flags Linux reports (empty elsewhere); benchmarks print them too."""
+    """The CPU feature flags Linux reports (x86 ``flags``, Arm ``Features``; empty
+    elsewhere); the runtimes and the benchmarks read them here."""
     try:
         with Path("/proc/cpuinfo").open() as fh:
             for line in fh:
-                if line.startswith("flags"):
+                if line.startswith(("flags", "Features")):
                     return frozenset(line.partition(":")[2].split())
     except OSError:
         pass
