@@ -233,15 +233,27 @@ class Exporter:
         if fmt == "onnx":
             from onnxruntime.quantization import QuantType, quantize_dynamic
 
+            # The quantizer writes a shape-inferred copy beside its input
+            # (NAME-inferred.onnx) and deletes it after; two processes quantizing the
+            # same source would race on that file, so each quantizes its own link of
+            # the source inside its private temporary folder.
+            own = folder / "source.onnx"
+            try:
+                os.link(source.model_file, own)
+            except OSError:
+                shutil.copyfile(source.model_file, own)
             # Dynamic quantization: int8 weights per output channel, activations
             # quantized per batch at run time, so no calibration photos are needed.
-            with _quiet_root_logger():
-                quantize_dynamic(
-                    source.model_file,
-                    folder / "model.onnx",
-                    weight_type=QuantType.QInt8,
-                    per_channel=True,
-                )
+            try:
+                with _quiet_root_logger():
+                    quantize_dynamic(
+                        own,
+                        folder / "model.onnx",
+                        weight_type=QuantType.QInt8,
+                        per_channel=True,
+                    )
+            finally:
+                own.unlink(missing_ok=True)
             return "model.onnx"
         import openvino as ov
 
