@@ -27,7 +27,7 @@ def test_migrations_create_every_table(database_url: str) -> None:
     engine = make_engine(database_url)
     assert current_revision(engine) is None
     ensure_schema(engine)
-    assert current_revision(engine) == head_revision() == "0008"
+    assert current_revision(engine) == head_revision() == "0009"
     tables = set(inspect(engine).get_table_names())
     assert {
         "libraries",

@@ -21,6 +21,7 @@ from vitdex.cli.db import db_group
 from vitdex.cli.demo import demo
 from vitdex.cli.duplicates import duplicates_group
 from vitdex.cli.heads import heads_group
+from vitdex.cli.lora import lora_group
 from vitdex.cli.model import export_model_command, model_group
 from vitdex.cli.searches import searches_group
 from vitdex.cli.serve import serve_command, worker_command
@@ -108,6 +109,7 @@ for _command in (
     tag_group,
     searches_group,
     heads_group,
+    lora_group,
 ):
     cli.add_command(_command)
 

@@ -320,6 +320,12 @@ class Dataset(Base):
     params: Mapped[dict[str, Any]] = mapped_column(default=dict)
     #: Folder the prepared set (crops, captions, kohya TOML) was last exported to.
     export_path: Mapped[str | None] = mapped_column(Text)
+    #: The rare token that names the subject (e.g. ``sks``); default captions start with it.
+    trigger_word: Mapped[str | None] = mapped_column(Text)
+    #: The subject's class (e.g. ``dog``); default captions end with it.
+    class_word: Mapped[str | None] = mapped_column(Text)
+    #: ``square`` crops or aspect-ratio ``buckets`` (vitdex.training.buckets).
+    crop_mode: Mapped[str] = mapped_column(String(16), default="square", server_default="square")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(default=utcnow, onupdate=utcnow)
 
@@ -406,4 +412,10 @@ class Checkpoint(Base):
     sample_path: Mapped[str | None] = mapped_column(Text)
     #: ``ready``, or ``invalid`` when validation failed (the file is kept for inspection).
     status: Mapped[str] = mapped_column(String(16), default="ready")
+    #: ``checkpoint`` (a whole model) or ``lora`` (a difference to its base).
+    kind: Mapped[str] = mapped_column(String(16), default="checkpoint", server_default="checkpoint")
+    #: For a LoRA extracted from a checkpoint: that checkpoint.
+    source_id: Mapped[int | None] = mapped_column(ForeignKey("checkpoints.id", ondelete="SET NULL"))
+    #: For a LoRA: its rank.
+    lora_rank: Mapped[int | None]
     created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -20,6 +20,7 @@ __all__ = [
     "LR_SCHEDULERS",
     "MIXED_PRECISIONS",
     "MODES",
+    "OPTIMIZERS",
     "RESUMABLE_CHANGES",
     "Stage",
     "TrainConfig",
@@ -45,7 +46,20 @@ LR_SCHEDULERS = (
 )
 #: Config fields that may change between a run and its resumption (they do not alter the
 #: weights); every other field must match the checkpoint's.
-RESUMABLE_CHANGES = frozenset({"save_every", "keep_checkpoints"})
+RESUMABLE_CHANGES = frozenset(
+    {
+        "save_every",
+        "keep_checkpoints",
+        "sample_every",
+        "sample_prompts",
+        "sample_seed",
+        "sample_steps",
+        "sample_resolution",
+        "validation_every",
+    }
+)
+#: Optimizers a run can use.
+OPTIMIZERS = ("adamw", "adamw8bit", "adafactor")
 _CHECKPOINT = re.compile(r"^step-(\d{8})$")
 #: Default UNet and text encoder steps; their ratio scales the text encoder steps of a
 #: run that sets only ``steps`` (see :func:`scale_text_encoder_steps`).
@@ -147,6 +161,51 @@ class TrainConfig:
     #: Accept combinations the base registry refuses (resolution, version, full SDXL).
     force: bool = False
 
+    # -- aspect-ratio buckets (vitdex.training.buckets)
+    #: Train each image at its aspect-ratio bucket (area near resolution², sides multiples
+    #: of 64, one bucket per batch) instead of a square crop.
+    buckets: bool = False
+    #: The most an image is scaled up to fill its bucket; a smaller image gets a smaller
+    #: bucket of the same aspect instead.
+    bucket_max_upscale: float = 2.0
+
+    # -- captions (vitdex.training.captions)
+    #: Share of draws trained with an empty caption (unconditional), 0..1.
+    caption_dropout: float = 0.0
+    #: Shuffle a caption's comma-separated tags per draw, keeping the first ``keep_tokens``.
+    shuffle_tags: bool = False
+    #: Leading comma-separated tags that stay in place when shuffling (the trigger word).
+    keep_tokens: int = 1
+
+    # -- during training (vitdex.training.dreambooth.sampling / validation / ema)
+    #: Generate sample images every this many steps (0: never).
+    sample_every: int = 0
+    #: Prompts of the samples; the instance prompt when empty.
+    sample_prompts: list[str] = field(default_factory=list)
+    #: Seed of the first sample prompt; prompt i uses sample_seed + i.
+    sample_seed: int = 1234
+    #: Denoising steps per sample image.
+    sample_steps: int = 20
+    #: Sample side in pixels; the training resolution when None.
+    sample_resolution: int | None = None
+    #: Instance images held out of training to measure a validation loss (0: none).
+    validation_images: int = 0
+    #: Measure the validation loss every this many steps (0: only at the end).
+    validation_every: int = 0
+    #: Keep an exponential moving average of the trained weights; the output uses it.
+    ema: bool = False
+    #: Decay of the moving average per optimizer step.
+    ema_decay: float = 0.999
+
+    # -- optimizer and memory (vitdex.training.dreambooth.optim / vitdex.training.presets)
+    #: ``adamw``, ``adamw8bit`` (bitsandbytes, CUDA) or ``adafactor``.
+    optimizer: str = "adamw"
+    #: Step each parameter as soon as its gradient is ready and free the gradient (less
+    #: peak memory; no gradient accumulation, no gradient clipping across parameters).
+    fused_backward: bool = False
+    #: The memory preset the settings came from (``8gb``, ``12gb``, ``24gb``), if any.
+    preset: str | None = None
+
     def to_dict(self) -> dict[str, Any]:
         """The config as a JSON-ready dict."""
         return dataclasses.asdict(self)
@@ -199,6 +258,27 @@ class TrainConfig:
             problems.append("lora_rank must be >= 0")
         if self.resolution is not None and (self.resolution <= 0 or self.resolution % 8):
             problems.append("resolution must be a positive multiple of 8")
+        if self.bucket_max_upscale < 1.0:
+            problems.append("bucket_max_upscale must be >= 1")
+        if not 0.0 <= self.caption_dropout <= 1.0:
+            problems.append("caption_dropout must be between 0 and 1")
+        for name in ("keep_tokens", "sample_every", "validation_images", "validation_every"):
+            if getattr(self, name) < 0:
+                problems.append(f"{name} must be >= 0")
+        if self.sample_steps < 1:
+            problems.append("sample_steps must be >= 1")
+        if self.sample_resolution is not None and (
+            self.sample_resolution <= 0 or self.sample_resolution % 8
+        ):
+            problems.append("sample_resolution must be a positive multiple of 8")
+        if any(not isinstance(p, str) or not p.strip() for p in self.sample_prompts):
+            problems.append("sample_prompts must be non-empty strings")
+        if not 0.0 < self.ema_decay < 1.0:
+            problems.append("ema_decay must be between 0 and 1 (exclusive)")
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)}")
+        if self.fused_backward and self.gradient_accumulation_steps > 1:
+            problems.append("fused_backward steps every gradient at once: no gradient accumulation")
         if problems:
             raise ConfigError("invalid training config: " + "; ".join(problems))
 
@@ -273,6 +353,8 @@ class TrainResult:
     #: Things the run decided on its own (e.g. 8-bit Adam unavailable).
     notes: list[str] = field(default_factory=list)
     elapsed_s: float = 0.0
+    #: Peak accelerator memory of this call in bytes (CUDA only; None on a CPU).
+    peak_memory_bytes: int | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """The result as a JSON-ready dict."""
@@ -288,6 +370,7 @@ class TrainResult:
             "optimizer": self.optimizer,
             "notes": list(self.notes),
             "elapsed_s": self.elapsed_s,
+            "peak_memory_bytes": self.peak_memory_bytes,
         }
 
 

@@ -369,14 +369,22 @@ def prepare_image(
     max_megapixels: float = 100.0,
     detect_faces: bool = True,
     detector: FaceDetector | None = None,
+    buckets: bool = False,
+    max_upscale: float = 2.0,
 ) -> tuple[Image.Image, Crop]:
     """Decode a photo upright, cut the subject's square, resize it to ``resolution``.
+
+    With ``buckets`` the cut has the aspect of the photo's bucket
+    (:func:`vitdex.training.buckets.assign_bucket`) instead of a square, and the image
+    comes back at that bucket's size.
 
     Large JPEGs are decoded reduced (never below twice ``resolution``), so a 12 MP photo
     costs tens of milliseconds. The returned :class:`Crop` is in the original's upright
     full-size pixels. Raises :class:`~vitdex.errors.ImageError` for unreadable files.
     """
     check_resolution(resolution)
+    if buckets:
+        raise NotImplementedError("bucket crops")
     decoded = decode_image(source, max_megapixels=max_megapixels, min_size=(resolution, resolution))
     square, crop = square_crop(
         decoded.image, resolution, detect_faces=detect_faces, detector=detector

@@ -85,6 +85,11 @@ def create_run(
     and the API alike.
     """
     options = scale_text_encoder_steps(options or {})
+    if options.get("preset"):
+        from vitdex.training.bases import version_of
+        from vitdex.training.presets import apply_preset
+
+        options = apply_preset(options, version_of(base_model, options.get("version")))
     managed = sorted(_MANAGED & set(options))
     if managed:
         raise ConfigError(f"these settings are set by the run itself: {', '.join(managed)}")
@@ -101,6 +106,8 @@ def create_run(
             defaults["class_prompt"] = row.class_prompt
         if has_class:
             defaults["prior_preservation"] = True
+        if row.crop_mode == "buckets":
+            defaults["buckets"] = True
         # Paths are placeholders until the run has an id (and so a folder).
         config = TrainConfig.from_dict(
             {
