@@ -1,4 +1,5 @@
-"""Square crops on the subject: faces, saliency, centre; EXIF orientation; captions."""
+"""Crops on the subject (squares and bucket boxes): faces, saliency, centre; EXIF
+orientation; captions."""
 
 from __future__ import annotations
 
@@ -9,9 +10,12 @@ import pytest
 from PIL import Image
 
 from vitdex.errors import ConfigError, ImageError
+from vitdex.training.buckets import assign_bucket
 from vitdex.training.crop import (
     FACE_EXPAND,
     Box,
+    Crop,
+    bucket_crop,
     face_detector,
     find_subject,
     prepare_image,
@@ -212,3 +216,104 @@ def test_write_caption(tmp_path: Path) -> None:
     sidecar = write_caption(tmp_path / "0001.png", "  a photo\nof   sks dog ")
     assert sidecar == tmp_path / "0001.txt"
     assert sidecar.read_text(encoding="utf-8") == "a photo of sks dog\n"
+
+
+# --------------------------------------------------------------------------- bucket crops
+
+
+def test_crop_dict_stays_compatible() -> None:
+    square = Crop((0, 0, 10, 10), "centre", (), (20, 10))
+    assert "bucket" not in square.to_dict()
+    bucketed = Crop((0, 0, 20, 8), "centre", (), (20, 10), (80, 32))
+    assert bucketed.to_dict()["bucket"] == [80, 32]
+    assert bucketed.to_dict()["box"] == [0, 0, 20, 8]
+
+
+def test_bucket_crop_around_a_planted_face() -> None:
+    image = Image.fromarray(scene((1200, 400), None))
+    face = (900, 150, 960, 210)
+
+    def detect(grey: np.ndarray) -> list[Box]:
+        scale = grey.shape[1] / 1200
+        a, b, c, d = (round(v * scale) for v in face)
+        return [(a, b, c, d)]
+
+    out, crop = bucket_crop(image, (96, 64), detector=detect)
+    assert out.size == (96, 64) and out.mode == "RGB"
+    assert crop.method == "face" and crop.bucket == (96, 64)
+    left, top, right, bottom = crop.box
+    # The largest 3:2 box: the full height, 600 wide, pushed right onto the face.
+    assert (right - left, bottom - top) == (600, 400)
+    expanded = (930 - 75, 180 - 75, 930 + 75, 180 + 75)  # FACE_EXPAND x the face
+    assert contains(crop.box, expanded)
+    assert left > 0  # moved off the centre (300..900) to take in the face
+
+
+def test_bucket_crop_around_a_real_face() -> None:
+    import skimage.data as skimage_data
+
+    canvas = Image.fromarray(scene((1400, 512), None))
+    canvas.paste(Image.fromarray(skimage_data.astronaut()), (860, 0))
+    bucket = assign_bucket(*canvas.size, 256)
+    out, crop = bucket_crop(canvas, bucket)
+    assert out.size == bucket and bucket[0] > bucket[1]
+    assert crop.method == "face"
+    assert all(contains(crop.box, f) for f in crop.faces)
+    assert crop.box[2] - crop.box[0] < 1400  # a real cut, placed on the right
+    assert crop.box[0] > (1400 - (crop.box[2] - crop.box[0])) / 2
+
+
+@pytest.mark.parametrize(
+    ("size", "disc", "bucket"),
+    [((400, 200), (330, 100), (64, 48)), ((200, 400), (100, 330), (48, 64))],
+)
+def test_bucket_crop_follows_a_salient_spot(
+    size: tuple[int, int], disc: tuple[int, int], bucket: tuple[int, int]
+) -> None:
+    image = Image.fromarray(scene(size, disc, radius=25))
+    out, crop = bucket_crop(image, bucket, detect_faces=False)
+    assert out.size == bucket
+    assert crop.method == "saliency"
+    left, top, right, bottom = crop.box
+    assert (right - left) / (bottom - top) == pytest.approx(bucket[0] / bucket[1], rel=0.02)
+    assert left >= 0 and top >= 0 and right <= size[0] and bottom <= size[1]
+    assert max(right - left, bottom - top) > min(size)  # the largest box, not a square
+    assert contains(crop.box, disc_box(disc, 25))
+
+
+def test_prepare_with_buckets(tmp_path: Path) -> None:
+    path = tmp_path / "big.jpg"
+    Image.fromarray(scene((1600, 800), (1300, 400), radius=100)).save(path, quality=90)
+    out, crop = prepare_image(path, 64, detect_faces=False, buckets=True)
+    bucket = assign_bucket(1600, 800, 64)
+    assert out.size == bucket == crop.bucket
+    assert crop.to_dict()["bucket"] == list(bucket)
+    assert crop.size == (1600, 800)  # full-size coordinates despite the reduced decode
+    left, top, right, bottom = crop.box
+    # The largest box of the bucket's aspect (to the decoded copy's pixel, 4 full-size).
+    assert right - left == 1600
+    assert bottom - top == pytest.approx(1600 * bucket[1] / bucket[0], abs=4)
+    assert contains(crop.box, disc_box((1300, 400), 100))
+    # Squares stay the default and unchanged.
+    square, plain = prepare_image(path, 64, detect_faces=False)
+    assert square.size == (64, 64) and plain.bucket is None
+
+
+def test_prepare_with_buckets_never_upscales_past_the_limit(tmp_path: Path) -> None:
+    path = tmp_path / "small.png"
+    Image.fromarray(scene((120, 90), (60, 45), radius=10)).save(path)
+    out, crop = prepare_image(path, 512, detect_faces=False, buckets=True, max_upscale=2.0)
+    assert crop.bucket is not None and out.size == crop.bucket
+    assert max(out.size[0] / 120, out.size[1] / 90) <= 2.0
+    assert out.size[0] % 64 == 0 and out.size[1] % 64 == 0
+
+
+def test_prepare_with_buckets_turns_the_photo_upright_first(tmp_path: Path) -> None:
+    stored = Image.fromarray(scene((300, 150), (250, 75))).transpose(Image.Transpose.ROTATE_90)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = tmp_path / "rotated.png"
+    stored.save(path, exif=exif.tobytes())
+    out, crop = prepare_image(path, 64, detect_faces=False, buckets=True)
+    assert crop.size == (300, 150)
+    assert out.size[0] > out.size[1]  # a landscape bucket for the upright landscape

@@ -16,6 +16,7 @@ from vitdex.training.data import (
     augmentation,
     captions_of,
     example_index,
+    image_size,
     load_examples,
     load_pixels,
 )
@@ -95,3 +96,55 @@ def test_broken_image_is_an_image_error(tmp_path: Path) -> None:
     path.write_bytes(b"not a png")
     with pytest.raises(ImageError):
         load_pixels(path, 32, Augmentation(False, 0.5, 0.5))
+
+
+def test_load_pixels_to_a_bucket_size(tmp_path: Path) -> None:
+    # 80x40, left half black, right half white; cut to a 48x32 bucket (1.5:1).
+    array = np.zeros((40, 80, 3), dtype=np.uint8)
+    array[:, 40:] = 255
+    path = tmp_path / "wide.png"
+    Image.fromarray(array).save(path)
+    pixels = load_pixels(path, 32, Augmentation(False, 0.5, 0.5), (48, 32))
+    assert pixels.shape == (3, 32, 48)  # [C, height, width]
+    assert pixels[:, :, 0].mean() < -0.9 and pixels[:, :, -1].mean() > 0.9
+    # Covering 48x32 scales 80x40 to 64x32: 16 columns to choose from.
+    left = load_pixels(path, 32, Augmentation(False, 0.0, 0.5), (48, 32))
+    right = load_pixels(path, 32, Augmentation(False, 1.0, 0.5), (48, 32))
+    assert (left < 0).float().mean() == pytest.approx(32 / 48, abs=0.03)
+    assert (right > 0).float().mean() == pytest.approx(32 / 48, abs=0.03)
+    flipped = load_pixels(path, 32, Augmentation(True, 0.5, 0.5), (48, 32))
+    assert torch.equal(flipped, pixels.flip(-1))
+    # A portrait target from a landscape image: resized to cover it, then cut.
+    tall = load_pixels(path, 32, Augmentation(False, 0.5, 0.5), (24, 40))
+    assert tall.shape == (3, 40, 24)
+
+
+def test_square_size_is_the_default(tmp_path: Path) -> None:
+    path = _image(tmp_path / "0000.png", (50, 30), (10, 200, 30))
+    aug = Augmentation(False, 0.3, 0.5)
+    assert torch.equal(load_pixels(path, 24, aug), load_pixels(path, 24, aug, (24, 24)))
+
+
+def test_image_size_is_upright_from_the_header(tmp_path: Path) -> None:
+    plain = _image(tmp_path / "0000.png", (60, 20), (1, 2, 3))
+    assert image_size(plain) == (60, 20)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored sideways: shown turned by 90°
+    for name in ("0001.jpg", "0002.png"):
+        Image.new("RGB", (60, 20), (9, 9, 9)).save(tmp_path / name, exif=exif.tobytes())
+        assert image_size(tmp_path / name) == (20, 60)
+    broken = tmp_path / "0003.png"
+    broken.write_bytes(b"not a png")
+    with pytest.raises(ImageError, match="cannot read training image"):
+        image_size(broken)
+    with pytest.raises(ImageError):
+        image_size(tmp_path / "missing.png")
+
+
+def test_image_size_refuses_links_out_of_the_folder(tmp_path: Path) -> None:
+    outside = _image(tmp_path / "outside.png", (10, 10), (0, 0, 0))
+    folder = tmp_path / "set"
+    folder.mkdir()
+    (folder / "0000.png").symlink_to(outside)
+    with pytest.raises(ImageError, match="training folder"):
+        image_size(folder / "0000.png")

@@ -1,4 +1,7 @@
-"""Square crops centred on the subject, resized for training, with caption sidecars.
+"""Crops centred on the subject, resized for training, with caption sidecars.
+
+Square by default; with aspect-ratio buckets (:mod:`vitdex.training.buckets`) the crop is
+the largest box of the photo's bucket aspect instead, placed around the same subject.
 
 Where the subject is, in order of trust:
 
@@ -32,11 +35,13 @@ from PIL import Image
 
 from vitdex.errors import ConfigError
 from vitdex.indexer.images import decode_image
+from vitdex.training.buckets import Bucket, assign_bucket
 
 __all__ = [
     "FACE_EXPAND",
     "Crop",
     "FaceDetector",
+    "bucket_crop",
     "caption_path",
     "check_resolution",
     "face_detector",
@@ -68,30 +73,36 @@ MIN_RESOLUTION, MAX_RESOLUTION = 32, 2048
 
 @dataclass(frozen=True)
 class Crop:
-    """Where a square was cut from a picture, and how it was found."""
+    """Where a square (or a bucket's box) was cut from a picture, and how it was found."""
 
-    #: The square, [left, top, right, bottom) in upright full-size pixels of the original.
+    #: The box, [left, top, right, bottom) in upright full-size pixels of the original;
+    #: square unless :attr:`bucket` is set.
     box: Box
     method: Method
     #: Faces that placed the box (same coordinates), empty unless ``method`` is ``face``.
     faces: tuple[Box, ...] = field(default=())
     #: Full-size upright width and height of the original.
     size: tuple[int, int] = (0, 0)
+    #: The aspect-ratio bucket (width, height) the box was cut for; None for a square.
+    bucket: Bucket | None = None
 
     @property
     def side(self) -> int:
-        """Side of the square in original pixels."""
+        """Width of the box in original pixels (the side of a square)."""
         return self.box[2] - self.box[0]
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (what a dataset item stores as its ``crop``)."""
-        return {
+        out: dict[str, Any] = {
             "box": list(self.box),
             "method": self.method,
             "faces": [list(face) for face in self.faces],
             "width": self.size[0],
             "height": self.size[1],
         }
+        if self.bucket is not None:
+            out["bucket"] = list(self.bucket)
+        return out
 
 
 # --------------------------------------------------------------------------- faces
@@ -289,6 +300,60 @@ def _place(centre: tuple[float, float], side: int, width: int, height: int) -> B
     return left, top, left + side, top + side
 
 
+def _subject_faces(image: Image.Image, detector: FaceDetector | None) -> list[Box]:
+    """The subject's faces with ``detector``, else the best installed one (or none)."""
+    if detector is None:
+        found = face_detector()
+        detector = found[1] if found else None
+    return _find_faces(image, detector) if detector is not None else []
+
+
+def _place_box(centre: tuple[float, float], size: tuple[int, int], width: int, height: int) -> Box:
+    """A box of ``size`` centred as near ``centre`` as the picture allows."""
+    w = max(1, min(size[0], width))
+    h = max(1, min(size[1], height))
+    left = min(max(round(centre[0] - w / 2), 0), width - w)
+    top = min(max(round(centre[1] - h / 2), 0), height - h)
+    return left, top, left + w, top + h
+
+
+def bucket_crop(
+    image: Image.Image,
+    bucket: Bucket,
+    *,
+    detect_faces: bool = True,
+    detector: FaceDetector | None = None,
+) -> tuple[Image.Image, Crop]:
+    """Cut the largest box of ``bucket``'s aspect out of an upright RGB ``image``, placed
+    around the subject, and resize it to the bucket; returns it and the box.
+
+    The subject is found as for squares (faces, else saliency, else the centre). The box
+    is as large as the picture allows, so a bucket crop never zooms in: centring it on
+    the faces keeps their head-and-shoulders extent inside wherever the box is that big.
+    """
+    width, height = image.size
+    scale = min(width / bucket[0], height / bucket[1])
+    size = (
+        min(width, max(1, round(bucket[0] * scale))),
+        min(height, max(1, round(bucket[1] * scale))),
+    )
+    faces = _subject_faces(image, detector) if detect_faces else []
+    method: Method = "centre"
+    centre = (width / 2, height / 2)
+    if faces:
+        left, top, right, bottom = _union(faces)
+        method, centre = "face", ((left + right) / 2, (top + bottom) / 2)
+    elif size != (width, height):
+        salient = _saliency_centre(image)
+        if salient is not None:
+            method, centre = "saliency", salient
+    box = _place_box(centre, size, width, height)
+    out = image.crop(box)
+    if out.size != bucket:
+        out = out.resize(bucket, Image.Resampling.LANCZOS, reducing_gap=3.0)
+    return out.convert("RGB"), Crop(box, method, tuple(faces), (width, height), bucket)
+
+
 def find_subject(
     image: Image.Image,
     *,
@@ -305,10 +370,7 @@ def find_subject(
     width, height = image.size
     short = min(width, height)
     if detect_faces:
-        if detector is None:
-            found = face_detector()
-            detector = found[1] if found else None
-        faces = _find_faces(image, detector) if detector is not None else []
+        faces = _subject_faces(image, detector)
         if faces:
             left, top, right, bottom = _union(faces)
             extent = max(right - left, bottom - top)
@@ -358,6 +420,15 @@ def _to_full(box: Box, sx: float, sy: float, width: int, height: int) -> Box:
     return left, top, left + side, top + side
 
 
+def _box_to_full(box: Box, sx: float, sy: float, width: int, height: int) -> Box:
+    """A bucket box in decoded pixels as a box in full-size pixels (kept inside)."""
+    w = min(round((box[2] - box[0]) * sx), width)
+    h = min(round((box[3] - box[1]) * sy), height)
+    left = min(max(round(box[0] * sx), 0), width - w)
+    top = min(max(round(box[1] * sy), 0), height - h)
+    return left, top, left + w, top + h
+
+
 def _scale_box(box: Box, sx: float, sy: float) -> Box:
     return round(box[0] * sx), round(box[1] * sy), round(box[2] * sx), round(box[3] * sy)
 
@@ -375,22 +446,34 @@ def prepare_image(
     """Decode a photo upright, cut the subject's square, resize it to ``resolution``.
 
     With ``buckets`` the cut has the aspect of the photo's bucket
-    (:func:`vitdex.training.buckets.assign_bucket`) instead of a square, and the image
-    comes back at that bucket's size.
+    (:func:`vitdex.training.buckets.assign_bucket`, chosen from the full-size upright
+    photo, scaled up at most ``max_upscale``) instead of a square, and the image comes
+    back at that bucket's size; the crop's ``bucket`` records it.
 
     Large JPEGs are decoded reduced (never below twice ``resolution``), so a 12 MP photo
     costs tens of milliseconds. The returned :class:`Crop` is in the original's upright
     full-size pixels. Raises :class:`~vitdex.errors.ImageError` for unreadable files.
     """
     check_resolution(resolution)
-    if buckets:
-        raise NotImplementedError("bucket crops")
     decoded = decode_image(source, max_megapixels=max_megapixels, min_size=(resolution, resolution))
+    sx = decoded.width / decoded.image.width
+    sy = decoded.height / decoded.image.height
+    if buckets:
+        # The bucket from the full-size upright photo: a reduced decode must not change it.
+        bucket = assign_bucket(decoded.width, decoded.height, resolution, max_upscale=max_upscale)
+        cut, found = bucket_crop(
+            decoded.image, bucket, detect_faces=detect_faces, detector=detector
+        )
+        return cut, Crop(
+            _box_to_full(found.box, sx, sy, decoded.width, decoded.height),
+            found.method,
+            tuple(_scale_box(face, sx, sy) for face in found.faces),
+            (decoded.width, decoded.height),
+            bucket,
+        )
     square, crop = square_crop(
         decoded.image, resolution, detect_faces=detect_faces, detector=detector
     )
-    sx = decoded.width / decoded.image.width
-    sy = decoded.height / decoded.image.height
     full = Crop(
         _to_full(crop.box, sx, sy, decoded.width, decoded.height),
         crop.method,

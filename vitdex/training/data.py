@@ -21,11 +21,14 @@ import torch
 from PIL import Image, ImageOps
 
 from vitdex.errors import ConfigError, ImageError, NotFoundError
-from vitdex.indexer.images import decode_image
+from vitdex.indexer.images import decode_image, open_photo
 from vitdex.paths import confine, read_confined
 
 #: How refusals name the folder training files may be read from.
 _SCOPE = "the training folder"
+#: The EXIF orientation tag, and the orientations that turn the picture by 90°.
+_ORIENTATION = 0x0112
+_SWAPS_AXES = frozenset({5, 6, 7, 8})
 
 __all__ = [
     "IMAGE_SUFFIXES",
@@ -34,6 +37,7 @@ __all__ = [
     "augmentation",
     "captions_of",
     "example_index",
+    "image_size",
     "load_examples",
     "load_pixels",
 ]
@@ -122,29 +126,55 @@ def augmentation(
     )
 
 
-def load_pixels(path: Path, resolution: int, aug: Augmentation) -> torch.Tensor:
-    """``path`` as a float tensor [3, resolution, resolution] in [-1, 1].
+def image_size(path: Path) -> tuple[int, int]:
+    """The upright (width, height) of a training image, from its header where possible.
 
-    The shorter side is resized to ``resolution`` and the square is cut where ``aug``
-    says (centre by default); the curated sets are square already, so this is a resize.
+    EXIF orientations that turn the picture by 90° swap the stored sides, as the decoder
+    does. (A PNG whose eXIf chunk follows the pixel data is decoded to find it.) ``path``
+    must resolve inside its folder, like :func:`load_pixels`.
+    """
+    within = (path.parent.resolve(),)
+    try:
+        _check_link(path, within)
+        with open_photo(path, within) as handle, Image.open(handle) as img:
+            width, height = img.size
+            orientation = img.getexif().get(_ORIENTATION, 1)
+    except ImageError as exc:
+        raise ImageError(f"cannot read training image {path}: {exc.message}") from exc
+    except (OSError, SyntaxError, ValueError) as exc:
+        raise ImageError(f"cannot read training image {path}: {exc}") from exc
+    return (height, width) if orientation in _SWAPS_AXES else (width, height)
+
+
+def load_pixels(
+    path: Path, resolution: int, aug: Augmentation, size: tuple[int, int] | None = None
+) -> torch.Tensor:
+    """``path`` as a float tensor [3, height, width] in [-1, 1].
+
+    ``size`` is the (width, height) to cut (an aspect-ratio bucket); None means the
+    ``resolution`` square. The image is resized to just cover it and the box is cut
+    where ``aug`` says (centre by default); the curated sets are square already, so
+    without buckets this is a resize.
     ``path`` must resolve inside its folder (:class:`~vitdex.errors.PathRefusedError`).
     """
+    target_w, target_h = size or (resolution, resolution)
     within = (path.parent.resolve(),)
     try:
         _check_link(path, within)
         # The indexer's decoder: EXIF orientation, every mode and colour profile to sRGB,
         # the bomb guard, and a reduced JPEG decode where the image is much larger.
-        image = decode_image(path, min_size=(resolution, resolution), within=within).image
+        image = decode_image(path, min_size=(target_w, target_h), within=within).image
     except ImageError as exc:
         raise ImageError(f"cannot read training image {path}: {exc.message}") from exc
     width, height = image.size
-    scale = resolution / min(width, height)
-    size = (max(resolution, round(width * scale)), max(resolution, round(height * scale)))
-    if size != image.size:
-        image = image.resize(size, Image.Resampling.BICUBIC, reducing_gap=3.0)
-    left = round((size[0] - resolution) * aug.crop_x)
-    top = round((size[1] - resolution) * aug.crop_y)
-    image = image.crop((left, top, left + resolution, top + resolution))
+    # For a square this is resolution / min(width, height), to the bit.
+    scale = max(target_w / width, target_h / height)
+    cover = (max(target_w, round(width * scale)), max(target_h, round(height * scale)))
+    if cover != image.size:
+        image = image.resize(cover, Image.Resampling.BICUBIC, reducing_gap=3.0)
+    left = round((cover[0] - target_w) * aug.crop_x)
+    top = round((cover[1] - target_h) * aug.crop_y)
+    image = image.crop((left, top, left + target_w, top + target_h))
     if aug.flip:
         image = ImageOps.mirror(image)
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
