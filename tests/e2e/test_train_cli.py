@@ -147,3 +147,69 @@ def test_background_run_on_an_rq_worker(
     assert run["state"] == "succeeded", run
     assert run["step"] == 3 and run["checkpoint"] is not None
     assert run["job_id"] == queued["job_id"] and run["job_state"] == "succeeded"
+
+
+def test_presets_table(vitdex_env: dict[str, str]) -> None:
+    """`vitdex train presets` lists each preset's settings and expected memory, growing
+    with the preset; SDXL fully fine-tunes only at 24gb."""
+    rows = as_json(vitdex("train", "presets", "--version", "sdxl", "--json"))
+    assert [r["preset"] for r in rows] == ["8gb", "12gb", "24gb"]
+    memory = [r["expected_memory_gb"] for r in rows]
+    assert memory == sorted(memory) and memory[-1] <= 24
+    assert [r["settings"]["lora_rank"] == 0 for r in rows] == [False, False, True]
+    assert rows[-1]["settings"]["optimizer"] == "adafactor"
+    table = vitdex("train", "presets").stdout.splitlines()
+    assert table[0] == "memory presets for sd15"
+    assert table[1].split("\t") == ["preset", "expected GiB", "fits", "settings"]
+    assert [line.split("\t")[0] for line in table[2:]] == ["8gb", "12gb", "24gb"]
+    assert "lora_rank=0" in table[2]
+    bad = vitdex("train", "presets", "--version", "sd3", code=2)
+    assert "sd3" in bad.stderr and "Traceback" not in bad.stderr
+
+
+def test_full_sdxl_run_with_a_preset_and_the_new_options(
+    dataset: str, tiny_sd_factory: Callable[[str], Path]
+) -> None:
+    """--preset 24gb on SDXL: a full fine-tune (forced on this CPU) with Adafactor and
+    fused backward, the text encoders frozen; the preset says what it chose, explicit
+    options win, and every new option reaches the run's config."""
+    sdxl = tiny_sd_factory("sdxl")
+    done = vitdex(
+        "train", dataset, "--base", str(sdxl), "--preset", "24gb", "--steps", "2",
+        "--caption-dropout", "0.5", "--shuffle-tags", "--keep-tokens", "2",
+        "--sample-prompt", "a dog", "--sample-prompt", "a sks dog", "--sample-seed", "9",
+        "--sample-steps", "3", "--sample-resolution", "64", "--no-ema", "--ema-decay", "0.99",
+        "--square", "--bucket-max-upscale", "1.5", "--validation-every", "4", *TRAIN, "--json",
+    )  # fmt: skip
+    out = as_json(done)
+    assert out["state"] == "succeeded" and out["steps"] == 2
+    err = done.stderr
+    assert "preset 24gb for sdxl: cache_latents=True, lora_rank=0, optimizer=adafactor" in err
+    assert "fused_backward=True" in err and "kept as given: mixed_precision=no" in err
+    assert "expected peak memory ~" in err
+    assert "training: 2 UNet steps, 0 text-encoder steps, 2 steps in total" in err
+    config = as_json(vitdex("train", "show", str(out["run_id"]), "--json"))["config"]
+    expected = {
+        "preset": "24gb",
+        "lora_rank": 0,
+        "optimizer": "adafactor",
+        "fused_backward": True,
+        "gradient_checkpointing": True,
+        "text_encoder_steps": 0,
+        "mixed_precision": "no",
+        "caption_dropout": 0.5,
+        "shuffle_tags": True,
+        "keep_tokens": 2,
+        "sample_prompts": ["a dog", "a sks dog"],
+        "sample_seed": 9,
+        "sample_steps": 3,
+        "sample_resolution": 64,
+        "ema": False,
+        "ema_decay": 0.99,
+        "buckets": False,
+        "bucket_max_upscale": 1.5,
+        "validation_every": 4,
+    }
+    assert {k: config[k] for k in expected} == expected
+    refused = vitdex("train", dataset, "--base", str(sdxl), "--preset", "16gb", code=2)
+    assert "16gb" in refused.stderr and "Traceback" not in refused.stderr

@@ -82,3 +82,61 @@ def test_steps_alone_scales_the_text_encoder_steps() -> None:
     assert scale_text_encoder_steps(explicit) == explicit
     assert scale_text_encoder_steps({"seed": 1}) == {"seed": 1}
     assert TrainConfig(base_model="x", instance_dir="d").text_encoder_steps == 350
+
+
+def test_new_settings_are_validated() -> None:
+    config = TrainConfig(base_model="x/y", instance_dir="/data")
+    bad: list[tuple[dict[str, Any], str]] = [
+        ({"optimizer": "sgd"}, "optimizer must be one of adamw, adamw8bit, adafactor"),
+        ({"fused_backward": True, "gradient_accumulation_steps": 2}, "no gradient accumulation"),
+        ({"caption_dropout": 1.5}, "caption_dropout"),
+        ({"ema_decay": 1.0}, "ema_decay"),
+        ({"sample_prompts": [" "]}, "sample_prompts"),
+    ]
+    for change, message in bad:
+        with pytest.raises(ConfigError, match=message):
+            TrainConfig(**{**config.to_dict(), **change}).validate()
+    TrainConfig(**{**config.to_dict(), "optimizer": "adafactor", "fused_backward": True}).validate()
+
+
+def test_8bit_adam_flag_means_the_adamw8bit_optimizer() -> None:
+    from vitdex.training.dreambooth.optim import optimizer_choice
+
+    base = TrainConfig(base_model="x/y", instance_dir="/data")
+    assert optimizer_choice(base) == "adamw"
+    assert optimizer_choice(TrainConfig(**{**base.to_dict(), "use_8bit_adam": True})) == "adamw8bit"
+    chosen = TrainConfig(**{**base.to_dict(), "use_8bit_adam": True, "optimizer": "adafactor"})
+    assert optimizer_choice(chosen) == "adafactor"  # the explicit optimizer wins
+
+
+@pytest.mark.parametrize(
+    ("device", "memory_gib", "found"),
+    [
+        ("cpu", None, "a CPU device with no GPU memory"),
+        ("mps", None, "an Apple MPS device"),
+        ("cuda", 15.9, "a CUDA GPU with 15.9 GiB"),
+        ("cuda", 22.4, "a CUDA GPU with 22.4 GiB"),
+    ],
+)
+def test_full_sdxl_needs_a_big_enough_gpu(
+    device: str, memory_gib: float | None, found: str
+) -> None:
+    from vitdex.training.bases import check_full_finetune
+
+    memory = None if memory_gib is None else int(memory_gib * 2**30)
+    with pytest.raises(ConfigError) as refused:
+        check_full_finetune("sdxl", device, memory)
+    message = refused.value.message
+    assert found in message and "at least 22.5 GiB" in message
+    assert "LoRA only" in message and "force" in message and "lora_rank" in message
+    check_full_finetune("sdxl", device, memory, force=True)  # force overrides
+
+
+def test_full_fine_tunes_that_fit() -> None:
+    from vitdex.training.bases import check_full_finetune, get_version
+
+    check_full_finetune("sdxl", "cuda", int(22.5 * 2**30))
+    check_full_finetune("sdxl", "cuda", 80 * 2**30)
+    for version in ("sd15", "sd21-base", "sd21"):
+        check_full_finetune(version, "cpu", None)  # their full fine-tune is the default
+    assert get_version("sdxl").to_dict()["full_finetune_min_gib"] == 22.5

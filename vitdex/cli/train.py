@@ -232,12 +232,89 @@ def _recover(obj: Context) -> None:
     "use_8bit_adam",
     is_flag=True,
     default=None,
-    help="bitsandbytes AdamW8bit (CUDA only).",
+    help="Same as --optimizer adamw8bit (bitsandbytes, CUDA only).",
 )
 @click.option(
     "--lora-rank",
     type=click.IntRange(min=0),
-    help="LoRA rank (0: full fine-tune; SDXL default LoRA).",
+    help="LoRA rank (0: full fine-tune; SDXL trains LoRA unless 0 on a 22.5 GiB GPU).",
+)
+@click.option(
+    "--preset",
+    type=click.Choice(["8gb", "12gb", "24gb"]),
+    help="Memory preset: settings that fit a GPU of this size (`vitdex train presets`); "
+    "options given explicitly win.",
+)
+@click.option(
+    "--optimizer",
+    type=click.Choice(["adamw", "adamw8bit", "adafactor"]),
+    help="adamw, adamw8bit (bitsandbytes, CUDA) or adafactor (default for full SDXL).",
+)
+@click.option(
+    "--fused-backward/--no-fused-backward",
+    default=None,
+    help="Step each weight as its gradient is ready and free the gradient (less memory; "
+    "clipping per weight, no gradient accumulation, not with fp16).",
+)
+@click.option(
+    "--buckets/--square",
+    "buckets",
+    default=None,
+    help="Aspect-ratio buckets, or square crops (default: the dataset's crop mode).",
+)
+@click.option(
+    "--bucket-max-upscale",
+    type=click.FloatRange(min=1.0),
+    help="Most an image is scaled up to fill its bucket (default 2).",
+)
+@click.option(
+    "--caption-dropout",
+    type=click.FloatRange(0.0, 1.0),
+    help="Share of draws trained with an empty caption (default 0).",
+)
+@click.option(
+    "--shuffle-tags/--no-shuffle-tags",
+    default=None,
+    help="Shuffle comma-separated caption tags per draw.",
+)
+@click.option(
+    "--keep-tokens",
+    type=click.IntRange(min=0),
+    help="Leading tags kept in place when shuffling (default 1: the trigger word).",
+)
+@click.option(
+    "--sample-every", type=click.IntRange(min=0), help="Sample images every N steps (0: never)."
+)
+@click.option(
+    "--sample-prompt",
+    "sample_prompts",
+    multiple=True,
+    help="Prompt of the sample images (repeat for several; default: the instance prompt).",
+)
+@click.option("--sample-seed", type=click.IntRange(min=0), help="Seed of the first sample.")
+@click.option("--sample-steps", type=click.IntRange(min=1), help="Denoising steps per sample.")
+@click.option(
+    "--sample-resolution",
+    type=click.IntRange(min=8),
+    help="Sample side in pixels (default: training's).",
+)
+@click.option(
+    "--validation-images",
+    type=click.IntRange(min=0),
+    help="Instance images held out for a validation loss (0: none).",
+)
+@click.option(
+    "--validation-every",
+    type=click.IntRange(min=0),
+    help="Validation loss every N steps (0: at the end only).",
+)
+@click.option(
+    "--ema/--no-ema", default=None, help="Keep a moving average of the weights; output uses it."
+)
+@click.option(
+    "--ema-decay",
+    type=click.FloatRange(0.0, 1.0, min_open=True, max_open=True),
+    help="Decay of the moving average per step (default 0.999).",
 )
 @click.option("--seed", type=click.IntRange(min=0))
 @click.option("--save-every", type=click.IntRange(min=0), help="Checkpoint every N steps.")
@@ -263,20 +340,64 @@ def start_command(
     **options: Any,
 ) -> None:
     """Train a DreamBooth checkpoint on DATASET (name or id), convert and register it."""
-    from vitdex.training.bases import check_base_available
+    from vitdex.training.bases import check_base_available, version_of
+    from vitdex.training.presets import apply_preset, full_run_defaults, preset_summary
     from vitdex.training.runs import create_run
 
     settings = obj.settings
     # A hub base that offline mode cannot load fails now, with exit code 3 and no run.
     check_base_available(base_model)
-    chosen = {key: value for key, value in options.items() if value is not None}
+    given = {key: value for key, value in options.items() if value is not None}
+    given["sample_prompts"] = list(given["sample_prompts"])
+    if not given["sample_prompts"]:
+        del given["sample_prompts"]
+    version = version_of(base_model, given.get("version"))
+    chosen = apply_preset(given, version) if given.get("preset") else given
+    chosen = full_run_defaults(chosen, version)
     run, job_id = create_run(settings, open_catalog(settings), dataset, base_model, chosen)
+    if given.get("preset"):
+        lines = preset_summary(str(given["preset"]), version, given, run.config)
+        err_console.print("\n".join(lines), highlight=False)
     _say_steps(run.config)
     if background:
         _submit(obj, job_id)
     else:
         run_training_job(settings, job_id, progress=not no_progress and not as_json)
     _finish(obj, run.id, job_id, as_json=as_json, background=background)
+
+
+@train_group.command("presets")
+@click.option(
+    "--version",
+    type=click.Choice(["sd15", "sd21-base", "sd21", "sdxl"]),
+    default="sd15",
+    show_default=True,
+    help="Base version the settings are for.",
+)
+@click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
+@handle_errors
+def presets_command(version: str, as_json: bool) -> None:
+    """Memory presets for a base version: the settings each chooses and its expected peak
+    memory (an estimate from parameter counts, not a measurement)."""
+    from vitdex.training.presets import describe_presets
+
+    rows = describe_presets(version)
+    if as_json:
+        print_json(rows)
+        return
+    table = [
+        (
+            row["preset"],
+            f"{row['expected_memory_gb']:.1f}",
+            "yes" if row["fits"] else "no",
+            ", ".join(f"{k}={v}" for k, v in row["settings"].items()),
+        )
+        for row in rows
+    ]
+    columns = ("preset", "expected GiB", "fits", "settings")
+    print_table(
+        f"memory presets for {version}", columns, table, fold={"settings"}, right={"expected GiB"}
+    )
 
 
 @train_group.command("resume")

@@ -5,6 +5,9 @@ noise scheduler; it freezes them, adds LoRA adapters (peft) where the run trains
 places and casts each part for mixed precision, encodes captions and pixels, computes the
 denoising loss of a micro-batch and hands out (and takes back) the trained tensors for
 checkpoints. :func:`fuse_lora` merges trained LoRA updates into a plain copy for saving.
+:func:`resolve_config` also decides how a full SDXL fine-tune runs (UNet only, frozen
+text encoders whose outputs are cached, checkpointing, Adafactor) and whether the device
+can hold it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import torch
 
 from vitdex.devices import default_precision
 from vitdex.errors import ConfigError, VitdexError
-from vitdex.training.bases import BaseVersion, LoadedBase, check_resolution
+from vitdex.training.bases import BaseVersion, LoadedBase, check_full_finetune, check_resolution
 from vitdex.training.config import Stage, TrainConfig
 
 __all__ = [
@@ -51,26 +54,48 @@ def _weight_dtype(precision: str) -> torch.dtype:
     return {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision, torch.float32)
 
 
+def _total_memory(device: torch.device) -> int | None:
+    """Total memory of a CUDA device in bytes (None elsewhere)."""
+    if device.type != "cuda":
+        return None
+    return int(torch.cuda.get_device_properties(device).total_memory)
+
+
 def resolve_config(config: TrainConfig, base: LoadedBase, device: torch.device) -> TrainConfig:
-    """``config`` with version, resolution, precision, LoRA rank and device filled in."""
+    """``config`` with version, resolution, precision, LoRA rank and device filled in.
+
+    A full fine-tune of a version that trains as LoRA by default (SDXL) must fit the
+    device (:func:`~vitdex.training.bases.check_full_finetune`) and runs the memory-lean
+    way: UNet only (``text_encoder_steps`` 0; the frozen encoders' outputs are cached),
+    gradient checkpointing on, and Adafactor where plain AdamW was left in place
+    (AdamW's 16 bytes per parameter are 41 GB for SDXL's UNet; ``adamw8bit`` is kept).
+    """
     version = base.version
     resolution = config.resolution or version.resolution
     check_resolution(version, resolution, force=config.force)
     lora_rank = config.lora_rank
     if lora_rank is None:
         lora_rank = 0 if version.full_finetune else version.default_lora_rank
-    if lora_rank == 0 and not version.full_finetune and not config.force:
+    changes: dict[str, Any] = {}
+    if lora_rank == 0 and not version.full_finetune:
+        check_full_finetune(version, device.type, _total_memory(device), force=config.force)
+        changes = {"text_encoder_steps": 0, "gradient_checkpointing": True}
+        if config.optimizer == "adamw" and not config.use_8bit_adam:
+            changes["optimizer"] = "adafactor"
+    precision = _resolve_precision(config.mixed_precision, device)
+    if config.fused_backward and precision == "fp16":
         raise ConfigError(
-            f"{version.title} trains as LoRA only (a full fine-tune needs ~40 GB); "
-            "set lora_rank, or force it"
+            "fused_backward cannot use fp16: its loss scaling must see every gradient "
+            "before any weight changes; use bf16 or no mixed precision"
         )
     return dataclasses.replace(
         config,
         version=version.name,
         resolution=resolution,
         lora_rank=lora_rank,
-        mixed_precision=_resolve_precision(config.mixed_precision, device),
+        mixed_precision=precision,
         device=str(device),
+        **changes,
     )
 
 
@@ -315,9 +340,11 @@ class Model:
         hidden, pooled = conditioning
         kwargs: dict[str, Any] = {}
         if self.sdxl:
-            res = float(self.config.resolution or 0)
-            # Original size, crop top-left, target size: the images are pre-cropped squares.
-            time_ids = torch.tensor([[res, res, 0.0, 0.0, res, res]], device=self.device)
+            # Original size, crop top-left, target size (height, width): the batch's
+            # bucket (a square unless the run uses aspect-ratio buckets).
+            factor = 2 ** (len(self.vae.config.block_out_channels) - 1)
+            h, w = float(mean.shape[-2] * factor), float(mean.shape[-1] * factor)
+            time_ids = torch.tensor([[h, w, 0.0, 0.0, h, w]], device=self.device)
             kwargs["added_cond_kwargs"] = {
                 "text_embeds": pooled,
                 "time_ids": time_ids.repeat(mean.shape[0], 1),
