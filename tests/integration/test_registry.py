@@ -302,6 +302,8 @@ def test_api(
     assert client.get("/api/v1/checkpoints", params={"status": "nope"}).status_code == 400
     one = client.get(f"/api/v1/checkpoints/{row.id}").json()
     assert (one["name"], one["sha256"], one["path"]) == ("api", row.sha256, str(out))
+    assert (one["kind"], one["source_id"], one["lora_rank"]) == ("checkpoint", None, None)
+    assert client.get("/api/v1/checkpoints", params={"kind": "lora"}).json()["total"] == 0
 
     sample = client.get(f"/api/v1/checkpoints/{row.id}/sample")
     assert sample.status_code == 200 and sample.headers["content-type"] == "image/png"

@@ -18,6 +18,8 @@ from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
 #: What a checkpoint's ``status`` can be.
 STATUSES = ("ready", "invalid")
+#: What a registered file is: a whole model, or a LoRA (a difference to its base).
+KINDS = ("checkpoint", "lora")
 
 
 def create_checkpoint(
@@ -40,10 +42,17 @@ def create_checkpoint(
     yaml_path: str | None = None,
     sample_path: str | None = None,
     status: str = "ready",
+    kind: str = "checkpoint",
+    source_id: int | None = None,
+    lora_rank: int | None = None,
 ) -> Checkpoint:
-    """A new checkpoint row (flushed, not committed); a taken name is a :class:`ConflictError`."""
+    """A new checkpoint row (flushed, not committed); a taken name is a :class:`ConflictError`.
+
+    A ``lora`` row names the checkpoint it was extracted from (``source_id``) and its rank.
+    """
     if status not in STATUSES:
         raise ConfigError(f"unknown checkpoint status {status!r} (one of: {', '.join(STATUSES)})")
+    _check_kind(kind)
     if name_taken(session, name):
         raise ConflictError(f"a checkpoint named {name!r} is already registered")
     checkpoint = Checkpoint(
@@ -64,10 +73,18 @@ def create_checkpoint(
         yaml_path=yaml_path,
         sample_path=sample_path,
         status=status,
+        kind=kind,
+        source_id=source_id,
+        lora_rank=lora_rank,
     )
     session.add(checkpoint)
     session.flush()
     return checkpoint
+
+
+def _check_kind(kind: str) -> None:
+    if kind not in KINDS:
+        raise ConfigError(f"unknown checkpoint kind {kind!r} (one of: {', '.join(KINDS)})")
 
 
 def name_taken(session: Session, name: str) -> bool:
@@ -86,6 +103,13 @@ def get_checkpoint_by_name(session: Session, name: str) -> Checkpoint:
     if checkpoint is None:
         raise NotFoundError(f"no checkpoint named {name!r}")
     return checkpoint
+
+
+def find_by_path(session: Session, path: str) -> Checkpoint | None:
+    """The checkpoint registered with file ``path`` (the newest, should there be several)."""
+    return session.scalars(
+        select(Checkpoint).where(Checkpoint.path == path).order_by(Checkpoint.id.desc())
+    ).first()
 
 
 def find_checkpoint(session: Session, ref: str | int) -> Checkpoint:
@@ -107,12 +131,16 @@ def list_checkpoints(
     *,
     status: str | None = None,
     run_id: int | None = None,
+    kind: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> tuple[list[Checkpoint], int]:
-    """Checkpoints newest first, optionally of one status or run, with the total that match."""
+    """Checkpoints newest first, optionally of one status, run or kind, with the total
+    that match."""
     if status is not None and status not in STATUSES:
         raise ConfigError(f"unknown checkpoint status {status!r} (one of: {', '.join(STATUSES)})")
+    if kind is not None:
+        _check_kind(kind)
     stmt = select(Checkpoint)
     count = select(func.count()).select_from(Checkpoint)
     if status is not None:
@@ -125,6 +153,8 @@ def list_checkpoints(
             stmt.where(Checkpoint.run_id == run_id),
             count.where(Checkpoint.run_id == run_id),
         )
+    if kind is not None:
+        stmt, count = stmt.where(Checkpoint.kind == kind), count.where(Checkpoint.kind == kind)
     total = int(session.scalar(count) or 0)
     rows = list(session.scalars(stmt.order_by(Checkpoint.id.desc()).limit(limit).offset(offset)))
     return rows, total
@@ -190,6 +220,9 @@ def checkpoint_to_dict(checkpoint: Checkpoint) -> dict[str, Any]:
         "id": checkpoint.id,
         "name": checkpoint.name,
         "status": checkpoint.status,
+        "kind": checkpoint.kind,
+        "source_id": checkpoint.source_id,
+        "lora_rank": checkpoint.lora_rank,
         "base_model": checkpoint.base_model,
         "version": checkpoint.version,
         "run_id": checkpoint.run_id,

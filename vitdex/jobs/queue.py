@@ -35,6 +35,7 @@ JOB_FUNCTIONS: dict[str, str] = {
     "duplicates": "vitdex.jobs.duplicates.run_duplicates_job",
     "head-train": "vitdex.jobs.heads.run_head_train_job",
     "head-apply": "vitdex.jobs.heads.run_head_apply_job",
+    "lora-extract": "vitdex.jobs.lora.run_lora_extract_job",
 }
 
 #: rq retries for transient failures (a database or Redis blip), spaced out.

@@ -1,19 +1,32 @@
-"""Registered single-file Stable Diffusion checkpoints."""
+"""Registered single-file Stable Diffusion checkpoints and the LoRAs extracted from them.
+
+``POST /api/v1/checkpoints/{id}/lora`` answers 202 with a ``lora-extract`` job: the
+extraction loads two models and runs an SVD per layer, far too long for a request.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from typing import Annotated, Literal
 
-from litestar import Controller, delete, get
+from litestar import Controller, delete, get, post
 from litestar.di import NamedDependency
-from litestar.params import PathParameter, QueryParameter
+from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import File
-from litestar.status_codes import HTTP_200_OK
+from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.jobs import Offset
-from vitdex.api.schemas import CheckpointDeleted, CheckpointDetail, CheckpointsPage
+from vitdex.api.deps import Services
+from vitdex.api.errors import Conflict, NotFound, Unavailable
+from vitdex.api.schemas import (
+    CheckpointDeleted,
+    CheckpointDetail,
+    CheckpointsPage,
+    JobOut,
+    JobQueued,
+)
+from vitdex.api.schemas.lora import LoraExtractIn
 from vitdex.db.models import INT64_MAX
 from vitdex.training import registry
 
@@ -41,12 +54,16 @@ class CheckpointsController(Controller):
             Literal["ready", "invalid"] | None, QueryParameter(description="ready or invalid")
         ] = None,
         run_id: Annotated[int | None, QueryParameter(ge=1, le=INT64_MAX)] = None,
+        kind: Annotated[
+            Literal["checkpoint", "lora"] | None,
+            QueryParameter(description="checkpoint (whole models) or lora"),
+        ] = None,
         limit: Annotated[int, QueryParameter(ge=1, le=500)] = 50,
         offset: Offset = 0,
     ) -> CheckpointsPage:
         """Checkpoints, newest first, with the total that match."""
         page = registry.list_checkpoints(
-            sessions, status=status, run_id=run_id, limit=limit, offset=offset
+            sessions, status=status, run_id=run_id, kind=kind, limit=limit, offset=offset
         )
         return CheckpointsPage.of(page)
 
@@ -101,3 +118,39 @@ class CheckpointsController(Controller):
         return CheckpointDeleted.of(
             registry.delete_checkpoint(sessions, checkpoint_id, files=files)
         )
+
+    @post(
+        "/{checkpoint_id:int}/lora",
+        status_code=HTTP_202_ACCEPTED,
+        sync_to_thread=True,
+        raises=[NotFound, Conflict, Unavailable],
+        operation_id="extractLora",
+        summary="Extract a LoRA from a checkpoint",
+        description=(
+            "Queue a ``lora-extract`` job: the difference between the checkpoint and its "
+            "registered base model, cut to ``rank`` per layer by an SVD, written as a kohya "
+            "LoRA file and registered (kind ``lora``, ``source_id`` this checkpoint). 404 "
+            "for an unknown checkpoint, 400 for a bad rank or a LoRA as source, 409 when "
+            "the name is taken. The job's counts name the registered LoRA."
+        ),
+    )
+    def extract_lora(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        services: NamedDependency[Services],
+        checkpoint_id: Id,
+        data: JSONBody[LoraExtractIn],
+    ) -> JobQueued:
+        """Queue extracting a LoRA from the checkpoint; the job's counts say what came of it."""
+        from vitdex.training.lora import JOB_KIND, enqueue_lora_extract
+
+        job = enqueue_lora_extract(
+            sessions,
+            checkpoint_id,
+            rank=data.rank,
+            conv_rank=data.conv_rank,
+            text_encoder=data.text_encoder,
+            name=data.name,
+        )
+        services.queue.submit(job["id"], kind=JOB_KIND)
+        return JobQueued(job=JobOut.of(job))

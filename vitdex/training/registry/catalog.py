@@ -40,13 +40,15 @@ def list_checkpoints(
     *,
     status: str | None = None,
     run_id: int | None = None,
+    kind: str | None = None,
     limit: int = 100,
     offset: int = 0,
 ) -> dict[str, Any]:
-    """``{"total", "limit", "offset", "checkpoints": [...]}``, newest first."""
+    """``{"total", "limit", "offset", "checkpoints": [...]}``, newest first (``kind``:
+    only ``checkpoint`` or only ``lora`` rows)."""
     with open_sessions(target)() as session:
         rows, total = db.list_checkpoints(
-            session, status=status, run_id=run_id, limit=limit, offset=offset
+            session, status=status, run_id=run_id, kind=kind, limit=limit, offset=offset
         )
         return {
             "total": total,
