@@ -228,3 +228,108 @@ def test_cancel_a_running_job_on_the_jobs_page(
     # The steps it ran are on the curve (one dot per reported step).
     page.locator("#loss-chart svg.loss circle").first.wait_for()
     shot("run-cancelled")
+
+
+def test_dataset_words_captions_and_buckets(
+    site: Site, page: Any, shot: Callable[[str], Path]
+) -> None:
+    from tests.photos import make_photo
+
+    # Two photos of other shapes, so the histogram has more than one bucket.
+    make_photo(site.photos / "tall.jpg", size=(90, 180), seed=40)
+    make_photo(site.photos / "wide.jpg", size=(240, 100), seed=41)
+    site.cli("index", str(site.photos))
+    made = site.cli(
+        "dataset", "create", "rex", "--seed", "1", "--k", "19", "--no-dedup",
+        "--trigger-word", "sks", "--class-word", "dog", "--class-count", "0", "--json",
+    )  # fmt: skip
+    assert '"trigger_word": "sks"' in made.stdout
+    page.goto(f"{site.url}/datasets/1")
+    first = page.locator("#instance-items .item").first
+    first.wait_for()
+    assert page.locator("#set-trigger").input_value() == "sks"
+    assert page.locator("#set-prompt").input_value() == "a photo of sks dog"
+    caption = first.locator("input.caption")
+    assert caption.input_value() == "a photo of sks dog"
+    assert first.locator(".pill.source").inner_text() == "default"
+
+    # Inline caption: Esc undoes, Enter saves (marked "own"), × goes back to the default.
+    caption.fill("sks dog asleep")
+    caption.press("Escape")
+    assert caption.input_value() == "a photo of sks dog"
+    caption.fill("sks dog asleep")
+    caption.press("Enter")
+    first = page.locator("#instance-items .item").first
+    first.locator("input.caption.saved").wait_for()
+    assert first.locator(".pill.source").inner_text() == "own"
+    shot("caption-own")
+    first.get_by_role("button", name=re.compile("Clear the caption")).click()
+    wait_until(
+        page,
+        "document.querySelector('#instance-items .item .pill.source').textContent === 'default'",
+    )
+    assert page.locator("#instance-items .item input.caption").first.input_value() == (
+        "a photo of sks dog"
+    )
+
+    # A new trigger word renames the subject in every default caption.
+    page.fill("#set-trigger", "ohwx")
+    page.select_option("#set-crop-mode", "buckets")
+    page.get_by_role("button", name="Save").click()
+    wait_until(
+        page,
+        "document.querySelector('#instance-items input.caption').value === 'a photo of ohwx dog'",
+    )
+    assert page.locator("#set-prompt").input_value() == "a photo of ohwx dog"
+    assert page.locator("#buckets-mode").inner_text() == "in use"
+
+    # Find/replace: a dry run says how many would change; Apply changes them.
+    n_items = page.locator("#instance-items .item").count()
+    page.fill("#rp-find", "dog")
+    page.fill("#rp-replace", "corgi")
+    assert page.locator("#rp-apply").is_disabled()
+    page.get_by_role("button", name="Preview").click()
+    page.locator("#rp-count").filter(has_text="would change").wait_for()
+    assert (
+        page.locator("#rp-count")
+        .inner_text()
+        .startswith(f"would change {n_items} of {n_items} captions")
+    )
+    assert page.locator("#rp-result li").count() == min(n_items, 20)
+    assert page.locator("#instance-items input.caption").first.input_value() == (
+        "a photo of ohwx dog"
+    )
+    shot("replace-preview")
+    page.get_by_role("button", name="Apply").click()
+    page.locator("#rp-count").filter(has_text=f"changed {n_items} of").wait_for()
+    wait_until(
+        page,
+        "document.querySelector('#instance-items input.caption').value === 'a photo of ohwx corgi'",
+    )
+    assert page.locator("#instance-items .pill.source").first.inner_text() == "own"
+    # A bad regex is refused with its reason, as a toast.
+    page.watch.allow(r"/captions/replace$", 400)
+    page.fill("#rp-find", "(")
+    page.check("#rp-regex")
+    page.get_by_role("button", name="Preview").click()
+    page.locator(".toast.bad").filter(has_text="invalid regular expression").wait_for()
+
+    # The histogram: one bar per bucket, counts adding up to the included instance images.
+    included = page.locator('#instance-items .pill[data-state="included"]').count()
+    bins = page.locator("#buckets-chart [role=listitem]")
+    assert bins.count() >= 2
+    counts = bins.evaluate_all("rows => rows.map((r) => Number(r.dataset.count))")
+    assert sum(counts) == included
+    labels = page.locator("#buckets-chart .size").all_inner_texts()
+    assert all(re.fullmatch(r"\d+×\d+", label) for label in labels)
+    shot("buckets-512")
+    # Another base resolution: the page asks again, the bins change, the total stays.
+    page.select_option("#bk-resolution", "256")
+    wait_until(
+        page,
+        """(before) => JSON.stringify([...document.querySelectorAll('#buckets-chart .size')]
+            .map((s) => s.textContent)) !== JSON.stringify(before)""",
+        labels,
+    )
+    assert sum(bins.evaluate_all("rows => rows.map((r) => Number(r.dataset.count))")) == included
+    shot("buckets-256")

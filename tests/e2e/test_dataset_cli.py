@@ -172,3 +172,76 @@ def test_samplers_min_distance_and_tags(indexed: Path) -> None:
         "dataset", "create", "x", "--seed", "1", "--prompt", "p", "--tag", "rx", code=2
     )
     assert "--tag: no photo has tag 'rx'; close values: Rex" in unknown_tag.stderr
+
+
+def test_words_captions_and_kohya_layout(indexed: Path, tmp_path: Path) -> None:
+    from vitdex.training.kohya import read_kohya_layout
+
+    created = as_json(
+        vitdex(
+            "dataset", "create", "rex", "--seed", "1", "--k", "4", "--trigger-word", "sks",
+            "--class-word", "dog", "--class-count", "2", "--json",
+        )
+    )  # fmt: skip
+    dataset = created["dataset"]
+    assert dataset["prompt"] == "a photo of sks dog"
+    assert dataset["class_prompt"] == "a photo of a dog"
+    assert (
+        "trigger word: sks; class word: dog; crop mode: square"
+        in vitdex("dataset", "show", "rex").stdout
+    )
+
+    changed = as_json(vitdex("dataset", "set", "rex", "--trigger-word", "ohwx", "--json"))
+    assert changed["prompt"] == "a photo of ohwx dog"
+    plain = vitdex("dataset", "set", "rex", "--crop-mode", "buckets").stdout
+    assert "crop mode: buckets" in plain
+    bad = vitdex("dataset", "set", "rex", "--crop-mode", "round", code=2)
+    assert "round" in bad.stderr
+    empty = vitdex("dataset", "set", "rex", code=2)
+    assert "nothing to change" in empty.stderr
+    vitdex("dataset", "set", "rex", "--crop-mode", "square")
+
+    instance = [it for it in created["items"] if it["role"] == "instance" and it["included"]]
+    first = instance[0]["image_id"]
+    own = as_json(vitdex("dataset", "caption", "rex", str(first), "ohwx dog, close up", "--json"))
+    assert (own["caption"], own["caption_source"]) == ("ohwx dog, close up", "item")
+    listed = as_json(vitdex("dataset", "captions", "list", "rex", "--role", "instance", "--json"))
+    sources = {c["image_id"]: c["caption_source"] for c in listed["captions"]}
+    assert sources[first] == "item"
+    assert {s for i, s in sources.items() if i != first} == {"default"}
+    table = vitdex("dataset", "captions", "list", "rex").stdout
+    assert "ohwx dog, close up" in table and "default" in table
+
+    before = as_json(vitdex("dataset", "captions", "list", "rex", "--json"))
+    dry = as_json(
+        vitdex("dataset", "captions", "replace", "rex", "dog", "corgi", "--dry-run", "--json")
+    )
+    assert dry["changed"] == dry["scanned"] == len(created["items"])
+    # A dry run writes nothing.
+    assert as_json(vitdex("dataset", "captions", "list", "rex", "--json")) == before
+    text = vitdex(
+        "dataset", "captions", "replace", "rex", r"(\w+) dog", r"\1 corgi", "--regex",
+        "--role", "instance",
+    ).stdout  # fmt: skip
+    assert "- a photo of ohwx dog" in text and "+ a photo of ohwx corgi" in text
+    candidates = [it for it in created["items"] if it["role"] == "instance"]
+    assert f"changed {len(candidates)} of {len(candidates)} captions" in text
+    bad_regex = vitdex("dataset", "captions", "replace", "rex", "(", "x", "--regex", code=2)
+    assert "invalid regular expression" in bad_regex.stderr
+    assert "Traceback" not in bad_regex.stderr
+    cleared = as_json(vitdex("dataset", "caption", "rex", str(first), "--clear", "--json"))
+    assert cleared["caption_source"] == "default"
+    vitdex("dataset", "caption", "rex", str(first), code=2)  # neither TEXT nor --clear
+
+    folder = tmp_path / "kohya-out"
+    out = vitdex("dataset", "export", "rex", "--out", str(folder), "--resolution", "64")
+    assert f"kohya folder layout in {folder / 'kohya'}" in out.stdout
+    subsets = read_kohya_layout(folder / "kohya")
+    assert [(s.name, s.is_reg, len(s.images)) for s in subsets] == [
+        ("ohwx dog", False, len(instance)),
+        ("dog", True, 2),
+    ]
+    captions = as_json(vitdex("dataset", "captions", "list", "rex", "--json"))["captions"]
+    included = [c["caption"] for c in captions if c["included"] and c["role"] == "instance"]
+    assert sorted(str(c) for _, c in subsets[0].images) == sorted(included)
+    assert {c for _, c in subsets[1].images} == {"a photo of a dog"}

@@ -467,7 +467,10 @@ def test_edit_and_export(library: Library, tmp_path: Path) -> None:
         row = datasets.find_dataset(session, "pets")
         assert row.export_path == str(out)
         first, image = datasets.included_items(session, row.id)[0]
-        assert first.caption == "a photo of sks dog"
+        # Default captions are not stored: they follow the prompt and trigger word.
+        assert first.caption is None
+        view = datasets.item_to_dict(first, image, datasets.default_captions(row))
+        assert (view["caption"], view["caption_source"]) == ("a photo of sks dog", "default")
         assert first.crop is not None and first.crop["file"] == "instance/0000.png"
         left, top, right, bottom = first.crop["box"]
         assert right - left == bottom - top == min(image.width or 0, image.height or 0)

@@ -88,6 +88,10 @@ def _print_summary(dataset: dict[str, Any]) -> None:
     click.echo(f"  prompt: {dataset['prompt']}")
     if dataset["class_prompt"]:
         click.echo(f"  class prompt: {dataset['class_prompt']}")
+    words = [
+        f"{k} word: {dataset[k + '_word']}" for k in ("trigger", "class") if dataset[k + "_word"]
+    ]
+    click.echo("  " + "; ".join([*words, f"crop mode: {dataset['crop_mode']}"]))
     params = dataset["params"]
     picked = [f"{params.get('sampler') or 'nearest'} sampler"]
     if params.get("min_distance") is not None:
@@ -179,9 +183,24 @@ def _print_summary(dataset: dict[str, Any]) -> None:
     "matters with --max.",
 )
 @click.option("--space", help="Space to search (default: the first configured one).")
-@click.option("--prompt", required=True, help='Instance caption, e.g. "a photo of sks dog".')
 @click.option(
-    "--class-prompt", help='Class caption, e.g. "a photo of a dog"; enables class images.'
+    "--prompt",
+    help='Instance caption, e.g. "a photo of sks dog" [default with --trigger-word: '
+    '"a photo of TRIGGER CLASS"].',
+)
+@click.option(
+    "--class-prompt",
+    help='Class caption, e.g. "a photo of a dog"; enables class images [default with '
+    '--class-word: "a photo of a CLASS"].',
+)
+@click.option("--trigger-word", help='The subject\'s rare token, e.g. "sks".')
+@click.option("--class-word", help='The subject\'s class, e.g. "dog".')
+@click.option(
+    "--crop-mode",
+    type=click.Choice(["square", "buckets"]),
+    default="square",
+    show_default=True,
+    help="How the export cuts photos: the subject's square, or aspect-ratio buckets.",
 )
 @click.option(
     "--class-count",
@@ -209,8 +228,11 @@ def create(
     max_items: int | None,
     mmr: float | None,
     space: str | None,
-    prompt: str,
+    prompt: str | None,
     class_prompt: str | None,
+    trigger_word: str | None,
+    class_word: str | None,
+    crop_mode: str,
     class_count: int | None,
     class_label: str | None,
     as_json: bool,
@@ -256,6 +278,9 @@ def create(
         prompt=prompt,
         class_prompt=class_prompt,
         options=options,
+        trigger_word=trigger_word,
+        class_word=class_word,
+        crop_mode=crop_mode,
     )
     if as_json:
         print_json(result)
@@ -434,6 +459,8 @@ def export(
         f"{result.resolution} px in {result.path} (crops: {methods or 'none'})"
     )
     click.echo(f"kohya config: {result.toml}")
+    if result.kohya:
+        click.echo(result.kohya["note"])
 
 
 @dataset_group.command("delete")
@@ -451,3 +478,11 @@ def delete(obj: Context, dataset: str, as_json: bool) -> None:
         print_json(result)
         return
     click.echo(f"deleted dataset {result['id']} {result['name']!r}")
+
+
+# The caption and settings commands live apart to keep this module small.
+from vitdex.cli.dataset_edit import caption_cmd, captions_group, set_cmd  # noqa: E402
+
+dataset_group.add_command(set_cmd)
+dataset_group.add_command(caption_cmd)
+dataset_group.add_command(captions_group)

@@ -20,13 +20,19 @@ from vitdex.db.rows import get_row
 from vitdex.errors import ConfigError, ConflictError, NotFoundError
 
 __all__ = [
+    "CROP_MODES",
     "INT64_MAX",
     "ROLES",
+    "WORD_MAX",
     "ItemReason",
     "ItemRow",
+    "check_crop_mode",
     "check_name",
+    "check_prompt",
+    "check_word",
     "create_dataset",
     "dataset_to_dict",
+    "default_captions",
     "delete_dataset",
     "find_dataset",
     "get_dataset",
@@ -39,10 +45,15 @@ __all__ = [
     "record_export",
     "set_included",
     "set_items",
+    "update_dataset",
 ]
 
 #: An item is an instance image (the subject) or a class image (prior preservation).
 ROLES = ("instance", "class")
+#: How an export cuts photos: the subject's square, or aspect-ratio buckets.
+CROP_MODES = ("square", "buckets")
+#: Longest trigger or class word: a token or two, not a caption.
+WORD_MAX = 64
 
 
 class ItemReason(enum.StrEnum):
@@ -97,6 +108,30 @@ def check_name(session: Session, name: str) -> str:
     return name
 
 
+def check_word(value: str | None, what: str) -> str | None:
+    """A trigger or class word stripped (``None`` for none or blank), or :class:`ConfigError`.
+
+    It goes into default captions and kohya folder names, so it must be one short line.
+    """
+    if value is None:
+        return None
+    word = value.strip()
+    if not word:
+        return None
+    if len(word) > WORD_MAX:
+        raise ConfigError(f"a {what} has at most {WORD_MAX} characters")
+    if any(not ch.isprintable() for ch in word):
+        raise ConfigError(f"a {what} is one line: no line breaks or control characters")
+    return word
+
+
+def check_crop_mode(value: str) -> str:
+    """``value`` if it is a crop mode, else :class:`ConfigError`."""
+    if value not in CROP_MODES:
+        raise ConfigError(f"unknown crop mode {value!r} (one of: {', '.join(CROP_MODES)})")
+    return value
+
+
 def create_dataset(
     session: Session,
     *,
@@ -105,6 +140,9 @@ def create_dataset(
     class_prompt: str | None,
     space_id: int | None,
     params: Mapping[str, Any],
+    trigger_word: str | None = None,
+    class_word: str | None = None,
+    crop_mode: str = "square",
 ) -> Dataset:
     """A new dataset row; :class:`ConflictError` when the name is taken."""
     name = check_name(session, name)
@@ -114,6 +152,9 @@ def create_dataset(
         class_prompt=class_prompt,
         space_id=space_id,
         params=dict(params),
+        trigger_word=check_word(trigger_word, "trigger word"),
+        class_word=check_word(class_word, "class word"),
+        crop_mode=check_crop_mode(crop_mode),
     )
     session.add(dataset)
     session.flush()
@@ -160,21 +201,62 @@ def delete_dataset(session: Session, dataset_id: int) -> None:
     session.execute(delete(Dataset).where(Dataset.id == dataset_id))
 
 
+def update_dataset(session: Session, dataset_id: int, **changes: str | None) -> Dataset:
+    """Change a dataset's ``prompt``, ``class_prompt``, ``trigger_word``, ``class_word`` or
+    ``crop_mode`` (only the keys given; ``None`` clears all but prompt and crop mode); flushes.
+
+    Values are checked here, so every edge refuses the same things.
+    """
+    dataset = get_dataset(session, dataset_id)
+    unknown = set(changes) - {"prompt", "class_prompt", "trigger_word", "class_word", "crop_mode"}
+    if unknown:
+        raise ConfigError(f"cannot change {', '.join(sorted(unknown))} of a dataset")
+    if "prompt" in changes:
+        dataset.prompt = check_prompt(changes["prompt"], "prompt") or ""
+        if not dataset.prompt:
+            raise ConfigError("a dataset needs a prompt (or a trigger word to make one from)")
+    if "class_prompt" in changes:
+        dataset.class_prompt = check_prompt(changes["class_prompt"], "class prompt")
+    if "trigger_word" in changes:
+        dataset.trigger_word = check_word(changes["trigger_word"], "trigger word")
+    if "class_word" in changes:
+        dataset.class_word = check_word(changes["class_word"], "class word")
+    if "crop_mode" in changes:
+        dataset.crop_mode = check_crop_mode(changes["crop_mode"] or "")
+    dataset.updated_at = utcnow()
+    session.flush()
+    return dataset
+
+
+def check_prompt(value: str | None, what: str) -> str | None:
+    """A prompt stripped (``None`` for none or blank), or :class:`ConfigError` (one line)."""
+    if value is None or not value.strip():
+        return None
+    value = value.strip()
+    if len(value) > CAPTION_MAX:
+        raise ConfigError(f"a {what} has at most {CAPTION_MAX} characters")
+    if any(ch in value for ch in "\r\n\x00"):
+        raise ConfigError(f"a {what} is one line: no line breaks or NUL characters")
+    return value
+
+
 def record_export(
     session: Session,
     dataset_id: int,
     path: str,
     prepared: Mapping[int, tuple[str, dict[str, Any]]],
 ) -> None:
-    """Remember where a dataset was exported and each item's caption and crop.
+    """Remember where a dataset was exported and each item's crop.
 
     ``prepared`` maps item ids to ``(caption, crop)``; items not in it keep what they had.
+    The caption written is not stored: an item keeps the caption set by hand (or none), so
+    a default caption follows later changes of the prompt or the trigger word.
     """
     dataset = get_dataset(session, dataset_id)
     dataset.export_path = path
     for item in session.scalars(select(DatasetItem).where(DatasetItem.dataset_id == dataset_id)):
         if item.id in prepared:
-            item.caption, item.crop = prepared[item.id][0], dict(prepared[item.id][1])
+            item.crop = dict(prepared[item.id][1])
     session.flush()
 
 
@@ -372,8 +454,20 @@ def set_caption(
 # --------------------------------------------------------------------------- views
 
 
-def item_to_dict(item: DatasetItem, image: Image) -> dict[str, Any]:
-    """A JSON-ready view of an item with its image's path and size."""
+def default_captions(dataset: Dataset) -> dict[str, str | None]:
+    """The caption of an item with none set by hand, per role: the (class) prompt."""
+    return {"instance": dataset.prompt, "class": dataset.class_prompt}
+
+
+def item_to_dict(
+    item: DatasetItem, image: Image, defaults: Mapping[str, str | None] | None = None
+) -> dict[str, Any]:
+    """A JSON-ready view of an item with its image's path and size.
+
+    ``caption`` is the effective one: the item's own (``caption_source`` ``item``) or its
+    role's default from ``defaults`` (``default``; null when the role has none).
+    """
+    default = (defaults or {}).get(item.role)
     return {
         "image_id": item.image_id,
         "path": image.path,
@@ -385,7 +479,8 @@ def item_to_dict(item: DatasetItem, image: Image) -> dict[str, Any]:
         "included": bool(item.included),
         "reason": item.reason,
         "duplicate_of": item.duplicate_of,
-        "caption": item.caption,
+        "caption": item.caption or default,
+        "caption_source": "item" if item.caption else "default",
         "crop": item.crop,
     }
 
@@ -402,6 +497,9 @@ def dataset_to_dict(
         "name": dataset.name,
         "prompt": dataset.prompt,
         "class_prompt": dataset.class_prompt,
+        "trigger_word": dataset.trigger_word,
+        "class_word": dataset.class_word,
+        "crop_mode": dataset.crop_mode or "square",
         "space": space.name if space is not None else None,
         "params": dict(dataset.params or {}),
         "export_path": dataset.export_path,

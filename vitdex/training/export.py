@@ -6,11 +6,14 @@ through ``dataset.toml``)::
     OUT/instance/0000.png  OUT/instance/0000.txt   the included instance images, by rank
     OUT/class/0000.png     OUT/class/0000.txt      the class images (only if there are any)
     OUT/dataset.toml                               kohya-ss dataset config
+    OUT/kohya/img/{repeats}_{trigger class}/       the same files in kohya's folder layout
+    OUT/kohya/reg/{class repeats}_{class}/         (hard links where possible)
 
 Each PNG is the subject's square (see :mod:`vitdex.training.crop`) at the base model's
-resolution; each ``.txt`` holds one line, the dataset's prompt (instance) or class prompt
-(class). The crop box and caption are stored on the dataset's items, the folder on the
-dataset.
+resolution, or, for a dataset whose crop mode is ``buckets``, the subject cut at its
+aspect-ratio bucket and written at that bucket's size; each ``.txt`` holds one line, the
+item's caption (its own, else the dataset's prompt or class prompt). The crop box is
+stored on the dataset's items, the folder on the dataset.
 """
 
 from __future__ import annotations
@@ -34,6 +37,12 @@ from vitdex.errors import ConfigError, ConflictError, ForbiddenError, ImageError
 from vitdex.indexer.images import read_photo
 from vitdex.paths import inside, photo_roots
 from vitdex.training.crop import check_resolution, face_detector, prepare_image, write_caption
+from vitdex.training.kohya import (
+    KOHYA_DIR,
+    dataset_toml,
+    safe_name,
+    write_kohya_layout,
+)
 
 __all__ = [
     "CAPTION_EXTENSION",
@@ -57,6 +66,8 @@ MANIFEST_NAME = "vitdex-export.json"
 CAPTION_EXTENSION = ".txt"
 #: Files an export writes into its image folders: 0000.png, 0000.txt, ...
 _OWN_FILE = re.compile(r"^\d{4,}\.(png|txt)$")
+#: How far a bucket crop may enlarge a small photo (kohya's bucket_no_upscale = false).
+BUCKET_MAX_UPSCALE = 2.0
 
 Progress = Callable[[int, int], None]
 
@@ -80,6 +91,10 @@ class ExportResult:
     methods: dict[str, int] = field(default_factory=dict)
     #: sha256 over the exported instance images' sha256s (as the registry records it).
     instance_hash: str | None = None
+    #: ``square`` or ``buckets`` (images at their bucket's size).
+    crop_mode: str = "square"
+    #: The kohya folder layout (``OUT/kohya``) and its instance and class folders.
+    kohya: dict[str, Any] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
@@ -96,6 +111,8 @@ class ExportResult:
             "skipped": self.skipped,
             "methods": self.methods,
             "instance_hash": self.instance_hash,
+            "crop_mode": self.crop_mode,
+            "kohya": self.kohya,
         }
 
 
@@ -128,58 +145,6 @@ def allowed_export_dir(settings: Settings, raw: str) -> Path:
     return resolved
 
 
-def _toml_string(value: str) -> str:
-    # A JSON string is a valid TOML basic string (same escapes, \\uXXXX included).
-    return json.dumps(value, ensure_ascii=False)
-
-
-def dataset_toml(
-    *,
-    instance_dir: Path,
-    prompt: str,
-    resolution: int,
-    num_repeats: int,
-    class_dir: Path | None = None,
-    class_prompt: str | None = None,
-    class_repeats: int = 1,
-    comment: str | None = None,
-) -> str:
-    """A kohya-ss sd-scripts dataset config for the exported folders (absolute paths).
-
-    ``class_tokens`` is what kohya falls back on for an image without a caption file;
-    every exported image has one, so it only matters if a caption is deleted.
-    """
-    lines = [f"# {line}" for line in (comment or "").splitlines()]
-    lines += [
-        "[general]",
-        "enable_bucket = false",
-        "shuffle_caption = false",
-        "keep_tokens = 0",
-        f"caption_extension = {_toml_string(CAPTION_EXTENSION)}",
-        "",
-        "[[datasets]]",
-        f"resolution = {int(resolution)}",
-        "batch_size = 1",
-        "",
-        "  [[datasets.subsets]]",
-        f"  image_dir = {_toml_string(str(instance_dir))}",
-        f"  class_tokens = {_toml_string(prompt)}",
-        f"  caption_extension = {_toml_string(CAPTION_EXTENSION)}",
-        f"  num_repeats = {int(num_repeats)}",
-    ]
-    if class_dir is not None:
-        lines += [
-            "",
-            "  [[datasets.subsets]]",
-            "  is_reg = true",
-            f"  image_dir = {_toml_string(str(class_dir))}",
-            f"  class_tokens = {_toml_string(class_prompt or '')}",
-            f"  caption_extension = {_toml_string(CAPTION_EXTENSION)}",
-            f"  num_repeats = {int(class_repeats)}",
-        ]
-    return "\n".join(lines) + "\n"
-
-
 def _clear(out: Path) -> None:
     """Empty ``out`` of a previous export; refuse a folder holding anything else.
 
@@ -197,6 +162,9 @@ def _clear(out: Path) -> None:
         if entry.name in (INSTANCE_DIR, CLASS_DIR) and entry.is_dir() and not entry.is_symlink():
             foreign += [f for f in entry.iterdir() if not (_OWN_FILE.match(f.name) and f.is_file())]
             continue
+        if entry.name == KOHYA_DIR and entry.is_dir() and not entry.is_symlink():
+            foreign += _foreign_kohya(entry)
+            continue
         foreign.append(entry)
     if foreign:
         shown = ", ".join(str(f) for f in foreign[:5])
@@ -204,10 +172,27 @@ def _clear(out: Path) -> None:
             f"{out} holds files that are not a vitdex export ({shown}"
             f"{' ...' if len(foreign) > 5 else ''}); export into an empty or new folder"
         )
-    for sub in (INSTANCE_DIR, CLASS_DIR):
+    for sub in (INSTANCE_DIR, CLASS_DIR, KOHYA_DIR):
         if (out / sub).is_dir():
             shutil.rmtree(out / sub)
     (out / TOML_NAME).unlink(missing_ok=True)
+
+
+def _foreign_kohya(root: Path) -> list[Path]:
+    """What in a previous export's ``kohya/`` folder that export did not write."""
+    foreign: list[Path] = []
+    for part in root.iterdir():
+        if part.name not in ("img", "reg") or not part.is_dir() or part.is_symlink():
+            foreign.append(part)
+            continue
+        for folder in part.iterdir():
+            if not folder.is_dir() or folder.is_symlink() or "_" not in folder.name:
+                foreign.append(folder)
+                continue
+            foreign += [
+                f for f in folder.iterdir() if not (_OWN_FILE.match(f.name) and f.is_file())
+            ]
+    return foreign
 
 
 #: One image to write: item id, image id, path, folder, the folders it may be read from.
@@ -228,6 +213,7 @@ def _write(
     max_megapixels: float,
     detect_faces: bool,
     progress: Progress | None,
+    buckets: bool = False,
 ) -> _Written:
     """Crop, resize and caption each ``(item id, image id, path, folder, within)`` into ``out``.
 
@@ -255,6 +241,8 @@ def _write(
                 max_megapixels=max_megapixels,
                 detect_faces=detect_faces,
                 detector=detector,
+                buckets=buckets,
+                max_upscale=BUCKET_MAX_UPSCALE,
             )
         except ImageError as exc:
             log.warning("skipping image %d (%s): %s", image_id, path, exc.message)
@@ -309,6 +297,8 @@ def export_dataset(
         row = datasets.find_dataset(session, dataset)
         dataset_id, name = row.id, row.name
         prompt, class_prompt = row.prompt, row.class_prompt
+        crop_mode = row.crop_mode or "square"
+        trigger_word, class_word = row.trigger_word, row.class_word
         allowed = settings.api.allowed_roots
         within = {lib.id: photo_roots(lib.root, allowed) for lib in repo.list_libraries(session)}
         instances = datasets.included_items(session, dataset_id, "instance")
@@ -344,6 +334,7 @@ def export_dataset(
             max_megapixels=settings.index.max_megapixels,
             detect_faces=detect_faces,
             progress=progress,
+            buckets=crop_mode == "buckets",
         )
     except PermissionError as exc:
         raise ForbiddenError(f"cannot write the export to {target}: {exc.strerror}") from None
@@ -370,9 +361,21 @@ def export_dataset(
         class_prompt=class_prompt,
         class_repeats=class_repeats,
         comment=f"vitdex dataset {name!r} (id {dataset_id}), kohya-ss sd-scripts config",
+        buckets=_bucket_range(resolution) if crop_mode == "buckets" else None,
     )
+    words = " ".join(w for w in (trigger_word, class_word) if w)
     try:
         toml_path.write_text(config, encoding="utf-8")
+        layout = write_kohya_layout(
+            out,
+            instance_images=sorted((out / INSTANCE_DIR).glob("*.png")),
+            class_images=sorted((out / CLASS_DIR).glob("*.png")) if n_class else [],
+            repeats=num_repeats,
+            class_repeats=class_repeats,
+            instance_name=words or safe_name(name, "dataset"),
+            class_name=class_word or "class",
+            caption_extension=CAPTION_EXTENSION,
+        )
     except OSError as exc:
         raise ConfigError(f"cannot write {toml_path}: {exc.strerror or exc}") from None
     # What was exported, for the checkpoint trained on it: the set as written, not the
@@ -404,7 +407,30 @@ def export_dataset(
         skipped=skipped,
         methods=methods,
         instance_hash=instance_hash,
+        crop_mode=crop_mode,
+        kohya={
+            "path": str(layout.root),
+            "instance": str(layout.instance),
+            "reg": None if layout.reg is None else str(layout.reg),
+            "linked": layout.linked,
+            "copied": layout.copied,
+            "note": (
+                f"kohya folder layout in {layout.root}: point kohya_ss's image folder at "
+                f"{layout.root / 'img'}"
+                + (f" and its regularisation folder at {layout.root / 'reg'}" if layout.reg else "")
+            ),
+        },
     )
+
+
+def _bucket_range(resolution: int) -> tuple[int, int, int]:
+    """kohya's min_bucket_reso, max_bucket_reso and bucket_reso_steps for ``resolution``:
+    the shortest and longest side of our buckets, and their step (64 from 512 px up)."""
+    from vitdex.training.buckets import bucket_sizes, default_step
+
+    step = default_step(resolution)
+    sides = [side for bucket in bucket_sizes(resolution, step) for side in bucket]
+    return min(sides), max(sides), step
 
 
 def exported_instance_hash(folder: Path) -> str | None:

@@ -26,6 +26,7 @@ from vitdex.api.schemas import (
     JobQueued,
 )
 from vitdex.api.schemas.filters import check_head_labels
+from vitdex.api.schemas.training import CaptionsReplaced, DatasetCaptions, DatasetOut
 from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
@@ -40,11 +41,19 @@ class DatasetIn:
     """A dataset to curate from the neighbours of seed images (catalog ids)."""
 
     name: str
-    #: Instance caption, e.g. "a photo of sks dog".
-    prompt: str
     seeds: list[int]
-    #: Class caption, e.g. "a photo of a dog"; enables class images.
+    #: Instance caption, e.g. "a photo of sks dog"; may be left out with a trigger word
+    #: ("a photo of TRIGGER CLASS").
+    prompt: str | None = None
+    #: Class caption, e.g. "a photo of a dog"; enables class images. Defaults to "a photo
+    #: of a CLASS" with a class word.
     class_prompt: str | None = None
+    #: The subject's rare token, e.g. "sks".
+    trigger_word: str | None = None
+    #: The subject's class, e.g. "dog".
+    class_word: str | None = None
+    #: ``square`` crops or aspect-ratio ``buckets`` on export.
+    crop_mode: Literal["square", "buckets"] = "square"
     k: int = 40
     min_score: float | None = None
     #: Cosine at or above which a candidate is a near-duplicate; null keeps them. At its
@@ -91,6 +100,31 @@ class ExportIn:
     num_repeats: int | None = None
     class_repeats: int = 1
     detect_faces: bool = True
+
+
+@dataclass
+class DatasetPatchIn:
+    """Fields to change; null (or left out) keeps a field, "" clears a word or class prompt."""
+
+    trigger_word: str | None = None
+    class_word: str | None = None
+    crop_mode: Literal["square", "buckets"] | None = None
+    prompt: str | None = None
+    class_prompt: str | None = None
+
+
+@dataclass
+class ReplaceIn:
+    """A find/replace over the effective captions of a dataset's items."""
+
+    find: str
+    replace: str = ""
+    #: ``find`` is a Python regular expression; ``replace`` may use \1 or \g<name>.
+    regex: bool = False
+    #: Only instance or only class items (default: both).
+    role: Literal["instance", "class"] | None = None
+    #: Count and show the changes without writing them.
+    dry_run: bool = False
 
 
 @dataclass
@@ -159,6 +193,9 @@ class DatasetsController(Controller):
             prompt=data.prompt,
             class_prompt=data.class_prompt,
             options=options,
+            trigger_word=data.trigger_word,
+            class_word=data.class_word,
+            crop_mode=data.crop_mode,
         )
         return DatasetView.of(view)
 
@@ -195,11 +232,103 @@ class DatasetsController(Controller):
         role: Annotated[
             Literal["instance", "class"] | None, QueryParameter(description="Only this role")
         ] = None,
+        resolution: Annotated[
+            int,
+            QueryParameter(ge=256, le=2048, description="Base resolution of the bucket histogram"),
+        ] = 512,
     ) -> DatasetView:
-        """One dataset with every candidate, in or out, and why."""
+        """One dataset with every candidate, in or out, and why; and how the included
+        instance images fall into aspect-ratio buckets at ``resolution``."""
         from vitdex.training.curate import show_dataset
 
-        return DatasetView.of(show_dataset(sessions, dataset_id, role=role))
+        view = show_dataset(sessions, dataset_id, role=role, resolution=resolution)
+        return DatasetView.of(view)
+
+    @patch(
+        "/{dataset_id:int}",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        raises=[NotFound],
+        operation_id="updateDataset",
+        summary="Change a dataset's words, prompts or crop mode",
+        description=(
+            "Set the trigger word, class word, crop mode, prompt or class prompt; a prompt "
+            "made from the old words follows new ones."
+        ),
+    )
+    def update(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        data: JSONBody[DatasetPatchIn],
+    ) -> DatasetOut:
+        """Set the trigger word, class word, crop mode, prompt or class prompt; a prompt
+        made from the old words follows new ones."""
+        from vitdex.training.curate import update_dataset
+
+        changed = update_dataset(
+            sessions,
+            dataset_id,
+            trigger_word=data.trigger_word,
+            class_word=data.class_word,
+            crop_mode=data.crop_mode,
+            prompt=data.prompt,
+            class_prompt=data.class_prompt,
+        )
+        return DatasetOut.of(changed)
+
+    @get(
+        "/{dataset_id:int}/captions",
+        sync_to_thread=True,
+        operation_id="listDatasetCaptions",
+        summary="List a dataset's captions",
+        description="Every item's effective caption, and whether it is its own or the default.",
+    )
+    def captions(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        role: Annotated[
+            Literal["instance", "class"] | None, QueryParameter(description="Only this role")
+        ] = None,
+    ) -> DatasetCaptions:
+        """Every item's effective caption, and whether it is its own or the default."""
+        from vitdex.training.curate import list_captions
+
+        return DatasetCaptions.of(list_captions(sessions, dataset_id, role=role))
+
+    @post(
+        "/{dataset_id:int}/captions/replace",
+        status_code=HTTP_200_OK,
+        sync_to_thread=True,
+        raises=[NotFound],
+        operation_id="replaceDatasetCaptions",
+        summary="Find and replace in a dataset's captions",
+        description=(
+            "Plain text or a regular expression over the effective captions; ``dry_run`` "
+            "counts and shows the changes without writing them."
+        ),
+    )
+    def replace(
+        self,
+        sessions: NamedDependency[sessionmaker[Session]],
+        dataset_id: Id,
+        data: JSONBody[ReplaceIn],
+    ) -> CaptionsReplaced:
+        """Plain text or a regular expression over the effective captions; ``dry_run``
+        counts and shows the changes without writing them."""
+        from vitdex.training.curate import replace_captions
+
+        result = replace_captions(
+            sessions,
+            dataset_id,
+            data.find,
+            data.replace,
+            regex=data.regex,
+            role=data.role,
+            dry_run=data.dry_run,
+        )
+        return CaptionsReplaced.of(result)
 
     @post(
         "/{dataset_id:int}/include",

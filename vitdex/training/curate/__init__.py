@@ -10,6 +10,12 @@ it.
 
 from __future__ import annotations
 
+from vitdex.training.curate.edits import (
+    bucket_histogram,
+    list_captions,
+    replace_captions,
+    update_dataset,
+)
 from vitdex.training.curate.samplers import SAMPLERS
 from vitdex.training.curate.selection import (
     DEFAULT_CLASS_COUNT,
@@ -37,15 +43,19 @@ __all__ = [
     "SAMPLERS",
     "CurateOptions",
     "InstanceSelection",
+    "bucket_histogram",
     "choose_instances",
     "create_dataset",
     "delete_dataset",
     "exclude_images",
     "include_images",
+    "list_captions",
     "list_datasets",
     "parse_seed",
+    "replace_captions",
     "select_class",
     "select_instances",
     "set_caption",
     "show_dataset",
+    "update_dataset",
 ]

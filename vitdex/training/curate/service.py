@@ -22,6 +22,7 @@ from vitdex.db import datasets, facets, repo
 from vitdex.db.models import ImageStatus, Space
 from vitdex.errors import ConfigError, ImageError, NotFoundError
 from vitdex.filters import SearchFilter
+from vitdex.training.curate.edits import bucket_histogram, check_bucket_resolution, resolve_prompts
 from vitdex.training.curate.selection import (
     CurateOptions,
     Floats,
@@ -163,12 +164,18 @@ def create_dataset(
     name: str,
     seeds: Sequence[int | Path],
     *,
-    prompt: str,
+    prompt: str | None,
     class_prompt: str | None = None,
     options: CurateOptions | None = None,
     search: SearchService | None = None,
+    trigger_word: str | None = None,
+    class_word: str | None = None,
+    crop_mode: str = "square",
 ) -> dict[str, Any]:
     """Curate and store a dataset; returns ``{"dataset_id", "dataset", "items"}``.
+
+    With a trigger word the prompt may be left out ("a photo of TRIGGER CLASS"), and with
+    a class word the class prompt ("a photo of a CLASS", which draws class images).
 
     ``seeds`` are catalog image ids and image files (files are embedded with the search
     service's model unless the catalog holds the same content). ``search`` lends a loaded
@@ -180,10 +187,8 @@ def create_dataset(
     from vitdex.vectors.factory import open_store
 
     options = options or CurateOptions()
-    prompt = prompt.strip()
-    class_prompt = class_prompt.strip() if class_prompt else None
-    if not prompt:
-        raise ConfigError('a dataset needs a prompt, e.g. --prompt "a photo of sks dog"')
+    prompt, class_prompt = resolve_prompts(prompt, class_prompt, trigger_word, class_word)
+    datasets.check_crop_mode(crop_mode)
     if not seeds:
         raise ConfigError("give at least one seed (a catalog image id or an image file)")
     options.check(has_class_prompt=class_prompt is not None)
@@ -287,31 +292,49 @@ def create_dataset(
             class_prompt=class_prompt,
             space_id=space.id,
             params=params,
+            trigger_word=trigger_word,
+            class_word=class_word,
+            crop_mode=crop_mode,
         )
         datasets.set_items(session, dataset.id, rows)
         session.commit()
         return _view(session, dataset.id)
 
 
-def _view(session: Session, dataset_id: int, role: str | None = None) -> dict[str, Any]:
+def _view(
+    session: Session, dataset_id: int, role: str | None = None, resolution: int = 512
+) -> dict[str, Any]:
     dataset = datasets.get_dataset(session, dataset_id)
-    items = datasets.list_items(session, dataset_id, role=role)
+    defaults = datasets.default_captions(dataset)
+    items = datasets.list_items(session, dataset_id)
     return {
         "dataset_id": dataset.id,
         "dataset": datasets.dataset_to_dict(session, dataset),
-        "items": [datasets.item_to_dict(item, image) for item, image in items],
+        "items": [
+            datasets.item_to_dict(item, image, defaults)
+            for item, image in items
+            if role is None or item.role == role
+        ],
+        "buckets": bucket_histogram(items, resolution),
     }
 
 
 def show_dataset(
-    sessions: sessionmaker[Session], name_or_id: str | int, *, role: str | None = None
+    sessions: sessionmaker[Session],
+    name_or_id: str | int,
+    *,
+    role: str | None = None,
+    resolution: int = 512,
 ) -> dict[str, Any]:
-    """A dataset with every item and its reason: ``{"dataset_id", "dataset", "items"}``."""
+    """A dataset with every item and its reason: ``{"dataset_id", "dataset", "items",
+    "buckets"}``; ``buckets`` is the bucket histogram of the included instance images at
+    base ``resolution``."""
     if role is not None and role not in datasets.ROLES:
         raise ConfigError(f"unknown role {role!r} (one of: {', '.join(datasets.ROLES)})")
+    check_bucket_resolution(resolution)
     with sessions() as session:
         dataset = datasets.find_dataset(session, name_or_id)
-        return _view(session, dataset.id, role)
+        return _view(session, dataset.id, role, resolution)
 
 
 def list_datasets(
@@ -381,7 +404,7 @@ def set_caption(
         dataset = datasets.find_dataset(session, name_or_id)
         item, image = datasets.set_caption(session, dataset.id, image_id, caption, role=role)
         session.commit()
-        return datasets.item_to_dict(item, image)
+        return datasets.item_to_dict(item, image, datasets.default_captions(dataset))
 
 
 def delete_dataset(sessions: sessionmaker[Session], name_or_id: str | int) -> dict[str, Any]:

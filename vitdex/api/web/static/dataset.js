@@ -1,5 +1,6 @@
-// Dataset page: every candidate (in or out, and why), include/exclude by click, captions,
-// the crop each photo gets, export (a job with live progress) and "train" (a run).
+// Dataset page: every candidate (in or out, and why), include/exclude by click, captions
+// (inline, and find/replace), trigger/class words, the bucket histogram, the crop each
+// photo gets, export (a job with live progress) and "train" (a run).
 "use strict";
 (function () {
   const { api, attempt, el, toast, thumbUrl, fileUrl, followJob, progressBar, fmt } = window.vitdex;
@@ -35,7 +36,9 @@
     document.title = `${d.name} · vitdex`;
     const p = d.params || {};
     const rows = [
-      ["Prompt", d.prompt], ["Class prompt", d.class_prompt || "none"], ["Space", d.space || "default"],
+      ["Prompt", d.prompt], ["Class prompt", d.class_prompt || "none"],
+      ["Trigger word", d.trigger_word || "none"], ["Class word", d.class_word || "none"],
+      ["Crops", d.crop_mode === "buckets" ? "aspect buckets" : "square"], ["Space", d.space || "default"],
       ["Seeds", (p.seeds || []).map((s) => (s && typeof s === "object" ? (s.image_id != null ? `#${s.image_id}` : fmt.name(s.file)) : String(s))).join(", ")],
       ["Curation", [
         ...["sampler", "k", "min_score", "min_distance", "max", "mmr"].concat(p.min_distance == null ? ["dedup"] : []).filter((k) => p[k] != null).map((k) => `${k.replace("_", " ")} ${p[k]}`),
@@ -74,19 +77,17 @@
       onclick: () => attempt(() => setIncluded(item, !item.included)),
       onkeydown: moveFocus,
     }, frame(item));
-    const caption = el("input", {
-      class: "caption", value: item.caption || "", "aria-label": `Caption of ${fmt.name(item.path)}`,
-      placeholder: (item.role === "class" ? view.dataset.class_prompt : view.dataset.prompt) || "",
-      onchange: (event) => attempt(() => saveCaption(item, event.target)),
-    });
+    const caption = captionEditor(item);
     return el("div", { class: `item ${state}`, role: "listitem", dataset: { imageId: item.image_id, role: item.role } },
       toggle,
       el("div", { class: "item-meta" },
         el("span", { class: `pill ${item.included ? "ok" : "error"}`, "data-state": state }, item.included ? "in" : "out"),
         " ", el("span", { class: "reason" }, reasonText(item)),
         item.score != null ? el("span", { class: "score" }, fmt.score(item.score)) : null),
-      el("a", { class: "muted small", href: fileUrl(item.image_id), target: "_blank", rel: "noopener" }, `#${item.image_id} ${fmt.name(item.path)}`),
-      caption);
+      el("div", { class: "item-file" },
+        el("a", { class: "muted small", href: fileUrl(item.image_id), target: "_blank", rel: "noopener" }, `#${item.image_id} ${fmt.name(item.path)}`),
+        caption.marker),
+      caption.row);
   }
 
   /** Arrow keys move between the photos of a grid; Home/End to its ends. */
@@ -112,21 +113,144 @@
     show(changed, item.image_id);
   }
 
-  async function saveCaption(item, input) {
-    const value = input.value.trim();
-    const saved = await api(`/api/v1/datasets/${datasetId}/items/${item.image_id}`, {
-      method: "PATCH", json: { caption: value || null, role: item.role },
+  /** The effective caption, editable: Enter saves, Esc undoes, × goes back to the default. */
+  function captionEditor(item) {
+    const name = fmt.name(item.path);
+    const isDefault = item.caption_source === "default";
+    const marker = el("span", { class: `pill source${isDefault ? "" : " ok"}`, title: isDefault ? "the dataset's prompt" : "set by hand" },
+      isDefault ? "default" : "own");
+    const input = el("input", {
+      class: `caption${isDefault ? " default" : ""}`, value: item.caption || "", maxlength: 2000,
+      "aria-label": `Caption of ${name}`, title: "Enter saves, Esc undoes",
+      placeholder: item.role === "class" ? "no class prompt" : "",
+      oninput: () => input.classList.toggle("dirty", input.value !== (item.caption || "")),
+      onkeydown: (event) => {
+        if (event.key === "Enter") { event.preventDefault(); attempt(() => saveCaption(item, input.value.trim() || null)); }
+        else if (event.key === "Escape") { event.preventDefault(); input.value = item.caption || ""; input.classList.remove("dirty"); }
+      },
     });
-    item.caption = saved.caption;
-    input.value = saved.caption || "";
-    input.classList.add("saved");
-    toast(`caption of ${fmt.name(item.path)} saved`);
+    const clear = el("button", {
+      type: "button", class: "clear", title: "Back to the default caption", "aria-label": `Clear the caption of ${name}`,
+      disabled: isDefault || undefined,
+      onclick: () => attempt(() => saveCaption(item, null)),
+    }, "×");
+    return { marker, row: el("div", { class: "caption-row" }, input, clear) };
   }
+
+  async function saveCaption(item, value) {
+    if (value !== null && value === item.caption && item.caption_source === "item") return;
+    const saved = await api(`/api/v1/datasets/${datasetId}/items/${item.image_id}`, {
+      method: "PATCH", json: { caption: value, role: item.role },
+    });
+    Object.assign(item, saved);
+    // Redraw the card in place: its marker, class and clear button follow the source.
+    const card = root.querySelector(`.item[data-image-id="${item.image_id}"][data-role="${item.role}"]`);
+    const fresh = itemCard(item);
+    card?.replaceWith(fresh);
+    fresh.querySelector("input.caption")?.classList.add("saved");
+    toast(value === null ? `caption of ${fmt.name(item.path)} back to the default` : `caption of ${fmt.name(item.path)} saved`);
+  }
+
+  // Trigger and class words, crop mode and prompts.
+  function fillSettings(d) {
+    document.getElementById("set-trigger").value = d.trigger_word || "";
+    document.getElementById("set-class").value = d.class_word || "";
+    document.getElementById("set-crop-mode").value = d.crop_mode || "square";
+    document.getElementById("set-prompt").value = d.prompt || "";
+    document.getElementById("set-class-prompt").value = d.class_prompt || "";
+  }
+  document.getElementById("settings-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    attempt(async () => {
+      const d = view.dataset;
+      const value = (id) => document.getElementById(id).value.trim();
+      const json = {};
+      // Only what changed: an untouched prompt made from the words follows new words.
+      if (value("set-trigger") !== (d.trigger_word || "")) json.trigger_word = value("set-trigger");
+      if (value("set-class") !== (d.class_word || "")) json.class_word = value("set-class");
+      if (value("set-crop-mode") !== d.crop_mode) json.crop_mode = value("set-crop-mode");
+      if (value("set-prompt") !== d.prompt) json.prompt = value("set-prompt");
+      if (value("set-class-prompt") !== (d.class_prompt || "")) json.class_prompt = value("set-class-prompt");
+      if (!Object.keys(json).length) { toast("nothing changed"); return; }
+      await api(`/api/v1/datasets/${datasetId}`, { method: "PATCH", json });
+      toast("dataset saved");
+      await load();
+    });
+  });
+
+  // Find and replace: a dry run first (count and examples), then apply the same thing.
+  const rpResult = document.getElementById("rp-result");
+  const rpApply = document.getElementById("rp-apply");
+  let previewed = null;
+  function replaceBody(dryRun) {
+    return {
+      find: document.getElementById("rp-find").value, replace: document.getElementById("rp-replace").value,
+      regex: document.getElementById("rp-regex").checked, role: document.getElementById("rp-role").value || null,
+      dry_run: dryRun,
+    };
+  }
+  function showReplace(result) {
+    const verb = result.dry_run ? "would change" : "changed";
+    const list = el("ul", {}, ...result.examples.map((c) => el("li", {},
+      `#${c.image_id} `, el("del", {}, c.before), " → ", el("ins", {}, c.after))));
+    rpResult.replaceChildren(el("div", { class: result.dry_run ? "" : "ok", id: "rp-count" },
+      `${verb} ${result.changed} of ${result.scanned} captions`
+      + (result.examples.length < result.changed ? ` (first ${result.examples.length} shown)` : "")), list);
+  }
+  document.getElementById("replace-form").addEventListener("submit", (event) => {
+    event.preventDefault();
+    attempt(async () => {
+      const body = replaceBody(true);
+      const result = await api(`/api/v1/datasets/${datasetId}/captions/replace`, { method: "POST", json: body });
+      showReplace(result);
+      previewed = result.changed ? JSON.stringify(body) : null;
+      rpApply.disabled = !previewed;
+    });
+  });
+  // Editing the form after a preview asks for a new one before applying.
+  for (const id of ["rp-find", "rp-replace", "rp-regex", "rp-role"]) {
+    document.getElementById(id).addEventListener("input", () => { previewed = null; rpApply.disabled = true; });
+  }
+  rpApply.addEventListener("click", () => attempt(async () => {
+    if (!previewed) return;
+    rpApply.disabled = true;
+    const result = await api(`/api/v1/datasets/${datasetId}/captions/replace`, { method: "POST", json: { ...JSON.parse(previewed), dry_run: false } });
+    previewed = null;
+    showReplace(result);
+    toast(`${result.changed} captions changed`);
+    await load();
+  }));
+
+  // Bucket histogram: one row per bucket, a shape of its aspect, its size and a bar.
+  const bkResolution = document.getElementById("bk-resolution");
+  function showBuckets(buckets, mode) {
+    document.getElementById("buckets-mode").textContent = mode === "buckets" ? "in use" : "crop mode: square";
+    const chart = document.getElementById("buckets-chart");
+    if (!buckets.bins.length) {
+      chart.replaceChildren(el("p", { class: "muted" }, "No included instance images of known size."));
+      return;
+    }
+    const most = Math.max(...buckets.bins.map((b) => b.count));
+    const side = Math.max(...buckets.bins.flatMap((b) => [b.width, b.height]));
+    chart.replaceChildren(...buckets.bins.map((b) => el("div", {
+      class: "row-item", role: "listitem", "aria-label": `${b.width}×${b.height}: ${b.count} images`,
+      dataset: { width: b.width, height: b.height, count: b.count },
+    },
+      el("div", { class: "shape-cell" }, el("div", { class: "shape", style: `width:${Math.round(28 * b.width / side)}px;height:${Math.round(28 * b.height / side)}px` })),
+      el("span", { class: "size" }, `${b.width}×${b.height}`),
+      el("div", { class: "track" }, el("div", { class: "bar", style: `width:${(100 * b.count / most).toFixed(1)}%` })),
+      el("span", { class: "count" }, String(b.count)))));
+  }
+  bkResolution.addEventListener("change", () => attempt(load));
 
   function show(data, focusId) {
     view = data;
     readClusters(data.dataset.params || {});
     showMeta(data.dataset);
+    fillSettings(data.dataset);
+    // A change answers with the histogram at 512; another resolution is fetched again.
+    if (data.buckets.resolution === Number(bkResolution.value)) showBuckets(data.buckets, data.dataset.crop_mode);
+    else attempt(load);
     const counts = data.dataset.counts;
     for (const role of ["instance", "class"]) {
       const items = data.items.filter((i) => i.role === role);
@@ -138,7 +262,7 @@
     if (focusId != null) root.querySelector(`.item-photo[data-image-id="${focusId}"]`)?.focus();
   }
 
-  const load = async () => show(await api(`/api/v1/datasets/${datasetId}`));
+  const load = async () => show(await api(`/api/v1/datasets/${datasetId}?resolution=${Number(bkResolution.value)}`));
 
   // Export: a job; its bar follows it to the end, then the crops appear on the photos.
   const exportStatus = document.getElementById("export-status");
@@ -165,7 +289,8 @@
         if (end.state === "succeeded") {
           set(1);
           const c = end.counts || {};
-          text.textContent = `exported ${c.instance ?? end.done} images${c.class_images ? ` + ${c.class_images} class` : ""} to ${c.path || ""}`;
+          text.textContent = `exported ${c.instance ?? end.done} images${c.class ? ` + ${c.class} class` : ""} to ${c.path || ""}`
+            + (c.kohya && c.kohya.path ? ` (kohya folders in ${c.kohya.path})` : "");
           text.className = "ok";
           await load();
         } else {

@@ -59,6 +59,8 @@
       if (!seeds.length) throw new Error("select some photos first");
       const json = {
         name: text("ds-name"), prompt: text("ds-prompt"), class_prompt: text("ds-class-prompt"), seeds,
+        trigger_word: text("ds-trigger"), class_word: text("ds-class-word"),
+        crop_mode: document.getElementById("ds-crop-mode").value,
         k: num("ds-k"), min_score: num("ds-min-score"), max: num("ds-max"), mmr: num("ds-mmr"),
         sampler: document.getElementById("ds-sampler").value,
         space: text("ds-space"), class_count: num("ds-class-count"), class_label: text("ds-class-label"),
