@@ -8,6 +8,7 @@ to a single file and registered.
 from __future__ import annotations
 
 import hashlib
+import io
 import shutil
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from typing import Any
 import pytest
 from litestar import Litestar
 from litestar.testing import TestClient
+from PIL import Image
 
 from tests.helpers import index_folder, wait_for_job
 from tests.photos import make_photo
@@ -240,3 +242,79 @@ def test_losses_and_checkpoint_file(client: Client, allowed: Path) -> None:
         session.commit()
     gone = client.get(url)
     assert gone.status_code == 404 and "gone" in gone.json()["detail"]
+
+
+def test_samples_and_validation_in_run_detail(
+    client: Client, allowed: Path, tmp_path: Path
+) -> None:
+    """The run detail lists validation losses and samples; the sample route serves the
+    run's own PNGs and refuses any path or link out of its samples folder."""
+    body = run_body(
+        allowed,
+        steps=2,
+        text_encoder_steps=0,
+        options={
+            "mixed_precision": "no",
+            "device": "cpu",
+            "save_every": 0,
+            "sample_every": 2,
+            "sample_steps": 2,
+            "sample_prompts": ["a photo of sks dog", "sks dog in snow"],
+            "validation_images": 1,
+            "ema": True,
+        },
+    )
+    started = client.post("/api/v1/training-runs", json=body)
+    assert started.status_code == 202, started.text
+    run = started.json()
+    assert wait_for_job(client, run["job_id"])["state"] == "succeeded"
+    done = client.get(f"/api/v1/training-runs/{run['id']}").json()
+    assert [p["step"] for p in done["validation"]] == [0, 2]
+    assert all(p["loss"] > 0 for p in done["validation"])
+    assert done["peak_memory_bytes"] is None  # trained on a CPU
+    assert [(s["step"], s["index"], s["seed"]) for s in done["samples"]] == [
+        (2, 0, 1234),
+        (2, 1, 1235),
+    ]
+    assert done["samples"][1]["prompt"] == "sks dog in snow"
+    # The list of runs stays lean: no samples there.
+    (listed,) = client.get("/api/v1/training-runs").json()["runs"]
+    assert "samples" not in listed
+
+    url = done["samples"][0]["url"]
+    assert url == f"/api/v1/training-runs/{run['id']}/samples/step-00000002/00.png"
+    image = client.get(url)
+    assert image.status_code == 200, image.text
+    assert image.headers["content-type"] == "image/png"
+    assert Image.open(io.BytesIO(image.content)).size == (32, 32)
+
+    base = f"/api/v1/training-runs/{run['id']}/samples"
+    samples = Path(done["output_dir"]) / "samples"
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    Image.new("RGB", (8, 8)).save(outside / "secret.png")
+    (samples / "step-00000002" / "leak.png").symlink_to(outside / "secret.png")
+    (samples / "linked").symlink_to(outside)
+    (samples / "notes.txt").write_text("not an image")
+    refused = {
+        f"{base}/step-00000002/leak.png": 403,
+        f"{base}/linked/secret.png": 403,
+        f"{base}/%2e%2e/result.json": 403,
+        f"{base}/%2e%2e/%2e%2e": 403,
+        # An encoded slash is a slash by the time routes match: no route takes these.
+        f"{base}/step-00000002/..%2f..%2fresult.json": 404,
+        f"{base}/%2e%2e/..%2f..%2f..%2f..%2fetc%2fpasswd": 404,
+        f"{base}/step-00000002/07.png": 404,
+        f"{base}/notes.txt": 404,
+        f"{base}/step-00000002/notes.txt": 404,
+        "/api/v1/training-runs/999/samples/step-00000002/00.png": 404,
+    }
+    (samples / "step-00000002" / "notes.txt").write_text("not an image either")
+    for path, status in refused.items():
+        reply = client.get(path)
+        assert reply.status_code == status, (path, reply.status_code, reply.text)
+        assert reply.headers["content-type"].startswith("application/json"), path
+    # Dot segments a client sends as they are never reach a file either.
+    for raw in ("../result.json", "../../../../etc/passwd", "step-00000002/../../result.json"):
+        reply = client.get(f"{base}/{raw}")
+        assert reply.status_code in (403, 404), (raw, reply.status_code)

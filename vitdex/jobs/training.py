@@ -209,7 +209,12 @@ def _train_run(
             session,
             job_id,
             JobState.SUCCEEDED,
-            counts={"phase": "done", "loss": result.final_loss, "steps": result.steps},
+            counts={
+                "phase": "done",
+                "loss": result.final_loss,
+                "steps": result.steps,
+                "peak_memory_bytes": result.peak_memory_bytes,
+            },
         )
 
 

@@ -5,6 +5,8 @@ A run is a ``training_runs`` row plus a folder ``VITDEX_HOME/training/run-<id>``
     data/           the dataset exported for this run (crops, captions, dataset.toml);
                     written once, so a resumed run trains on exactly the same images
     checkpoints/    resumable checkpoints (see :mod:`vitdex.training.dreambooth`)
+    samples/        images rendered during training (``step-NNNNNNNN/II.png``), listed
+                    in ``samples.jsonl``; validation losses in ``validation.jsonl``
     final/          the trained pipeline (diffusers folder)
     <name>.safetensors  the converted single-file checkpoint, registered in ``checkpoints``
 
@@ -15,6 +17,8 @@ creates runs and the job function (:func:`vitdex.jobs.training.run_train_job`) t
 
 from __future__ import annotations
 
+import contextlib
+import json
 import re
 from collections.abc import Mapping
 from pathlib import Path
@@ -29,9 +33,9 @@ from vitdex.db import training as run_sql
 from vitdex.db.models import Checkpoint, Job, JobState, TrainingRun, utcnow
 from vitdex.db.recovery import is_orphan
 from vitdex.errors import ConfigError, ConflictError, ForbiddenError, NotFoundError
-from vitdex.paths import inside
+from vitdex.paths import confine, inside
 from vitdex.training.config import TrainConfig, scale_text_encoder_steps
-from vitdex.training.losses import read_losses
+from vitdex.training.losses import SAMPLES_DIR, read_losses, read_samples, read_validation
 
 #: Config fields the run fills in itself: callers may not set them.
 _MANAGED = frozenset({"base_model", "instance_dir", "class_dir"})
@@ -240,6 +244,71 @@ def run_losses(settings: Settings, sessions: sessionmaker[Session], run_id: int)
         folder = _own_folder(settings, run)
     points = read_losses(folder)
     return {"run_id": run_id, "points": [{"step": s, "loss": v} for s, v in points]}
+
+
+def _during(run_id: int, folder: Path) -> dict[str, Any]:
+    """What a run's folder says about its training so far: validation, samples, memory."""
+    samples = []
+    prefix = f"{SAMPLES_DIR}/"
+    for sample in read_samples(folder):
+        file = sample.pop("file")
+        if file.startswith(prefix):
+            # The image is served by the run, only from its samples folder.
+            url = f"/api/v1/training-runs/{run_id}/samples/{file[len(prefix) :]}"
+            samples.append({**sample, "url": url})
+    peak = None
+    result = folder / "result.json"
+    if result.is_file():
+        with contextlib.suppress(OSError, ValueError, AttributeError):
+            value = json.loads(result.read_text(encoding="utf-8")).get("peak_memory_bytes")
+            peak = int(value) if isinstance(value, int) else None
+    return {
+        "validation": [{"step": s, "loss": v} for s, v in read_validation(folder)],
+        "samples": samples,
+        "peak_memory_bytes": peak,
+    }
+
+
+def run_detail(settings: Settings, sessions: sessionmaker[Session], run_id: int) -> dict[str, Any]:
+    """A run as :func:`show_run` gives it, plus its validation losses ``[{step, loss}]``,
+    sample images ``[{step, index, prompt, seed, url}]`` and peak accelerator memory.
+
+    A run keeping its files outside VITDEX_HOME/training shows none of them.
+    """
+    with sessions() as session:
+        run = run_sql.get_run(session, run_id)
+        data = run_sql.run_to_dict(session, run)
+        output_dir = run.output_dir
+    folder = Path(output_dir).resolve() if output_dir else None
+    if folder is None or not inside(folder, [(settings.storage.home / "training").resolve()]):
+        return {**data, "validation": [], "samples": [], "peak_memory_bytes": None}
+    return {**data, **_during(run_id, folder)}
+
+
+def run_sample_file(
+    settings: Settings, sessions: sessionmaker[Session], run_id: int, name: str
+) -> Path:
+    """The sample image ``name`` (``step-NNNNNNNN/II.png``) of run ``run_id``.
+
+    Served only from the run's own ``samples/`` folder: a name that climbs out (``..``) or
+    a link that leads out is refused (:class:`ForbiddenError`), anything else missing is
+    not found.
+    """
+    with sessions() as session:
+        run = run_sql.get_run(session, run_id)
+        folder = _own_folder(settings, run)
+    root = folder / SAMPLES_DIR
+    try:
+        # The folder itself may not be a link out of the run's folder either.
+        within = confine(root, [folder], scope=f"training run {run_id}'s folder")
+        path = confine(root / name, [within], scope=f"training run {run_id}'s samples")
+    except (FileNotFoundError, NotADirectoryError):
+        raise NotFoundError(f"training run {run_id} has no sample {name}") from None
+    except OSError as exc:
+        raise NotFoundError(f"training run {run_id} has no readable sample {name}: {exc}") from None
+    if path.suffix.lower() != ".png" or not path.is_file():
+        raise NotFoundError(f"training run {run_id} has no sample {name}")
+    return path
 
 
 def run_checkpoint_file(

@@ -18,12 +18,16 @@ from vitdex.api.controllers.jobs import Id, Offset
 from vitdex.api.deps import Services
 from vitdex.api.errors import Conflict, Forbidden, NotFound, Unavailable
 from vitdex.api.schemas import RunOut, RunsOut
-from vitdex.api.schemas.training import RunLosses
+from vitdex.api.schemas.training import RunDetail, RunLosses
 from vitdex.api.validation import json_content_type
 from vitdex.config import Settings
 from vitdex.db.models import INT64_MAX
 
 CheckpointId = Annotated[int, PathParameter(ge=1, le=INT64_MAX, description="Checkpoint id")]
+StepFolder = Annotated[
+    str, PathParameter(max_length=64, description="The step's folder, ``step-NNNNNNNN``")
+]
+SampleName = Annotated[str, PathParameter(max_length=64, description="The image, ``II.png``")]
 
 
 @dataclass
@@ -134,19 +138,24 @@ class TrainingController(Controller):
         sync_to_thread=True,
         operation_id="getTrainingRun",
         summary="Get one training run",
-        description="One run with its config, job state and checkpoint.",
+        description=(
+            "One run with its config, job state and checkpoint, and what it measured while "
+            "training: validation losses, sample images and peak accelerator memory."
+        ),
     )
     def get_one(
         self,
+        settings: NamedDependency[Settings],
         sessions: NamedDependency[sessionmaker[Session]],
         services: NamedDependency[Services],
         run_id: Id,
-    ) -> RunOut:
-        """One run with its config, job state and checkpoint."""
-        from vitdex.training.runs import show_run
+    ) -> RunDetail:
+        """One run with its config, job state and checkpoint, and what it measured while
+        training: validation losses, sample images and peak accelerator memory."""
+        from vitdex.training.runs import run_detail
 
         services.recover_orphans()
-        return RunOut.of(show_run(sessions, run_id))
+        return RunDetail.of(run_detail(settings, sessions, run_id))
 
     @post(
         "/{run_id:int}/resume",
@@ -213,6 +222,32 @@ class TrainingController(Controller):
         from vitdex.training.runs import run_losses
 
         return RunLosses.of(run_losses(settings, sessions, run_id))
+
+    @get(
+        "/{run_id:int}/samples/{folder:str}/{name:str}",
+        sync_to_thread=True,
+        media_type="image/png",
+        raises=[NotFound, Forbidden],
+        operation_id="getTrainingRunSample",
+        summary="Get a sample image of a training run",
+        description=(
+            "A PNG rendered during training (``step-NNNNNNNN/II.png``, as the run detail's "
+            "sample urls name it), served only from the run's own samples folder."
+        ),
+    )
+    def sample(
+        self,
+        settings: NamedDependency[Settings],
+        sessions: NamedDependency[sessionmaker[Session]],
+        run_id: Id,
+        folder: StepFolder,
+        name: SampleName,
+    ) -> File:
+        """A PNG rendered during training, served only from the run's samples folder."""
+        from vitdex.training.runs import run_sample_file
+
+        path = run_sample_file(settings, sessions, run_id, f"{folder}/{name}")
+        return File(path, media_type="image/png", content_disposition_type="inline")
 
     @get(
         "/{run_id:int}/checkpoints/{checkpoint_id:int}/file",

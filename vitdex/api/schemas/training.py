@@ -18,6 +18,12 @@ class DatasetOut(FromDict):
     name: str
     prompt: str
     class_prompt: str | None
+    #: The subject's rare token (``sks``); default captions start with it.
+    trigger_word: str | None
+    #: The subject's class (``dog``).
+    class_word: str | None
+    #: ``square`` crops or aspect-ratio ``buckets`` on export.
+    crop_mode: Literal["square", "buckets"]
     space: str | None
     #: How it was curated: seeds, k, min_score, dedup, min_distance, max, mmr, sampler,
     #: tags, hide_duplicates, space (and the representative sampler's clusters).
@@ -46,22 +52,96 @@ class DatasetItemOut(FromDict):
     #: near_duplicate, over_max, excluded_by_hand, ...
     reason: str
     duplicate_of: int | None
+    #: The caption the export writes: the item's own, else the (class) prompt.
     caption: str | None
+    #: ``item`` (set by hand or by a find/replace) or ``default`` (the prompt's).
+    caption_source: Literal["item", "default"]
     crop: dict[str, Any] | None
 
 
 @dataclass
+class BucketBin(FromDict):
+    """One aspect-ratio bucket and how many included instance images fall in it."""
+
+    width: int
+    height: int
+    count: int
+
+
+@dataclass
+class BucketHistogram(FromDict):
+    """How the included instance images fall into buckets at a base resolution."""
+
+    resolution: int
+    #: Largest count first.
+    bins: list[BucketBin]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {"bins": BucketBin}
+
+
+@dataclass
 class DatasetView(FromDict):
-    """A dataset with every candidate."""
+    """A dataset with every candidate and its bucket histogram."""
 
     dataset_id: int
     dataset: DatasetOut
     items: list[DatasetItemOut]
+    buckets: BucketHistogram
 
     nested: ClassVar[Mapping[str, type[FromDict]]] = {
         "dataset": DatasetOut,
         "items": DatasetItemOut,
+        "buckets": BucketHistogram,
     }
+
+
+@dataclass
+class CaptionRow(FromDict):
+    """An item's effective caption."""
+
+    image_id: int
+    role: Literal["instance", "class"]
+    included: bool
+    path: str
+    caption: str | None
+    caption_source: Literal["item", "default"]
+
+
+@dataclass
+class DatasetCaptions(FromDict):
+    """Every item's caption, and the defaults per role."""
+
+    dataset_id: int
+    #: ``instance`` and ``class``: what an item without a caption of its own gets.
+    defaults: dict[str, str | None]
+    captions: list[CaptionRow]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {"captions": CaptionRow}
+
+
+@dataclass
+class CaptionChange(FromDict):
+    """One caption a find/replace changes."""
+
+    image_id: int
+    role: Literal["instance", "class"]
+    before: str
+    after: str
+
+
+@dataclass
+class CaptionsReplaced(FromDict):
+    """What a find/replace changed (or, as a dry run, would change)."""
+
+    dataset_id: int
+    changed: int
+    #: Items looked at.
+    scanned: int
+    dry_run: bool
+    #: The first changes (at most 20).
+    examples: list[CaptionChange]
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {"examples": CaptionChange}
 
 
 @dataclass
@@ -147,6 +227,12 @@ class CheckpointOut(FromDict):
     name: str
     #: ``invalid`` when validation failed (the file is kept for inspection).
     status: Literal["ready", "invalid"]
+    #: ``checkpoint`` (a whole model) or ``lora`` (its difference to the base).
+    kind: Literal["checkpoint", "lora"]
+    #: The checkpoint a LoRA was extracted from (null: a whole model, or unregistered).
+    source_id: int | None
+    #: A LoRA's rank (null for whole models).
+    lora_rank: int | None
     base_model: str
     version: str
     run_id: int | None
@@ -213,3 +299,34 @@ class RunLosses(FromDict):
     points: list[LossPoint]
 
     nested: ClassVar[Mapping[str, type[FromDict]]] = {"points": LossPoint}
+
+
+@dataclass
+class SampleOut(FromDict):
+    """An image rendered during training with the weights of that step."""
+
+    step: int
+    #: Which sample prompt (0-based); its seed is ``sample_seed + index``.
+    index: int
+    prompt: str
+    seed: int
+    #: Where the PNG is served (from the run's own samples folder only).
+    url: str
+
+
+@dataclass
+class RunDetail(RunOut):
+    """A training run with what it measured while training."""
+
+    #: Validation loss on the held-out images, oldest step first (step 0: the base).
+    validation: list[LossPoint]
+    #: Sample images, by step then prompt.
+    samples: list[SampleOut]
+    #: Peak accelerator memory of the last training call (CUDA only), in bytes.
+    peak_memory_bytes: int | None
+
+    nested: ClassVar[Mapping[str, type[FromDict]]] = {
+        **RunOut.nested,
+        "validation": LossPoint,
+        "samples": SampleOut,
+    }

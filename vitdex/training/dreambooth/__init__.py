@@ -17,10 +17,18 @@ one on its own, so a process killed at any moment continues from its last save a
 with the same weights as a run that never stopped. Data order, augmentation and noise are
 pure functions of (seed, position), so the step is all the resumed loop needs to carry on.
 
+While it trains, a run can render sample images every ``sample_every`` steps
+(``output_dir/samples/``, listed in ``samples.jsonl``), measure a validation loss on
+``validation_images`` held-out instance images (``validation.jsonl``, from step 0) and keep
+an EMA of the weights (``ema``), which samples, validation and the output then use. Both
+are as reproducible as training: a resumed run renders the same pixels and measures the
+same losses at the same steps.
+
 The parts: :mod:`.model` (the base's modules, LoRA, text encoding, the loss),
 :mod:`.batches` (draws, latent and caption caches, class images), :mod:`.optim`,
-:mod:`.checkpoints`, :mod:`.output` (``final/``, ``lora/``, ``result.json``) and
-:mod:`.loop` (the loop and :func:`train`). The run's settings (:class:`TrainConfig`),
+:mod:`.checkpoints`, :mod:`.output` (``final/``, ``lora/``, ``result.json``),
+:mod:`.sampling`, :mod:`.validation`, :mod:`.ema` and :mod:`.loop` (the loop and
+:func:`train`). The run's settings (:class:`TrainConfig`),
 reports and stages live in the torch-free :mod:`vitdex.training.config`. Run as
 ``python -m vitdex.training.dreambooth CONFIG.json OUTPUT_DIR``; it prints one JSON
 progress line per step.

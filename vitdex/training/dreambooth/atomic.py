@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from vitdex.training.convert.files import atomic_path
+from vitdex.training.convert.files import atomic_path, default_file_mode
 
 __all__ = ["publish", "write_json_atomic"]
 
@@ -30,9 +30,13 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _fsync_tree(root: Path) -> None:
-    """Flush every file and folder under ``root``, deepest first."""
+    """Flush every file and folder under ``root``, deepest first; files get the mode a
+    plain ``open()`` gives (safetensors writes 0600, unreadable to a UI run by another
+    user)."""
+    mode = default_file_mode()
     for path in sorted(root.rglob("*"), reverse=True):
-        if path.is_file():
+        if path.is_file() and not path.is_symlink():
+            path.chmod(mode)
             with path.open("rb") as fh:
                 os.fsync(fh.fileno())
         elif path.is_dir():

@@ -1,7 +1,8 @@
 """Resumable checkpoints of a DreamBooth run: ``output_dir/checkpoints/step-NNNNNNNN``.
 
 Each holds the trained weights (safetensors, only of modules some stage has trained so
-far), optimizer, LR schedule, grad scaler, RNG states, the step and the run's config; it
+far), the EMA shadow of every trained module when the run keeps one, optimizer, LR
+schedule, grad scaler, RNG states, the step and the run's config; it
 appears atomically (:func:`~vitdex.training.dreambooth.atomic.publish`). The data position
 is not stored: draws are a function of the config and the step.
 """
@@ -22,6 +23,7 @@ import torch
 from vitdex.errors import ConfigError
 from vitdex.training.config import Stage, TrainConfig, config_differences, list_checkpoints
 from vitdex.training.dreambooth.atomic import publish
+from vitdex.training.dreambooth.ema import EMA
 from vitdex.training.dreambooth.model import Model
 from vitdex.training.dreambooth.optim import Optimization
 
@@ -76,6 +78,7 @@ def save_checkpoint(
     model: Model,
     optim: Optimization,
     loss: float | None,
+    ema: EMA | None = None,
 ) -> Path:
     """Write a resumable checkpoint for ``step`` atomically; prune old ones."""
     from safetensors.torch import save_file
@@ -95,10 +98,16 @@ def save_checkpoint(
         if touched:
             save_file(model.trained_state(module), str(tmp / f"{module}.safetensors"))
             weights.append(module)
+    averaged = []
+    if ema is not None:
+        for module in ema.shadow:
+            save_file(ema.state(module), str(tmp / f"ema-{module}.safetensors"))
+            averaged.append(module)
     state = {
         "format": _STATE_FORMAT,
         "step": step,
         "weights": weights,
+        "ema": averaged,
         **optim.state(),
         "rng": rng_state(),
         "loss": loss,
@@ -116,10 +125,11 @@ def save_checkpoint(
 
 
 def load_checkpoint(
-    checkpoint: Path, config: TrainConfig, model: Model
+    checkpoint: Path, config: TrainConfig, model: Model, ema: EMA | None = None
 ) -> tuple[int, dict[str, Any]]:
-    """Put a checkpoint's weights into ``model``; returns its step and its whole state
-    (optimizer, RNG and loss are taken back later, as the loop reaches them)."""
+    """Put a checkpoint's weights into ``model`` (and its shadow into ``ema``); returns its
+    step and its whole state (optimizer, RNG and loss are taken back later, as the loop
+    reaches them)."""
     from safetensors.torch import load_file
 
     state: dict[str, Any] = torch.load(
@@ -137,6 +147,13 @@ def load_checkpoint(
     for module in state["weights"]:
         tensors = load_file(str(checkpoint / f"{module}.safetensors"))
         model.load_trained_state(module, tensors)
+    if ema is not None:
+        averaged = state.get("ema") or []
+        if set(averaged) != set(ema.shadow):
+            names = ", ".join(sorted(ema.shadow))
+            raise ConfigError(f"{checkpoint} holds no EMA weights of {names}")
+        for module in averaged:
+            ema.load_state(module, load_file(str(checkpoint / f"ema-{module}.safetensors")))
     return int(state["step"]), state
 
 

@@ -2,7 +2,10 @@
 
 :func:`train` loads the base, resolves the settings and runs the loop; on completion it
 writes the output (:mod:`.output`), when asked to stop it saves a checkpoint
-(:mod:`.checkpoints`) and returns a result with ``completed=False``. :func:`main` is the
+(:mod:`.checkpoints`) and returns a result with ``completed=False``. Along the way it
+keeps the EMA of the weights (:mod:`.ema`), renders samples (:mod:`.sampling`) and
+measures the validation loss (:mod:`.validation`); neither of the last two touches the
+random state training draws from, so they never change the trained weights. :func:`main` is the
 ``python -m vitdex.training.dreambooth CONFIG.json OUTPUT_DIR`` entry point.
 """
 
@@ -14,7 +17,8 @@ import math
 import random
 import time
 from collections import deque
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -38,12 +42,17 @@ from vitdex.training.dreambooth.batches import Batches, generate_class_images, n
 from vitdex.training.dreambooth.checkpoints import (
     clear_partial,
     load_checkpoint,
+    rng_state,
     save_checkpoint,
     set_rng_state,
 )
+from vitdex.training.dreambooth.ema import EMA
 from vitdex.training.dreambooth.model import Model, check_model_resolution, resolve_config
 from vitdex.training.dreambooth.optim import Optimization
 from vitdex.training.dreambooth.output import finished_result, write_final, write_result
+from vitdex.training.dreambooth.sampling import Sampler
+from vitdex.training.dreambooth.validation import Validator, hold_out
+from vitdex.training.losses import record_validation
 
 __all__ = ["main", "train"]
 
@@ -82,6 +91,13 @@ class _Run:
         self.optim = Optimization(config, self.device, self.stages, self.notes)
         self.last_loss: float | None = None
         self.step_times: deque[float] = deque(maxlen=20)
+        self.ema: EMA | None = None
+        self.validator: Validator | None = None
+        self.sampler: Sampler | None = None
+        if config.sample_every > 0:
+            self.sampler = Sampler(config, self.model, base.pipeline, output_dir)
+        self.sampled: set[int] = set()
+        self.validated: set[int] = set()
 
     # -- progress
 
@@ -100,6 +116,52 @@ class _Run:
 
     def stop_requested(self) -> bool:
         return self.should_stop is not None and bool(self.should_stop())
+
+    def peak_memory(self) -> int | None:
+        """Peak CUDA memory allocated since the run started (None elsewhere)."""
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.max_memory_allocated(self.device))
+
+    # -- during training: samples and validation
+
+    @contextmanager
+    def aside(self) -> Iterator[None]:
+        """Work beside training: the global RNG state kept, the EMA weights swapped in."""
+        state = rng_state()
+        swap = self.ema.swapped() if self.ema is not None else nullcontext()
+        try:
+            with swap:
+                yield
+        finally:
+            set_rng_state(state)
+
+    def sample(self, step: int) -> None:
+        if self.sampler is None or step in self.sampled:
+            return
+        self.sampled.add(step)
+        with self.aside():
+            seconds = self.sampler.generate(
+                step, lambda message: self.report("sampling", step, message=message)
+            )
+        self.report("sampling", step, message=f"samples at step {step}: {seconds:.2f} s each")
+
+    def validate(self, step: int) -> None:
+        if self.validator is None or step in self.validated:
+            return
+        self.validated.add(step)
+        with self.aside():
+            loss = self.validator.measure()
+        record_validation(self.output_dir, step, loss)
+        self.report("validating", step, message=f"validation loss {loss:.6f} at step {step}")
+
+    def during(self, step: int) -> None:
+        """Samples and validation due after step ``step`` (1-based)."""
+        cfg = self.config
+        if self.sampler is not None and self.sampler.due(step):
+            self.sample(step)
+        if cfg.validation_every and step % cfg.validation_every == 0:
+            self.validate(step)
 
     # -- loop
 
@@ -146,12 +208,15 @@ class _Run:
             model=self.model,
             optim=self.optim,
             loss=self.last_loss,
+            ema=self.ema,
         )
 
     def run(self) -> TrainResult:
         cfg = self.config
         _seed_everything(cfg.seed)
         check_model_resolution(self.base.pipeline, int(cfg.resolution or 0))
+        if self.sampler is not None:
+            check_model_resolution(self.base.pipeline, self.sampler.resolution)
         generate_class_images(
             cfg,
             self.base.pipeline,
@@ -161,7 +226,13 @@ class _Run:
         )
         # Generation may draw from the global generators; start the run from the seed again.
         _seed_everything(cfg.seed)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         self.batches.load()
+        if cfg.validation_images:
+            # Held out before anything draws from the instances (data order, buckets, caches).
+            self.batches.instances, held = hold_out(self.batches.instances, cfg.validation_images)
+            self.validator = Validator(cfg, self.model, held)
         if self.stop_requested():
             found = list_checkpoints(self.output_dir)
             return self.stopped(found[-1][0] if found else 0, found[-1][1] if found else None, None)
@@ -169,11 +240,13 @@ class _Run:
             train_unet=any(s.train_unet for s in self.stages),
             train_text=any(s.train_text for s in self.stages),
         )
+        if cfg.ema:
+            self.ema = EMA(self.model, cfg.ema_decay)
         clear_partial(self.output_dir)
         step, resume_state, resumed_from = 0, None, None
         checkpoint = latest_checkpoint(self.output_dir)
         if checkpoint is not None:
-            step, resume_state = load_checkpoint(checkpoint, cfg, self.model)
+            step, resume_state = load_checkpoint(checkpoint, cfg, self.model, self.ema)
             self.last_loss = resume_state.get("loss")
             resumed_from = step
         if cfg.cache_latents:
@@ -181,6 +254,8 @@ class _Run:
         last_saved = step if checkpoint is not None else None
         if resume_state is not None:
             set_rng_state(resume_state["rng"])
+        if step == 0:
+            self.validate(0)  # the base's loss: the same for every run on these images
         self.report("training", step, message="resumed" if resumed_from is not None else "")
         stage: Stage | None = None
         while step < self.total:
@@ -193,6 +268,8 @@ class _Run:
             tick = time.perf_counter()
             self.last_loss = self.train_step(step, stage)
             step += 1
+            if self.ema is not None:
+                self.ema.update(step)
             self.step_times.append(time.perf_counter() - tick)
             rate = len(self.step_times) / sum(self.step_times)
             self.report(
@@ -204,6 +281,7 @@ class _Run:
                 lr=self.optim.lr,
                 eta_s=(self.total - step) / rate,
             )
+            self.during(step)
             if cfg.save_every and step % cfg.save_every == 0 and step < self.total:
                 path = self.save(step)
                 last_saved = step
@@ -228,10 +306,20 @@ class _Run:
             optimizer=self.optim.name,
             notes=self.notes,
             elapsed_s=time.perf_counter() - self.started,
+            peak_memory_bytes=self.peak_memory(),
         )
 
     def finish(self, step: int, resumed_from: int | None) -> TrainResult:
-        """Write the trained pipeline (and LoRA file) and the run's result."""
+        """Samples and validation of the end, then the trained pipeline (and LoRA file)
+        and the run's result."""
+        if self.sampler is not None:
+            self.sample(step)
+        self.validate(step)
+        if self.ema is not None:
+            self.ema.copy_to_model()
+            self.notes.append(
+                f"the output holds the EMA of the weights (decay {self.config.ema_decay})"
+            )
         self.report("saving", step)
         final, lora_file = write_final(self.model, self.config, self.output_dir)
         result = TrainResult(
@@ -246,6 +334,7 @@ class _Run:
             optimizer=self.optim.name,
             notes=self.notes,
             elapsed_s=time.perf_counter() - self.started,
+            peak_memory_bytes=self.peak_memory(),
         )
         write_result(self.output_dir, result, self.user_config)
         self.report("done", step, loss=self.last_loss, message=str(final))

@@ -125,4 +125,5 @@ def finished_result(output_dir: Path, config: TrainConfig) -> TrainResult | None
         optimizer=data.get("optimizer", "AdamW"),
         notes=list(data.get("notes", [])),
         elapsed_s=0.0,
+        peak_memory_bytes=data.get("peak_memory_bytes"),
     )

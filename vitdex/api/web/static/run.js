@@ -1,5 +1,7 @@
-// Training run page: live step/total progress, the loss curve (inline SVG), checkpoints
-// (download, sample grid, sha256), the config as a table, cancel and resume.
+// Training run page: live step/total progress, the loss curve with the validation loss
+// (inline SVG), the samples rendered during training (rows prompts, columns steps, click
+// to enlarge), checkpoints (download, sample grid, sha256), the config as a table, cancel
+// and resume.
 "use strict";
 (function () {
   const { api, attempt, el, toast, progressBar, fmt } = window.vitdex;
@@ -12,6 +14,7 @@
   const resumeButton = document.getElementById("resume-run");
   const SVG = "http://www.w3.org/2000/svg";
   let shownCheckpoints = "";
+  let shownSamples = "";
   let configShown = false;
 
   function svg(tag, attrs = {}, text) {
@@ -21,22 +24,26 @@
     return node;
   }
 
-  /** The loss per step as a line with labelled axes; our own few lines, no library. */
-  function drawLoss(points) {
+  /** The training loss per step as a line, the validation loss as a second (dashed) one,
+   * with labelled axes and a legend; our own few lines, no library. */
+  function drawLoss(points, validation) {
     const box = document.getElementById("loss-chart");
-    if (!points.length) {
+    if (!points.length && !validation.length) {
       box.replaceChildren(el("p", { class: "muted" }, "No loss reported yet."));
       return;
     }
     const W = 720, H = 240, L = 56, R = 12, T = 12, B = 32;
-    const steps = points.map((p) => p.step), losses = points.map((p) => p.loss);
+    const all = [...points, ...validation];
+    const steps = all.map((p) => p.step), losses = all.map((p) => p.loss);
     const x0 = Math.min(...steps), x1 = Math.max(...steps, x0 + 1);
     let y0 = Math.min(...losses), y1 = Math.max(...losses);
     if (y1 - y0 < 1e-9) { y0 -= 0.5 * Math.abs(y0 || 1); y1 += 0.5 * Math.abs(y1 || 1); }
     const x = (s) => L + (W - L - R) * (s - x0) / (x1 - x0);
     const y = (v) => T + (H - T - B) * (1 - (v - y0) / (y1 - y0));
-    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "loss", "data-points": points.length });
-    chart.append(svg("title", {}, `Loss over ${points.length} reported steps; last ${losses[losses.length - 1].toFixed(4)}`));
+    const chart = svg("svg", { viewBox: `0 0 ${W} ${H}`, class: "loss", "data-points": points.length, "data-validation": validation.length });
+    const last = (series) => series.length ? series[series.length - 1].loss.toFixed(4) : "none";
+    chart.append(svg("title", {}, `Loss over ${points.length} reported steps; last ${last(points)}` +
+      (validation.length ? `; validation loss at ${validation.length} steps, last ${last(validation)}` : "")));
     // Enough decimals that the three labels differ, however narrow the range.
     const decimals = Math.min(8, Math.max(0, Math.ceil(-Math.log10((y1 - y0) / 2)) + 1));
     for (const f of [0, 0.5, 1]) {
@@ -45,12 +52,82 @@
       chart.append(svg("text", { x: L - 6, y: y(v) + 4, "text-anchor": "end" }, v.toFixed(decimals)));
     }
     chart.append(svg("text", { x: L, y: H - 8 }, `step ${x0}`));
-    if (points.length > 1) chart.append(svg("text", { x: W - R, y: H - 8, "text-anchor": "end" }, `step ${x1}`));
-    chart.append(svg("polyline", { points: points.map((p) => `${x(p.step).toFixed(1)},${y(p.loss).toFixed(1)}`).join(" "), class: "line" }));
+    if (all.length > 1) chart.append(svg("text", { x: W - R, y: H - 8, "text-anchor": "end" }, `step ${x1}`));
+    const line = (series, cls) => svg("polyline", { points: series.map((p) => `${x(p.step).toFixed(1)},${y(p.loss).toFixed(1)}`).join(" "), class: cls });
+    if (points.length) chart.append(line(points, "line"));
     for (const p of points.length <= 60 ? points : []) {
       chart.append(svg("circle", { cx: x(p.step), cy: y(p.loss), r: 3, class: "dot" }, null));
     }
+    if (validation.length) {
+      chart.append(line(validation, "val-line"));
+      for (const p of validation.length <= 200 ? validation : []) {
+        chart.append(svg("circle", { cx: x(p.step), cy: y(p.loss), r: 4, class: "val-dot" }, null));
+      }
+      // Legend under the plot, between the step labels: which line is which.
+      const legend = svg("g", { class: "legend" });
+      const lx = (W - 250) / 2, ly = H - 12;
+      legend.append(svg("line", { x1: lx, x2: lx + 24, y1: ly, y2: ly, class: "line" }));
+      legend.append(svg("text", { x: lx + 30, y: ly + 4 }, "training loss"));
+      legend.append(svg("line", { x1: lx + 125, x2: lx + 149, y1: ly, y2: ly, class: "val-line" }));
+      legend.append(svg("text", { x: lx + 155, y: ly + 4 }, "validation loss"));
+      chart.append(legend);
+    }
     box.replaceChildren(chart);
+  }
+
+  /** Samples as a grid: one row per prompt, one column per step (newest right). */
+  function showSamples(samples) {
+    const key = samples.map((s) => `${s.step}:${s.index}`).join(",");
+    if (key === shownSamples) return;
+    shownSamples = key;
+    document.getElementById("no-samples").hidden = samples.length > 0;
+    const box = document.getElementById("samples");
+    if (!samples.length) { box.replaceChildren(); return; }
+    const steps = [...new Set(samples.map((s) => s.step))].sort((a, b) => a - b);
+    const rows = new Map();
+    for (const s of samples) {
+      if (!rows.has(s.index)) rows.set(s.index, new Map());
+      rows.get(s.index).set(s.step, s);
+    }
+    const indexes = [...rows.keys()].sort((a, b) => a - b);
+    const head = el("tr", {}, el("th", { scope: "col", class: "prompt" }, "prompt"),
+      ...steps.map((step) => el("th", { scope: "col" }, `step ${step}`)));
+    const body = indexes.map((index) => {
+      const row = rows.get(index);
+      const first = [...row.values()][0];
+      return el("tr", { dataset: { index } },
+        el("th", { scope: "row", class: "prompt" }, first.prompt, el("span", { class: "seed" }, `seed ${first.seed}`)),
+        ...steps.map((step) => {
+          const s = row.get(step);
+          if (!s) return el("td", {});
+          const label = `step ${s.step} · ${s.prompt} · seed ${s.seed}`;
+          const thumb = el("button", { type: "button", class: "thumb", title: label, "aria-label": `Enlarge ${label}`, dataset: { step: s.step, index: s.index } },
+            el("img", { src: s.url, alt: label, loading: "lazy" }));
+          thumb.addEventListener("click", () => enlarge(s, label));
+          return el("td", {}, thumb);
+        }));
+    });
+    box.replaceChildren(el("table", { class: "sample-grid" }, el("thead", {}, head), el("tbody", {}, ...body)));
+    box.scrollLeft = box.scrollWidth; // the newest steps in view
+  }
+
+  function enlarge(sample, label) {
+    const dialog = document.getElementById("sample-dialog");
+    const img = document.getElementById("sample-large");
+    img.src = sample.url;
+    img.alt = label;
+    document.getElementById("sample-caption").textContent = label;
+    dialog.showModal();
+  }
+  document.getElementById("sample-dialog").addEventListener("click", (event) => {
+    // A click on the backdrop (outside the figure) closes it.
+    if (event.target === event.currentTarget) event.currentTarget.close();
+  });
+
+  function showMemory(bytes) {
+    const line = document.getElementById("run-memory");
+    line.hidden = bytes == null;
+    line.textContent = bytes == null ? "" : `peak GPU memory ${fmt.bytes(bytes)}`;
   }
 
   function showConfig(config) {
@@ -113,7 +190,9 @@
     error.hidden = !run.error;
     error.textContent = run.error || "";
     if (!configShown) { showConfig(run.config); configShown = true; }
-    drawLoss((await api(`/api/v1/training-runs/${runId}/losses`)).points);
+    drawLoss((await api(`/api/v1/training-runs/${runId}/losses`)).points, run.validation || []);
+    showSamples(run.samples || []);
+    showMemory(run.peak_memory_bytes);
     await showCheckpoints();
     if (live) timer = setTimeout(() => attempt(refresh), 1000);
   }
