@@ -8,6 +8,10 @@ same pixels and measures the same losses at the same steps as one that never sto
 from __future__ import annotations
 
 import json
+import os
+import signal
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -25,6 +29,7 @@ from vitdex.training.dreambooth.validation import hold_out
 from vitdex.training.losses import read_samples, read_validation
 
 UNET = "unet/diffusion_pytorch_model.safetensors"
+REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(autouse=True)
@@ -252,3 +257,62 @@ def test_ema_is_the_average_of_the_trained_weights(
     assert any(not torch.equal(final[k], last[k]) for k in final)
     recorded = json.loads((tmp_path / "ema" / "result.json").read_text())
     assert recorded["peak_memory_bytes"] is None
+
+
+def test_samples_and_validation_survive_kill_9(
+    tmp_path: Path, tiny_sd: Path, instances: Path
+) -> None:
+    """kill -9 right after the step-2 checkpoint, then resume: the same sample pixels and
+    validation losses at every step as a run that was never killed."""
+    config = _config(
+        tiny_sd,
+        instances,
+        steps=4,
+        text_encoder_steps=0,
+        save_every=2,
+        sample_every=2,
+        sample_steps=2,
+        validation_images=1,
+        validation_every=2,
+        ema=True,
+        ema_decay=0.6,
+    )
+    config_file = tmp_path / "config.json"
+    config_file.write_text(json.dumps(config.to_dict()))
+    killed_dir = tmp_path / "killed"
+    # One thread, like this test's process: reductions split the same way.
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    child = subprocess.Popen(
+        [sys.executable, "-m", "vitdex.training.dreambooth", str(config_file), str(killed_dir)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    killed_after = None
+    try:
+        assert child.stdout is not None
+        for line in child.stdout:
+            report = json.loads(line)
+            if report.get("phase") == "checkpoint" and report["step"] >= 2:
+                os.kill(child.pid, signal.SIGKILL)
+                killed_after = report["step"]
+                break
+    finally:
+        child.kill()
+        child.wait(timeout=60)
+    assert killed_after == 2, "the child finished or failed before its first checkpoint"
+    assert child.returncode == -signal.SIGKILL
+    assert not (killed_dir / "final").exists()
+
+    resumed = train(config, killed_dir)
+    assert resumed.completed and resumed.resumed_from == 2
+    straight = train(config, tmp_path / "straight")
+    assert straight.completed
+    want, got = _pixels(tmp_path / "straight"), _pixels(killed_dir)
+    assert sorted(want) == sorted(got) == [(2, 0), (4, 0)]
+    for key in want:
+        assert np.array_equal(want[key], got[key]), key
+    assert read_validation(killed_dir) == read_validation(tmp_path / "straight")
+    assert [s for s, _ in read_validation(killed_dir)] == [0, 2, 4]

@@ -306,8 +306,8 @@ def scale_text_encoder_steps(options: Mapping[str, Any]) -> dict[str, Any]:
 class TrainProgress:
     """One progress report: after each optimizer step, and at each phase change."""
 
-    #: ``loading``, ``generating``, ``caching``, ``training``, ``checkpoint``, ``saving``,
-    #: ``stopped`` or ``done``.
+    #: ``loading``, ``generating``, ``caching``, ``training``, ``sampling``, ``validating``,
+    #: ``checkpoint``, ``saving``, ``stopped`` or ``done``.
     phase: str
     step: int
     total_steps: int
@@ -322,6 +322,8 @@ class TrainProgress:
     eta_s: float | None = None
     #: The checkpoint just written (phase ``checkpoint``/``stopped``).
     checkpoint: str | None = None
+    #: The validation loss just measured (phase ``validating``).
+    validation_loss: float | None = None
     message: str = ""
 
     def to_dict(self) -> dict[str, Any]:

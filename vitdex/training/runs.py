@@ -88,12 +88,15 @@ def create_run(
     scales the text encoder's steps to it (:func:`scale_text_encoder_steps`), for the CLI
     and the API alike.
     """
-    options = scale_text_encoder_steps(options or {})
-    if options.get("preset"):
-        from vitdex.training.bases import version_of
-        from vitdex.training.presets import apply_preset
+    from vitdex.training.bases import version_of
+    from vitdex.training.presets import apply_preset, full_run_defaults
 
-        options = apply_preset(options, version_of(base_model, options.get("version")))
+    options = dict(options or {})
+    version = version_of(base_model, options.get("version"))
+    if options.get("preset"):
+        options = apply_preset(options, version)
+    # A full SDXL run trains no text encoder: its steps must not count in total_steps.
+    options = scale_text_encoder_steps(full_run_defaults(options, version))
     managed = sorted(_MANAGED & set(options))
     if managed:
         raise ConfigError(f"these settings are set by the run itself: {', '.join(managed)}")

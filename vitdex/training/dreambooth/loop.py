@@ -153,7 +153,12 @@ class _Run:
         with self.aside():
             loss = self.validator.measure()
         record_validation(self.output_dir, step, loss)
-        self.report("validating", step, message=f"validation loss {loss:.6f} at step {step}")
+        self.report(
+            "validating",
+            step,
+            validation_loss=loss,
+            message=f"validation loss {loss:.6f} at step {step}",
+        )
 
     def during(self, step: int) -> None:
         """Samples and validation due after step ``step`` (1-based)."""
