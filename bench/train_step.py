@@ -17,13 +17,20 @@ not count against the next:
 - ``all``: bf16 + checkpointing + cache (+ 8-bit Adam where bitsandbytes and CUDA exist);
 - ``diffusers``: the loop of diffusers' ``examples/dreambooth/train_dreambooth.py`` at its
   defaults (lr 5e-6, batch 1, fp32, no checkpointing, VAE and text encoder run every
-  step, torch AdamW, gradient clipping at 1.0), written out here with the same models.
+  step, torch AdamW, gradient clipping at 1.0), written out here with the same models;
+- ``buckets``: aspect-ratio buckets on mixed-aspect instance images (landscape, portrait,
+  square; each bucket about resolution² pixels) against the square ``baseline``;
+- ``ema``: an EMA copy of the trained weights updated after every step;
+- ``samples``: a sample image every ``--sample-every`` steps (``--sample-steps`` denoising
+  steps): reported as the cost per sample image and the mean step with samples amortised.
 
-Every leg trains the UNet only (text encoder frozen, as diffusers' default does), batch 1,
-no prior preservation. Reported per leg: the median seconds per optimizer step after
-``--warmup`` steps, and peak memory while stepping (CUDA: ``max_memory_allocated``; CPU:
-the peak resident set, sampled every 2 ms, and its growth over the resident set when the
-loop started). Ratios are against ``baseline`` from the same run; absolute times drift
+The options a leg adds sit on the ``baseline`` settings (fp32, nothing else on), so each
+ratio is that option's own cost. Every leg trains the UNet only (text encoder frozen, as
+diffusers' default does), batch 1, no prior preservation. Reported per leg: the median
+seconds per optimizer step after ``--warmup`` steps (and the mean, which counts the rare
+slow step), and peak memory while stepping (CUDA: ``max_memory_allocated``; CPU: the peak
+resident set, sampled every 2 ms, and its growth over the resident set when the loop
+started). Ratios are against ``baseline`` from the same run; absolute times drift
 2-3x between runs on shared machines.
 """
 
@@ -38,76 +45,28 @@ import shutil
 import statistics
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from bench._legs import child_result, emit, fmt, ratio, run
+from bench._train_options import MemoryWatch, option_settings, sample_costs, sample_images
 
-LEGS = ("baseline", "bf16", "fp16", "checkpointing", "cache", "all", "diffusers")
+LEGS = (
+    "baseline",
+    "bf16",
+    "fp16",
+    "checkpointing",
+    "cache",
+    "all",
+    "diffusers",
+    "buckets",
+    "ema",
+    "samples",
+)
 #: Legs that need a GPU (CPU autocast in fp16 is emulated and says nothing useful).
 CUDA_ONLY = {"fp16"}
-
-# --------------------------------------------------------------------------- memory
-
-
-class MemoryWatch:
-    """Peak memory between :meth:`start` and :meth:`stop` (CUDA allocator or CPU RSS)."""
-
-    def __init__(self, device: str) -> None:
-        self.cuda = device.startswith("cuda")
-        self.base = 0
-        self.peak = 0
-        self._running = False
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> None:
-        """Take the current level as the base and start tracking the peak."""
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            torch.cuda.reset_peak_memory_stats()
-            self.base = int(torch.cuda.memory_allocated())
-            return
-        self.base = _rss()
-        self.peak = self.base
-        self._running = True
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
-
-    def _sample(self) -> None:
-        while self._running:
-            self.peak = max(self.peak, _rss())
-            time.sleep(0.002)
-
-    def stop(self) -> dict[str, float]:
-        """Peak and growth over the base, in MiB."""
-        if self.cuda:
-            import torch
-
-            torch.cuda.synchronize()
-            self.peak = int(torch.cuda.max_memory_allocated())
-        else:
-            self._running = False
-            if self._thread is not None:
-                self._thread.join()
-            self.peak = max(self.peak, _rss())
-        mib = 1024 * 1024
-        return {"peak_mb": self.peak / mib, "growth_mb": (self.peak - self.base) / mib}
-
-
-def _rss() -> int:
-    try:
-        import psutil  # type: ignore[import-untyped, unused-ignore]
-
-        return int(psutil.Process().memory_info().rss)
-    except ImportError:  # /proc is there on Linux
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE")
-
 
 # --------------------------------------------------------------------------- legs (children)
 
@@ -137,7 +96,15 @@ def _leg_settings(leg: str, device: str) -> dict[str, Any]:
 
 
 def leg_vitdex(
-    leg: str, base: Path, data: Path, resolution: int, device: str, warmup: int, steps: int
+    leg: str,
+    base: Path,
+    data: Path,
+    resolution: int,
+    device: str,
+    warmup: int,
+    steps: int,
+    sample_every: int = 5,
+    sample_steps: int = 2,
 ) -> None:
     """One of vitdex's configurations: ``train`` stopped after warm-up + timed steps."""
     from vitdex.training.config import TrainConfig, TrainProgress
@@ -158,6 +125,7 @@ def leg_vitdex(
         device=device,
         seed=0,
         **_leg_settings(leg, device),
+        **option_settings(leg, sample_every, sample_steps),
     )
     watch = MemoryWatch(device)
     stamps: list[float] = []
@@ -174,13 +142,17 @@ def leg_vitdex(
             raise _StepsDoneError
 
     work = Path(tempfile.mkdtemp(prefix="vitdex-bench-run-"))
+    extra: dict[str, Any] = {}
     try:
         train(config, work, on_progress=progress)
     except _StepsDoneError:
         pass
     finally:
+        if leg == "samples":
+            extra["sample_images"] = sample_images(work, warmup, total)
         shutil.rmtree(work, ignore_errors=True)
-    emit(_timings(stamps, warmup) | result | {"settings": _leg_settings(leg, device)})
+    settings = _leg_settings(leg, device) | option_settings(leg, sample_every, sample_steps)
+    emit(_timings(stamps, warmup) | result | extra | {"settings": settings})
 
 
 def leg_diffusers(
@@ -252,6 +224,9 @@ def _timings(stamps: Sequence[float], warmup: int) -> dict[str, Any]:
         "steps_timed": len(timed),
         "s_per_step": statistics.median(timed) if timed else None,
         "s_per_step_min": min(timed) if timed else None,
+        # The mean counts the occasional slow step (a sample image) the median hides.
+        "s_per_step_mean": statistics.fmean(timed) if timed else None,
+        "s_timed": sum(timed),
         "max_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     }
 
@@ -259,7 +234,15 @@ def _timings(stamps: Sequence[float], warmup: int) -> dict[str, Any]:
 # --------------------------------------------------------------------------- parent
 
 
-def _make_data(folder: Path, resolution: int, count: int = 4) -> Path:
+#: Aspect ratios (width / height) of the ``buckets`` leg's instance images.
+MIXED_ASPECTS = (3 / 2, 2 / 3, 1.0, 4 / 3)
+
+
+def _make_data(
+    folder: Path, resolution: int, count: int = 4, aspects: Sequence[float] = ()
+) -> Path:
+    """``count`` blurred random images, square or (``aspects``) of those shapes, each with
+    about ``resolution * 1.5`` pixels on its short side so no bucket upscales them."""
     import numpy as np
     from PIL import Image, ImageFilter
 
@@ -267,7 +250,12 @@ def _make_data(folder: Path, resolution: int, count: int = 4) -> Path:
     for i in range(count):
         rng = np.random.default_rng(i)
         small = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
-        image = Image.fromarray(small).resize((resolution, resolution), Image.Resampling.BICUBIC)
+        size = (resolution, resolution)
+        if aspects:
+            aspect = aspects[i % len(aspects)]
+            short = resolution * 3 // 2
+            size = (round(short * aspect), short) if aspect >= 1 else (short, round(short / aspect))
+        image = Image.fromarray(small).resize(size, Image.Resampling.BICUBIC)
         image.filter(ImageFilter.GaussianBlur(2)).save(folder / f"{i:04d}.png")
     return folder
 
@@ -280,13 +268,15 @@ def _run_leg(leg: str, ctx: dict[str, Any]) -> dict[str, Any]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (str(Path.cwd()), os.environ.get("PYTHONPATH", "")) if p
     )
+    data = ctx["mixed_data"] if leg == "buckets" else ctx["data"]
     cmd = [
         sys.executable,
         "-m",
         "bench.train_step",
-        *("--leg", leg, "--base", ctx["base"], "--data", ctx["data"]),
+        *("--leg", leg, "--base", ctx["base"], "--data", data),
         *("--resolution", str(ctx["resolution"]), "--device", ctx["device"]),
         *("--warmup", str(ctx["warmup"]), "--steps", str(ctx["steps"])),
+        *("--sample-every", str(ctx["sample_every"]), "--sample-steps", str(ctx["sample_steps"])),
     ]
     wall, out = run(cmd, env, ctx["timeout"])
     return child_result(out) | {"wall_s": wall}
@@ -303,14 +293,20 @@ def summarise(runs: dict[str, list[dict[str, Any]]]) -> dict[str, Any]:
             "s_per_step_best": min(r["s_per_step_min"] for r in results),
             "peak_mb": statistics.median(r["peak_mb"] for r in results),
             "growth_mb": statistics.median(r["growth_mb"] for r in results),
+            "s_per_step_mean": statistics.median(r["s_per_step_mean"] for r in results),
             "settings": results[0].get("settings", {}),
         }
     base = legs.get("baseline")
     base_s = float(base["s_per_step"]) if base else None
     base_peak = float(base["peak_mb"]) if base else None
+    base_mean = float(base["s_per_step_mean"]) if base else None
+    if "samples" in legs:
+        legs["samples"] |= sample_costs(runs["samples"], base_mean)
     for row in legs.values():
         row["speedup_vs_baseline"] = ratio(base_s, row["s_per_step"])
         row["peak_vs_baseline"] = ratio(row["peak_mb"], base_peak)
+        # Amortised: the mean step (samples included) against the baseline's mean step.
+        row["mean_step_vs_baseline"] = ratio(row["s_per_step_mean"], base_mean)
     return {"legs": legs}
 
 
@@ -335,6 +331,16 @@ def print_table(summary: dict[str, Any], title: str, cuda: bool) -> None:
             f"{fmt(row['peak_vs_baseline'], '.2f') + 'x':>14}"
         )
     legs = summary["legs"]
+    if "samples" in legs:
+        row = legs["samples"]
+        every = row["settings"].get("sample_every")
+        print()
+        print(
+            f"samples (one image every {every} steps, {row['settings'].get('sample_steps')} "
+            f"denoising steps): {fmt(row['s_per_sample_image'], '.3f')} s per image, "
+            f"mean step {fmt(row['s_per_step_mean'], '.3f')} s amortised = "
+            f"{fmt(row['mean_step_vs_baseline'], '.2f')}x the baseline's mean step"
+        )
     if "diffusers" in legs and "all" in legs:
         speed = ratio(legs["diffusers"]["s_per_step"], legs["all"]["s_per_step"])
         peak = ratio(legs["all"]["peak_mb"], legs["diffusers"]["peak_mb"])
@@ -363,6 +369,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--threads", type=int, default=None, help="CPU threads per leg (default: torch's)"
     )
     parser.add_argument("--timeout", type=float, default=1800, help="seconds per leg run")
+    parser.add_argument(
+        "--sample-every", type=int, default=5, help="samples leg: steps between samples (5)"
+    )
+    parser.add_argument(
+        "--sample-steps", type=int, default=2, help="samples leg: denoising steps (2)"
+    )
     parser.add_argument("--out", type=Path, help="write the results as JSON here")
     # Internal: one leg inside its own process.
     parser.add_argument("--leg", choices=LEGS, help=argparse.SUPPRESS)
@@ -384,7 +396,17 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.leg == "diffusers":
             leg_diffusers(args.base, args.data, resolution, device, args.warmup, args.steps)
         else:
-            leg_vitdex(args.leg, args.base, args.data, resolution, device, args.warmup, args.steps)
+            leg_vitdex(
+                args.leg,
+                args.base,
+                args.data,
+                resolution,
+                device,
+                args.warmup,
+                args.steps,
+                args.sample_every,
+                args.sample_steps,
+            )
         return 0
 
     cuda = device.startswith("cuda")
@@ -403,6 +425,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         started = time.perf_counter()
         base = build_random_sd(work / "base", version="sd15", preset=args.preset, seed=0)
         data = _make_data(work / "instance", resolution)
+        mixed = _make_data(work / "instance-mixed", resolution, aspects=MIXED_ASPECTS)
         print(
             f"random SD 1.5 ({args.preset}) pipeline ready in "
             f"{time.perf_counter() - started:.1f} s; device {device}, {resolution} px",
@@ -411,6 +434,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         ctx = {
             "base": str(base),
             "data": str(data),
+            "mixed_data": str(mixed),
+            "sample_every": args.sample_every,
+            "sample_steps": args.sample_steps,
             "resolution": resolution,
             "device": device,
             "warmup": args.warmup,

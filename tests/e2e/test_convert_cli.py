@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 import yaml
+from PIL import Image as PILImage
 
 from tests.helpers import as_json, run_vitdex
 
@@ -97,3 +98,42 @@ def test_errors_are_one_line_with_an_exit_code(
     assert "holds an sd15 model" in wrong.stderr and not out.exists()
     nope = vitdex("checkpoints", "delete", "nope", env=env, code=2)
     assert nope.stderr.strip() == "error: no checkpoint named 'nope'"
+
+
+def test_sample_grid_options(env: dict[str, str], tiny_sd_factory: Callable[[str], Path]) -> None:
+    source = str(tiny_sd_factory("sd15"))
+    folder = Path(env["VITDEX_HOME"]) / "checkpoints"
+
+    bare = vitdex("convert", source, "--name", "bare", "--no-sample", env=env)
+    assert "comparing tensors" in bare.stderr  # still validated
+    assert "rendering the sample grid" not in bare.stderr
+    assert "\n  sample " not in bare.stdout
+    row = as_json(vitdex("checkpoints", "show", "bare", "--json", env=env))
+    assert row["status"] == "ready" and row["sample_path"] is None
+    assert not list(folder.glob("*.png"))
+
+    small = as_json(
+        vitdex(
+            "convert",
+            source,
+            "--name",
+            "small",
+            "--sample-size",
+            "32",
+            "--sample-steps",
+            "1",
+            "--json",
+            env=env,
+        )
+    )
+    grid = PILImage.open(small["sample_path"])
+    assert grid.size == (64, 64)  # 2x2 images of 32 px
+    parameters = grid.info["parameters"]
+    assert "Steps: 1," in parameters and "Size: 32x32," in parameters
+
+    # A size the VAE cannot produce is refused before anything is written.
+    odd = vitdex("convert", source, "--name", "odd", "--sample-size", "33", env=env, code=2)
+    assert "sample size 33 px: use a multiple of 2" in odd.stderr
+    assert not (folder / "odd.safetensors").exists()
+    listed = as_json(vitdex("checkpoints", "list", "--json", env=env))
+    assert sorted(c["name"] for c in listed["checkpoints"]) == ["bare", "small"]

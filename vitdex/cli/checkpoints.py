@@ -21,14 +21,21 @@ def _size(num: int) -> str:
 
 
 def _print_checkpoint(data: dict[str, Any]) -> None:
+    kind = data.get("kind") or "checkpoint"
     lines = [
-        f"checkpoint {data['id']} {data['name']!r}: {data['status']}",
+        f"{kind} {data['id']} {data['name']!r}: {data['status']}",
         f"  file      {data['path']}",
         f"  sha256    {data['sha256']}",
         f"  size      {_size(data['size_bytes'])} ({data['format']}"
         + (", fp16)" if data["half"] else ")"),
         f"  version   {data['version']} from {data['base_model']}",
     ]
+    if kind == "lora":
+        source = data.get("source_id")
+        lines.append(
+            f"  lora      rank {data.get('lora_rank')}, from "
+            + (f"checkpoint {source}" if source is not None else "an unregistered file")
+        )
     if data.get("yaml_path"):
         lines.append(f"  yaml      {data['yaml_path']}")
     if data.get("sample_path"):
@@ -84,6 +91,18 @@ def _print_checkpoint(data: dict[str, Any]) -> None:
     show_default=True,
     help="Denoising steps of the sample grid.",
 )
+@click.option(
+    "--sample-size",
+    type=click.IntRange(16, 4096),
+    metavar="PX",
+    help="Side of each grid image, a multiple of 8 [default: the base's native size]. "
+    "Half the native size renders several times faster.",
+)
+@click.option(
+    "--no-sample",
+    is_flag=True,
+    help="Render no sample grid (the checkpoint is still validated).",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the registered checkpoint as JSON.")
 @click.pass_obj
 @handle_errors
@@ -99,15 +118,20 @@ def convert_command(
     device: str,
     sample_prompt: str | None,
     sample_steps: int,
+    sample_size: int | None,
+    no_sample: bool,
     as_json: bool,
 ) -> None:
     """Write a training run (an id) or a diffusers folder as one Stable Diffusion file.
 
     The file has the original layout AUTOMATIC1111 and ComfyUI load (SD 2.x gets its
     inference YAML beside it). It is loaded back with diffusers and compared tensor by
-    tensor and by a fixed-seed sample before it is registered. A folder whose name is all
-    digits must be given as ./NAME.
+    tensor and by a fixed-seed sample before it is registered; then a 2x2 fixed-seed grid
+    is rendered beside it (on a CPU this dominates: --sample-size, --sample-steps or
+    --no-sample make it cheaper). A folder whose name is all digits must be given as ./NAME.
     """
+    from dataclasses import replace
+
     from vitdex.db.checkpoints import checkpoint_to_dict
     from vitdex.training.registry import Check, Provenance, convert_and_register
 
@@ -118,6 +142,14 @@ def convert_command(
     else:
         folder = Path(source)
     fmt = "ckpt" if ckpt or (out is not None and out.suffix.lower() == ".ckpt") else "safetensors"
+    check = Check(
+        device=device,
+        sample_prompt=sample_prompt,
+        sample_steps=sample_steps,
+        sample_size=sample_size,
+    )
+    if no_sample:
+        check = replace(check, sample=False)
 
     def progress(message: str) -> None:
         if not as_json:
@@ -133,7 +165,7 @@ def convert_command(
         run_id=run_id,
         version=sd_version,
         origin=Provenance(base_model=base_model),
-        check=Check(device=device, sample_prompt=sample_prompt, sample_steps=sample_steps),
+        check=check,
         progress=progress,
     )
     data = checkpoint_to_dict(row)
@@ -151,18 +183,29 @@ def checkpoints_group() -> None:
 @checkpoints_group.command("list")
 @click.option("--status", type=click.Choice(["ready", "invalid"]), help="Only this status.")
 @click.option("--run", "run_id", type=int, help="Only checkpoints of this training run.")
+@click.option(
+    "--kind", type=click.Choice(["checkpoint", "lora"]), help="Only whole models or LoRAs."
+)
 @click.option("--limit", type=click.IntRange(1, 10000), default=100, show_default=True)
 @click.option("--offset", type=click.IntRange(min=0), default=0)
 @click.option("--json", "as_json", is_flag=True, help="Print JSON on stdout.")
 @click.pass_obj
 @handle_errors
 def list_command(
-    obj: Context, status: str | None, run_id: int | None, limit: int, offset: int, as_json: bool
+    obj: Context,
+    status: str | None,
+    run_id: int | None,
+    kind: str | None,
+    limit: int,
+    offset: int,
+    as_json: bool,
 ) -> None:
-    """Registered checkpoints, newest first."""
+    """Registered checkpoints and LoRAs, newest first."""
     from vitdex.training.registry import list_checkpoints
 
-    data = list_checkpoints(obj.settings, status=status, run_id=run_id, limit=limit, offset=offset)
+    data = list_checkpoints(
+        obj.settings, status=status, run_id=run_id, kind=kind, limit=limit, offset=offset
+    )
     if as_json:
         print_json(data)
         return
@@ -173,6 +216,9 @@ def list_command(
         (
             str(item["id"]),
             item["name"],
+            item.get("kind") or "checkpoint",
+            "-" if item.get("lora_rank") is None else str(item["lora_rank"]),
+            "-" if item.get("source_id") is None else str(item["source_id"]),
             item["version"],
             item["status"],
             "-" if item["steps"] is None else str(item["steps"]),
@@ -183,8 +229,22 @@ def list_command(
         )
         for item in data["checkpoints"]
     ]
-    columns = ("id", "name", "version", "status", "steps", "loss", "size", "format", "created")
-    print_table(f"checkpoints ({data['total']})", columns, rows, right={"id", "steps", "size"})
+    columns = (
+        "id",
+        "name",
+        "kind",
+        "rank",
+        "source",
+        "version",
+        "status",
+        "steps",
+        "loss",
+        "size",
+        "format",
+        "created",
+    )
+    right = {"id", "rank", "source", "steps", "size"}
+    print_table(f"checkpoints ({data['total']})", columns, rows, right=right)
 
 
 @checkpoints_group.command("show")

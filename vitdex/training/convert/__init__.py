@@ -19,6 +19,7 @@ from vitdex.training.convert.files import (
     ConversionResult,
     atomic_path,
     convert,
+    default_file_mode,
     inference_yaml,
     sha256_file,
 )
@@ -56,6 +57,7 @@ __all__ = [
     "check_version",
     "clip_to_ldm",
     "convert",
+    "default_file_mode",
     "detect_version",
     "diffusers_to_ldm",
     "inference_yaml",

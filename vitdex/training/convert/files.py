@@ -5,25 +5,39 @@ their inference YAML beside them."""
 from __future__ import annotations
 
 import hashlib
+import json
 import os
+import stat
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 from vitdex.errors import ConfigError
-from vitdex.training.convert.keymaps import ConversionError
-from vitdex.training.convert.source import diffusers_to_ldm, native_resolution, read_json
+from vitdex.training.bases import SINGLE_FILE_SUFFIXES
+from vitdex.training.convert.keymaps import SD2_TEXT_PREFIX, ConversionError
+from vitdex.training.convert.source import (
+    diffusers_to_ldm,
+    native_resolution,
+    read_json,
+    read_safetensors,
+    safetensors_index,
+)
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "FORMATS",
     "ConversionResult",
     "atomic_path",
     "convert",
+    "default_file_mode",
     "inference_yaml",
+    "run_base_file",
     "sha256_file",
 ]
 
@@ -45,6 +59,8 @@ class ConversionResult:
     #: The v2 inference YAML beside SD 2.x files (``None`` for SD 1.x and SDXL).
     yaml_path: Path | None
     tensors: int
+    #: SD 2.x text encoder keys taken from the single-file base (diffusers drops them).
+    carried: tuple[str, ...] = ()
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -56,14 +72,63 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+def _proc_umask() -> int | None:
+    """The umask from ``/proc/self/status`` (Linux >= 4.7), read without changing it."""
+    try:
+        with Path("/proc/self/status").open(encoding="ascii", errors="replace") as fh:
+            for line in fh:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    return None
+
+
+def _import_umask() -> int:
+    # os.umask can only be read by setting it; doing so twice races with threads that
+    # create files in between, so it happens once, at import, and only without /proc.
+    found = _proc_umask()
+    if found is not None:
+        return found
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+_UMASK_AT_IMPORT = _import_umask()
+
+
+def default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` gives a new file: ``0o666 & ~umask``.
+
+    safetensors and ``tempfile`` create files 0600; kept through a rename, that would hide
+    a checkpoint from an AUTOMATIC1111 or ComfyUI running as another user.
+    """
+    mask = _proc_umask()
+    return 0o666 & ~(_UMASK_AT_IMPORT if mask is None else mask)
+
+
+def _target_mode(path: Path) -> int:
+    """The mode ``path`` has when it exists (replacing keeps it), else the default."""
+    try:
+        return stat.S_IMODE(path.stat().st_mode)
+    except FileNotFoundError:
+        return default_file_mode()
+
+
 @contextmanager
 def atomic_path(path: Path) -> Iterator[Path]:
-    """A temporary path beside ``path`` that replaces it only when the block succeeds."""
+    """A temporary path beside ``path`` that replaces it only when the block succeeds.
+
+    The file gets the mode a plain ``open()`` would give it (or keeps the replaced file's),
+    whatever mode the writer created the temporary file with.
+    """
     tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex[:8]}.tmp")
     try:
         yield tmp
         with tmp.open("rb") as fh:
             os.fsync(fh.fileno())
+        tmp.chmod(_target_mode(path))
         tmp.replace(path)
     finally:
         with suppress(FileNotFoundError):
@@ -188,6 +253,53 @@ def inference_yaml(folder: Path, version: str) -> str:
 """
 
 
+# --------------------------------------------------------------------------- SD 2.x base
+
+
+def run_base_file(source: Path) -> Path | None:
+    """The single file a training run's ``final/`` was trained from, when it was one
+    (``result.json`` beside ``final/`` records the base); ``None`` otherwise."""
+    result = source.parent / "result.json"
+    if source.name != "final" or not result.is_file():
+        return None
+    try:
+        base = json.loads(result.read_text("utf-8"))["config"]["base_model"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if not isinstance(base, str) or Path(base).suffix.lower() not in SINGLE_FILE_SUFFIXES:
+        return None
+    path = Path(base).expanduser()
+    return path if path.is_file() else None
+
+
+def _base_text_tensors(base: Path, state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The OpenCLIP tensors of single file ``base`` that ``state`` lacks: the last layer
+    and ``text_projection``, which SD 2 never uses (it reads the penultimate layer) and
+    diffusers therefore drops, but which AUTOMATIC1111 and ComfyUI expect in the file."""
+    import torch
+
+    if base.suffix.lower() == ".safetensors":
+        index = safetensors_index(base)
+        header = index[1]
+        shapes = {k: tuple(v["shape"]) for k, v in header.items() if k.startswith(SD2_TEXT_PREFIX)}
+        missing = [k for k in shapes if k not in state]
+        loaded = read_safetensors(base, missing, index)
+    else:
+        whole = torch.load(base, map_location="cpu", mmap=True, weights_only=True)
+        whole = whole.get("state_dict", whole)
+        shapes = {k: tuple(v.shape) for k, v in whole.items() if k.startswith(SD2_TEXT_PREFIX)}
+        loaded = {k: whole[k].clone() for k in shapes if k not in state}
+    if not shapes:
+        raise ConversionError(f"the base {base} has no SD 2.x (OpenCLIP) text encoder")
+    differing = [k for k, shape in shapes.items() if k in state and tuple(state[k].shape) != shape]
+    if differing:
+        raise ConversionError(
+            f"the base {base} has another text encoder than the model "
+            f"({len(differing)} tensors differ in shape, e.g. {differing[0]})"
+        )
+    return loaded
+
+
 # --------------------------------------------------------------------------- the file
 
 _ARCHITECTURES = {
@@ -234,6 +346,7 @@ def convert(
     half: bool = False,
     fmt: str | None = None,
     title: str | None = None,
+    base_file: Path | None = None,
 ) -> ConversionResult:
     """Write the diffusers pipeline in ``source`` as one original-layout file at ``out``.
 
@@ -241,6 +354,11 @@ def convert(
     the file name must carry the matching suffix. ``half`` stores floating tensors as fp16.
     SD 2.x files get their inference YAML beside them, with the same stem (how AUTOMATIC1111
     finds it). Both are written to a temporary file first and renamed into place.
+
+    For SD 2.x, the text encoder tensors diffusers drops (OpenCLIP's last layer and
+    ``text_projection``) are carried over from the single file the model was trained from:
+    ``base_file``, else the base a run's ``result.json`` names when ``source`` is its
+    ``final/``. Without such a file they stay absent, as in any diffusers conversion.
     """
     source = source.expanduser().resolve()
     out = out.expanduser().resolve()
@@ -248,6 +366,15 @@ def convert(
     if out.exists():
         raise ConfigError(f"{out} exists; choose another output file or delete it first")
     state, version = diffusers_to_ldm(source, version)
+    carried: tuple[str, ...] = ()
+    if version in ("sd21", "sd21-base"):
+        base = base_file.expanduser().resolve() if base_file else run_base_file(source)
+        if base_file is not None and not (base and base.is_file()):
+            raise ConfigError(f"no base checkpoint file at {base_file}")
+        if base is not None:
+            extra = _base_text_tensors(base, state)
+            state.update(extra)
+            carried = tuple(sorted(extra))
     if half:
         state = {k: v.half() if v.is_floating_point() else v for k, v in state.items()}
     state = {k: v.contiguous() for k, v in state.items()}
@@ -277,4 +404,5 @@ def convert(
         size_bytes=size,
         yaml_path=yaml_path,
         tensors=len(state),
+        carried=carried,
     )

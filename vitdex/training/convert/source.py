@@ -4,6 +4,7 @@ as one original-layout state dict (see :mod:`.keymaps` for the per-component map
 from __future__ import annotations
 
 import json
+from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -35,6 +36,8 @@ __all__ = [
     "load_state_dict",
     "native_resolution",
     "read_json",
+    "read_safetensors",
+    "safetensors_index",
 ]
 
 
@@ -47,6 +50,58 @@ def read_json(path: Path) -> dict[str, Any]:
     except (OSError, ValueError) as exc:
         raise ConversionError(f"cannot read {path}: {exc}") from None
     return data
+
+
+_SAFETENSORS_DTYPES = {
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U8": "uint8",
+    "BOOL": "bool",
+}
+
+
+def safetensors_index(path: Path) -> tuple[int, dict[str, dict[str, Any]]]:
+    """Where a safetensors file's data starts, and each tensor's dtype, shape and offsets."""
+    try:
+        with path.open("rb") as fh:
+            size = int.from_bytes(fh.read(8), "little")
+            header: dict[str, Any] = json.loads(fh.read(size))
+    except (OSError, ValueError) as exc:
+        raise ConversionError(f"cannot read {path} as safetensors: {exc}") from None
+    header.pop("__metadata__", None)
+    return 8 + size, header
+
+
+def read_safetensors(
+    path: Path, keys: Iterable[str], index: tuple[int, dict[str, dict[str, Any]]] | None = None
+) -> dict[str, torch.Tensor]:
+    """The tensors ``keys`` of a safetensors file, read with plain reads.
+
+    Unlike ``safe_open`` (a memory map whose touched pages stay resident while it is
+    open), only the tensors returned take memory, and they go when the caller drops them.
+    """
+    import torch
+
+    start, header = index or safetensors_index(path)
+    out: dict[str, torch.Tensor] = {}
+    with path.open("rb") as fh:
+        for key in keys:
+            info = header[key]
+            dtype = getattr(torch, _SAFETENSORS_DTYPES[info["dtype"]])
+            begin, end = info["data_offsets"]
+            buffer = bytearray(end - begin)
+            fh.seek(start + begin)
+            if fh.readinto(buffer) != len(buffer):
+                raise ConversionError(f"{path} ends inside tensor {key!r}")
+            flat = torch.frombuffer(buffer, dtype=dtype) if buffer else torch.empty(0, dtype=dtype)
+            out[key] = flat.reshape(info["shape"])
+    return out
 
 
 def load_state_dict(folder: Path) -> dict[str, torch.Tensor]:

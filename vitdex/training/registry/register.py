@@ -39,6 +39,7 @@ from vitdex.training.convert import (
 from vitdex.training.registry.catalog import open_sessions
 from vitdex.training.registry.samples import (
     DEFAULT_SAMPLE_STEPS,
+    check_sample,
     sample_path_for,
     sample_prompt,
     write_sample,
@@ -81,6 +82,8 @@ class Check:
     sample_steps: int = DEFAULT_SAMPLE_STEPS
     #: Defaults to the base's native resolution.
     sample_size: int | None = None
+    #: False: no grid is rendered and the row's sample_path stays NULL.
+    sample: bool = True
 
 
 def _remove(paths: list[Path | None]) -> None:
@@ -123,6 +126,8 @@ def register_file(
     if path.suffix.lower() not in (".safetensors", ".ckpt"):
         raise ConfigError(f"{path} is neither .safetensors nor .ckpt")
     version = check_version(source, version)
+    if check.sample:
+        check_sample(source, size=check.sample_size, steps=check.sample_steps)
     with sessions() as session:
         if db.name_taken(session, name):
             raise ConflictError(f"a checkpoint named {name!r} is already registered")
@@ -195,20 +200,23 @@ def _validate_and_register(
             f"checkpoint {name!r} (id {row.id}) failed validation and is registered as "
             f"invalid; the file is kept at {path}: {exc.message}"
         ) from exc
-    say("rendering the sample grid")
-    sample = sample_path_for(path)
-    write_sample(
-        report.pipeline,
-        sample,
-        prompt=sample_prompt(check.sample_prompt, fields["config"]),
-        steps=check.sample_steps,
-        size=check.sample_size or native_resolution(source),
-        name=name,
-        sha256=digest,
-    )
+    sample: Path | None = None
+    if check.sample:
+        say("rendering the sample grid")
+        sample = write_sample(
+            report.pipeline,
+            sample_path_for(path),
+            prompt=sample_prompt(check.sample_prompt, fields["config"]),
+            steps=check.sample_steps,
+            size=check.sample_size or native_resolution(source),
+            name=name,
+            sha256=digest,
+        )
     try:
         with sessions() as session:
-            row = db.create_checkpoint(session, **fields, sample_path=str(sample), status="ready")
+            row = db.create_checkpoint(
+                session, **fields, sample_path=str(sample) if sample else None, status="ready"
+            )
             session.commit()
     except Exception:
         _remove([sample])
@@ -309,6 +317,8 @@ def convert_and_register(
         raise NotFoundError(f"no diffusers folder at {source}")
     if fmt not in ("safetensors", "ckpt"):
         raise ConfigError(f"unknown format {fmt!r}; choose safetensors or ckpt")
+    if check.sample:  # a bad size or step count is refused before anything is written
+        check_sample(source, size=check.sample_size, steps=check.sample_steps)
     if out is None:
         if not isinstance(target, Settings):
             raise ConfigError("give the output file (no settings to find VITDEX_HOME)")

@@ -11,12 +11,17 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from vitdex.training.convert import atomic_path, render
+from vitdex.errors import ConfigError
+from vitdex.training.convert import atomic_path, native_resolution, render
+from vitdex.training.convert.source import read_json
 
 __all__ = [
     "DEFAULT_SAMPLE_STEPS",
+    "MAX_SAMPLE_SIZE",
+    "MAX_SAMPLE_STEPS",
     "SAMPLE_GRID",
     "SAMPLE_SEEDS",
+    "check_sample",
     "sample_path_for",
     "sample_prompt",
     "write_sample",
@@ -28,7 +33,33 @@ SAMPLE_GRID = (2, 2)
 #: Prompt of the sample grid when neither the caller nor the training config gives one.
 DEFAULT_SAMPLE_PROMPT = "a photo"
 DEFAULT_SAMPLE_STEPS = 20
+MAX_SAMPLE_STEPS = 500
+#: Largest grid image side (pixels); SDXL's native 1024 fits with room.
+MAX_SAMPLE_SIZE = 4096
 SAMPLE_GUIDANCE = 7.5
+
+
+def check_sample(source: Path, *, size: int | None, steps: int) -> int | None:
+    """Refuse grid options the pipeline in diffusers folder ``source`` cannot render;
+    returns ``size`` (``None``: the base's native resolution, not checked here).
+
+    Called before anything is converted, so a bad option costs nothing. A size must be a
+    multiple of the VAE's downscale factor (8 for every SD) and give at least 8 latent
+    pixels a side (64 px for SD): below that the UNet's lowest level has nothing left.
+    """
+    if not 1 <= steps <= MAX_SAMPLE_STEPS:
+        raise ConfigError(f"sample steps must be 1 to {MAX_SAMPLE_STEPS}, not {steps}")
+    if size is None:
+        return None
+    vae = read_json(source / "vae" / "config.json")
+    factor = 1 << (len(vae["block_out_channels"]) - 1)
+    smallest = 8 * factor
+    if size % factor or not smallest <= size <= MAX_SAMPLE_SIZE:
+        raise ConfigError(
+            f"sample size {size} px: use a multiple of {factor} from {smallest} to "
+            f"{MAX_SAMPLE_SIZE} (the native size is {native_resolution(source)})"
+        )
+    return size
 
 
 def sample_path_for(checkpoint_file: Path) -> Path:
