@@ -115,6 +115,10 @@ def test_dataset_by_clicking_then_export_and_train(
     page.fill("#tr-device", "cpu")
     page.select_option("#tr-precision", "no")
     page.check("#tr-force")
+    # The run's side settings from the form: EMA weights and a sample per prompt at the end.
+    page.check("#tr-ema")
+    page.fill("#tr-sample-every", "2")
+    page.fill("#tr-sample-prompts", "a photo of sks dog\nsks dog on a beach")
     assert "needs network" in page.locator("#train-form").inner_text()
     shot("train-form")
     page.get_by_role("button", name="Start training").click()
@@ -136,7 +140,12 @@ def test_dataset_by_clicking_then_export_and_train(
         assert samples.first.evaluate("img => img.naturalWidth") > 0
     config = page.locator("#run-config").inner_text()
     assert "instance_prompt" in config and "a photo of sks dog" in config
+    assert "sks dog on a beach" in config
     assert page.locator("#cancel-run").is_hidden()
+    grid = page.locator("#samples table.sample-grid")
+    grid.wait_for()
+    assert grid.locator("tbody tr").count() == 2
+    assert grid.locator("thead th").all_inner_texts() == ["prompt", "step 2"]
     shot("run")
 
 

@@ -308,7 +308,15 @@
     const str = (id) => document.getElementById(id).value.trim() || undefined;
     attempt(async () => {
       const lora = num("tr-lora");
-      const options = { device: str("tr-device"), mixed_precision: str("tr-precision"), lora_rank: lora ? lora : undefined };
+      const checked = (id) => document.getElementById(id).checked || undefined;
+      const prompts = document.getElementById("tr-sample-prompts").value.split("\n").map((p) => p.trim()).filter(Boolean);
+      const options = {
+        device: str("tr-device"), mixed_precision: str("tr-precision"), lora_rank: lora ? lora : undefined,
+        preset: str("tr-preset"), optimizer: str("tr-optimizer"), buckets: checked("tr-buckets"),
+        ema: checked("tr-ema"), caption_dropout: num("tr-caption-dropout"), shuffle_tags: checked("tr-shuffle"),
+        sample_every: num("tr-sample-every"), sample_prompts: prompts.length ? prompts : undefined,
+        validation_images: num("tr-validation-images"), validation_every: num("tr-validation-every"),
+      };
       const json = {
         dataset: String(datasetId), base_model: str("tr-base"),
         steps: num("tr-steps"), text_encoder_steps: num("tr-te-steps"), resolution: num("tr-resolution"),
