@@ -14,6 +14,7 @@ from litestar.di import NamedDependency
 from litestar.params import JSONBody, PathParameter, QueryParameter
 from litestar.response import File
 from litestar.status_codes import HTTP_200_OK, HTTP_202_ACCEPTED
+from litestar.types import Guard
 from sqlalchemy.orm import Session, sessionmaker
 
 from vitdex.api.controllers.jobs import Offset
@@ -27,6 +28,7 @@ from vitdex.api.schemas import (
     JobQueued,
 )
 from vitdex.api.schemas.lora import LoraExtractIn
+from vitdex.api.validation import json_content_type
 from vitdex.db.models import INT64_MAX
 from vitdex.training import registry
 
@@ -38,6 +40,7 @@ class CheckpointsController(Controller):
 
     path = "/checkpoints"
     tags: Sequence[str] = ["training"]
+    guards: Sequence[Guard] = [json_content_type]
 
     @get(
         "/",
