@@ -42,6 +42,9 @@ def train_group() -> None:
 
 def run_training_job(settings: Settings, job_id: int, *, progress: bool) -> None:
     """Run a train job here, with this command's settings, drawing its progress on stderr."""
+    from vitdex.training.determinism import reproducible_cpu_math
+
+    reproducible_cpu_math()  # before torch's first product (vitdex.training.determinism)
     from rich.progress import (
         BarColumn,
         MofNCompleteColumn,

@@ -87,7 +87,10 @@ def run_train_job(
     get, unthrottled. A cancel request stops training at its next step after saving a
     checkpoint: the run is left ``cancelled`` and ``vitdex train resume`` continues it.
     """
+    from vitdex.training.determinism import reproducible_cpu_math
 
+    # The CLI and `vitdex worker` both come through here: same bits on every resume.
+    reproducible_cpu_math()
     run_id: int | None = None
 
     def work(sessions: sessionmaker[Session]) -> None:

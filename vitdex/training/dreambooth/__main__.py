@@ -2,6 +2,11 @@
 
 import sys
 
-from vitdex.training.dreambooth.loop import main
+from vitdex.training.determinism import reproducible_cpu_math
+
+# Before torch is imported and computes anything (see vitdex.training.determinism).
+reproducible_cpu_math()
+
+from vitdex.training.dreambooth.loop import main  # noqa: E402
 
 sys.exit(main())
