@@ -16,6 +16,10 @@ POSTGRES_URL = os.environ.get("VITDEX_TEST_POSTGRES_URL", "")
 # other runtimes set VITDEX_RUNTIME themselves.
 os.environ.setdefault("VITDEX_RUNTIME", "torch")
 _RUNTIME = os.environ["VITDEX_RUNTIME"]
+# Training processes run MKL in its strict reproducible mode (vitdex.training.determinism);
+# tests that train in this process and compare with a child's run must do the same, and
+# MKL reads the setting once, before its first call.
+os.environ.setdefault("MKL_CBWR", "AUTO,STRICT")
 
 
 @pytest.fixture(autouse=True)
